@@ -1,0 +1,203 @@
+"""Command line: ``gpt2ft train | study | export | references | generate``.
+
+Errors a user can cause are caught here, at the edge, and reported as one sentence with
+exit code 2; anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+from gpt2ft.errors import UserError
+
+
+def _common(p: argparse.ArgumentParser, config_required: bool = True) -> None:
+    p.add_argument("--config", required=config_required, help="experiments/NAME.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=3e-5 (repeatable)")
+    p.add_argument("--corpus", help="path of the book (else $GPT2FT_CORPUS, else download)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (else $MLFLOW_TRACKING_URI, "
+                   "else sqlite in ./mlruns/mlflow.db)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpt2ft", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="fine-tune once, measure, log one MLflow run")
+    _common(p)
+    p.add_argument("--save", metavar="DIR", help="also save the fine-tuned model to DIR")
+
+    p = sub.add_parser("study", help="run (or continue) the Optuna study")
+    _common(p)
+    p.add_argument("--storage", help="Optuna storage URL (default sqlite next to the MLflow store)")
+    p.add_argument("--study-name", help="Optuna study name (default study.name)")
+    p.add_argument("--n-trials", type=int, help="total trials to reach (default study.n_trials)")
+    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument("--yes", action="store_true", help="do not ask before a long CPU study")
+
+    p = sub.add_parser("export", help="write the selected trial's model to a folder")
+    p.add_argument("--study-name", help="default: the most recent study in the storage")
+    p.add_argument("--storage", help="Optuna storage URL (default sqlite next to the MLflow store)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI")
+    p.add_argument("--corpus", help="path of the book, for retraining")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--no-register", action="store_true", help="skip the MLflow model registry")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("references", help="print every metric on the reference texts and base model")
+    _common(p)
+    p.add_argument("--no-base", action="store_true", help="skip the base model (no sampling)")
+
+    p = sub.add_parser("generate", help="sample from a checkpoint with the metrics' settings")
+    p.add_argument("--model", required=True, help="checkpoint folder or Hugging Face id")
+    p.add_argument("--prompt", default="", help="text to continue (default: the BOS token)")
+    p.add_argument("--n", type=int, default=3, help="number of samples")
+    p.add_argument("--new-tokens", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top-k", type=int, default=50)
+    return parser
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def print_table(rows: list[tuple[str, Any]], title: str) -> None:
+    width = max(len(k) for k, _ in rows) if rows else 10
+    print(f"\n{title}")
+    print("-" * (width + 14))
+    for k, v in rows:
+        print(f"{k:<{width}}  {fmt(v):>12}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from gpt2ft.config import load_config
+    from gpt2ft.measure import SAMPLE_METRICS, compute_references, prepare
+    from gpt2ft.model import describe, n_params
+    from gpt2ft.tracking import Tracker
+    from gpt2ft.trial import run_trial
+
+    config = load_config(args.config, args.overrides)
+    tracker = Tracker(args.tracking_uri or config.tracking.uri, config.tracking.experiment)
+    assets = prepare(config, args.corpus)
+    _banner(assets)
+    refs = compute_references(assets)
+    tags = {**describe(config, assets.runtime), "corpus_sha256": assets.book.sha256,
+            "corpus_body_sha256": assets.book.body_sha256, "corpus_source": assets.book.source,
+            "n_params": n_params(assets.base_model), "kind": "train"}
+    t = time.perf_counter()
+    with tracker.run(f"train-{time.strftime('%Y%m%d-%H%M%S')}", tags=tags) as run:
+        run.log_params(config.flat())
+        run.log_metrics(refs)
+        run.log_metrics(assets.timings)
+        res = run_trial(assets, config.train, run, keep_model=bool(args.save), progress=not args.quiet)
+        if args.save:
+            from gpt2ft.export import save_model
+            save_model(res.model, assets.tokenizer, args.save)
+    rows = [("train_loss", res.metrics["train_loss"]), ("heldout_loss", res.metrics["heldout_loss"]),
+            ("heldout_perplexity", res.metrics["heldout_perplexity"])]
+    rows += [(k, res.metrics[k]) for k in SAMPLE_METRICS if k in res.metrics]
+    rows += [(k, res.metrics[k]) for k in ("extractable_rate", "extractable_rate_heldout") if k in res.metrics]
+    rows += [(k, v) for k, v in refs.items() if k.split("_", 1)[1] in ("top100_ratio", "memorization")
+             or k == "style_classifier_accuracy"]
+    print_table(rows, f"run {run.id} ({time.perf_counter() - t:.1f} s, {res.fit.steps} steps) "
+                f"in {tracker.uri}")
+    return 0
+
+
+def _banner(assets) -> None:
+    """The effective numbers, once, before any work (after run_clm_no_trainer)."""
+    c, d = assets.config, assets.data
+    per_epoch = -(-d.train_windows.shape[0] // c.train.batch_size)
+    print(f"gpt2ft: model={c.model.name} device={assets.runtime.device} precision={assets.runtime.precision} "
+          f"| train windows={d.train_windows.shape[0]}x{d.block_size} held-out={d.heldout_windows.shape[0]} "
+          f"| batch={c.train.batch_size} steps/epoch={per_epoch} epochs={c.train.epochs} "
+          f"max_steps={c.train.max_steps} | corpus sha256={assets.book.sha256[:12]}", file=sys.stderr)
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from gpt2ft.study import run_study_cli
+    return run_study_cli(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from gpt2ft.export import export_cli
+    return export_cli(args)
+
+
+def cmd_references(args: argparse.Namespace) -> int:
+    from gpt2ft.config import load_config
+    from gpt2ft.measure import REFERENCE_SOURCES, SAMPLE_METRICS, compute_references, prepare
+
+    config = load_config(args.config, args.overrides)
+    assets = prepare(config, args.corpus)
+    refs = compute_references(assets, with_base=not args.no_base)
+    names = [m for m in SAMPLE_METRICS + ("extractable_rate", "extractable_rate_heldout")]
+    header = f"{'metric':<26}" + "".join(f"{p:>12}" for p in REFERENCE_SOURCES)
+    print(header)
+    for m in names:
+        print(f"{m:<26}" + "".join(f"{fmt(refs.get(f'{p}_{m}', float('nan'))):>12}" for p in REFERENCE_SOURCES))
+    if "style_classifier_accuracy" in refs:
+        print(f"\nstyle classifier held-out accuracy: {refs['style_classifier_accuracy']:.3f}")
+    for p, what in REFERENCE_SOURCES.items():
+        print(f"  {p}: {what}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from gpt2ft.config import ModelConfig, TrainConfig
+    from gpt2ft.data import encode
+    from gpt2ft.model import load_model, load_tokenizer, prompt_token_id, resolve_runtime
+
+    mc = ModelConfig(name=args.model)
+    tok = load_tokenizer(mc)
+    model = load_model(mc, tok)
+    runtime = resolve_runtime(TrainConfig())
+    model.to(runtime.device).eval()
+    prompt = encode(tok, args.prompt).tolist() if args.prompt else [prompt_token_id(tok)]
+    x = torch.tensor([prompt] * args.n, device=runtime.device)
+    eos = tok.eos_token_id if tok.eos_token_id is not None else prompt_token_id(tok)
+    torch.manual_seed(args.seed)
+    with torch.no_grad(), runtime.autocast():
+        out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=True,
+                             top_k=args.top_k, min_length=len(prompt) + args.new_tokens,
+                             max_length=len(prompt) + args.new_tokens, bad_words_ids=[[eos]],
+                             pad_token_id=eos)
+    for i, row in enumerate(out):
+        print(f"--- sample {i + 1}\n{args.prompt}{tok.decode(row[len(prompt):], skip_special_tokens=True)}\n")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "study": cmd_study, "export": cmd_export,
+            "references": cmd_references, "generate": cmd_generate}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="gpt2ft: %(message)s")
+    # transformers and MLflow are chatty at import and load time; their warnings are not ours.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"gpt2ft: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gpt2ft: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

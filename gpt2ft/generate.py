@@ -1,0 +1,58 @@
+"""Sampling for the metrics and greedy continuations for the extraction test.
+
+Sampling follows the method: ``do_sample=True``, the EOS token banned through
+``bad_words_ids`` and ``min_length == max_length``, so every sequence has exactly
+``new_tokens`` new tokens and the ratios are over a fixed number of tokens. All sequences
+are drawn in one batched ``generate`` call with the KV cache.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from gpt2ft.model import Runtime, prompt_token_id
+
+
+def _eos(tokenizer) -> int:
+    return int(tokenizer.eos_token_id if tokenizer.eos_token_id is not None else prompt_token_id(tokenizer))
+
+
+@torch.no_grad()
+def sample(model, tokenizer, runtime: Runtime, n: int, new_tokens: int, seed: int,
+           top_k: int = 50, temperature: float = 1.0) -> list[list[int]]:
+    """``n`` sampled sequences of exactly ``new_tokens`` new token ids (the prompt excluded)."""
+    was_training = model.training
+    model.eval()
+    prompt = torch.full((n, 1), prompt_token_id(tokenizer), dtype=torch.long, device=runtime.device)
+    eos = _eos(tokenizer)
+    # fork_rng keeps sampling reproducible for a seed without disturbing the training RNG.
+    devices = [runtime.device.index or 0] if runtime.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), runtime.autocast():
+        torch.manual_seed(seed)
+        out = model.generate(
+            input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
+            top_k=top_k, top_p=1.0, temperature=temperature,
+            min_length=1 + new_tokens, max_length=1 + new_tokens,
+            bad_words_ids=[[eos]], pad_token_id=eos, use_cache=True)
+    model.train(was_training)
+    return out[:, 1:].tolist()
+
+
+@torch.no_grad()
+def greedy(model, runtime: Runtime, prompts: Sequence[Sequence[int]], new_tokens: int,
+           eos_token_id: int, batch_size: int = 32) -> list[list[int]]:
+    """Greedy continuations of equal-length prompts (the extraction test of Carlini et al.)."""
+    was_training = model.training
+    model.eval()
+    outs: list[list[int]] = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = torch.tensor([list(p) for p in prompts[i:i + batch_size]], dtype=torch.long,
+                             device=runtime.device)
+        with runtime.autocast():
+            out = model.generate(input_ids=chunk, attention_mask=torch.ones_like(chunk),
+                                 do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                 pad_token_id=eos_token_id, use_cache=True)
+        outs.extend(out[:, chunk.shape[1]:].tolist())
+    model.train(was_training)
+    return outs

@@ -1,0 +1,225 @@
+"""Pure metric functions: style (distribution) versus copying (verbatim overlap).
+
+Every function takes token ids (``Sequence[int]``; lists or numpy arrays) and returns
+plain Python numbers. Nothing here imports torch or mlflow or does I/O, so the metrics
+can be unit-tested on literal token lists (cf. lm-evaluation-harness
+``lm_eval/api/metrics.py``). Rates with an empty denominator are ``float('nan')``, not
+0: "no evidence" must not read as "no copying".
+
+METRIC_NAMES
+------------
+=================  ===========================================================  ========
+name               meaning                                                      better
+=================  ===========================================================  ========
+top100_ratio       share of sampled tokens among the book's 100 most frequent   (style)
+                   token ids (``top100_ratio`` with ``top_k_ids(book, 100)``)
+memorization       share of sampled 8-grams found verbatim in the training      lower
+                   tokens (``memorization(..., n=8)``)
+memorization_4     same with n=4 (short phrases: mostly style, some copying)    -
+memorization_16    same with n=16 (long spans: copying)                         lower
+longest_copy       length in tokens of the longest sampled span found verbatim  lower
+                   in training (``longest_copy``)
+style_js           Jensen-Shannon divergence, base 2, between sampled and book  lower
+                   unigram distributions (``js_divergence``), in [0, 1]
+extractable_rate   share of training prefixes whose greedy continuation equals  lower
+                   the true continuation exactly (Carlini et al. 2023)
+=================  ===========================================================  ========
+
+``novelty_curve`` gives memorization for n = 1..16; novelty at n is ``1 - value``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from gpt2ft.ngram_index import NgramIndex
+
+METRIC_NAMES: dict[str, str] = {
+    "top100_ratio": "share of sampled tokens among the book's 100 most frequent ids",
+    "memorization": "share of sampled 8-grams found verbatim in training",
+    "memorization_4": "share of sampled 4-grams found verbatim in training",
+    "memorization_16": "share of sampled 16-grams found verbatim in training",
+    "longest_copy": "longest sampled span (tokens) found verbatim in training",
+    "style_js": "Jensen-Shannon divergence (base 2) of sampled vs. book unigrams",
+    "extractable_rate": "share of prefixes whose greedy continuation is exact",
+}
+
+NAN = float("nan")
+Samples = Sequence[Sequence[int]]
+
+
+def _ratio(num: int, den: int) -> float:
+    """``num / den`` as a float, or nan when ``den`` is 0 (no evidence either way)."""
+    return num / den if den else NAN
+
+
+# ------------------------------------------------------------------------ style
+
+
+def top_k_ids(tokens: Sequence[int], k: int = 100) -> frozenset[int]:
+    """The ``k`` most frequent token ids of ``tokens`` (fewer if fewer distinct ids).
+
+    Ties in frequency go to the smaller id, so the set is deterministic.
+    """
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    arr = np.asarray(tokens, dtype=np.int64).ravel()
+    if arr.size == 0 or k == 0:
+        return frozenset()
+    ids, counts = np.unique(arr, return_counts=True)  # ids ascending
+    order = np.lexsort((ids, -counts))  # primary: count descending; then id ascending
+    return frozenset(int(i) for i in ids[order[:k]])
+
+
+def top100_ratio(samples: Samples, top_ids: frozenset[int]) -> float:
+    """Share of all sampled tokens (pooled over samples) whose id is in ``top_ids``.
+
+    nan when there are no sampled tokens.
+    """
+    total = 0
+    inside = 0
+    for s in samples:
+        total += len(s)
+        inside += sum(1 for t in s if int(t) in top_ids)
+    return _ratio(inside, total)
+
+
+def _unigram(tokens: Sequence[int]) -> dict[int, float]:
+    """Relative frequency of each id in ``tokens``."""
+    ids, counts = np.unique(np.asarray(tokens, dtype=np.int64).ravel(), return_counts=True)
+    total = counts.sum()
+    return {int(i): c / total for i, c in zip(ids, counts)}
+
+
+def _entropy_bits(p: Iterable[float]) -> float:
+    """Shannon entropy in bits of the probabilities ``p`` (zeros ignored)."""
+    arr = np.fromiter(p, dtype=np.float64)
+    arr = arr[arr > 0]
+    return float(-(arr * np.log2(arr)).sum())
+
+
+def js_divergence(a_tokens: Sequence[int], b_tokens: Sequence[int]) -> float:
+    """Jensen-Shannon divergence (base 2) between the unigram distributions of two token
+    streams: 0 for the same distribution, 1 for disjoint supports. nan if either is empty.
+    """
+    if len(a_tokens) == 0 or len(b_tokens) == 0:
+        return NAN
+    p, q = _unigram(a_tokens), _unigram(b_tokens)
+    support = p.keys() | q.keys()
+    m = (0.5 * (p.get(t, 0.0) + q.get(t, 0.0)) for t in support)
+    # JS = H(M) - (H(P) + H(Q)) / 2; clamp float noise so callers can rely on [0, 1].
+    js = _entropy_bits(m) - 0.5 * (_entropy_bits(p.values()) + _entropy_bits(q.values()))
+    return min(1.0, max(0.0, js))
+
+
+# ---------------------------------------------------------------------- copying
+
+
+def memorization(samples: Samples, index: NgramIndex, n: int = 8) -> float:
+    """Share of all sampled n-grams found verbatim in the index's training tokens.
+
+    n-grams are pooled over samples and never cross a sample boundary; repeats count
+    every time. nan when no sample has n tokens.
+    """
+    found = total = 0
+    for s in samples:
+        f, t = index.hits(s, n)
+        found += f
+        total += t
+    return _ratio(found, total)
+
+
+def novelty_curve(samples: Samples, index: NgramIndex,
+                  ns: Iterable[int] = range(1, 17)) -> dict[int, float]:
+    """``{n: memorization(samples, index, n)}`` for each n in ``ns`` (one hashing pass per
+    sample). Novelty at n is ``1 - value``; values are non-increasing in n.
+    """
+    wanted = list(ns)
+    found = dict.fromkeys(wanted, 0)
+    total = dict.fromkeys(wanted, 0)
+    for s in samples:
+        for n, (f, t) in index.hits_by_n(s, wanted).items():
+            found[n] += f
+            total[n] += t
+    return {n: _ratio(found[n], total[n]) for n in wanted}
+
+
+def longest_copy(samples: Samples, index: NgramIndex) -> tuple[int, int, int]:
+    """``(length, sample_index, start)`` of the longest span of any sample that occurs
+    verbatim in training; ``(0, -1, -1)`` if none. Ties: earliest sample, then start.
+    """
+    best = (0, -1, -1)
+    for k, s in enumerate(samples):
+        if len(s) <= best[0]:
+            continue  # too short to beat the current best: skip the lookups
+        length, start = index.longest_copy(s)
+        if length > best[0]:
+            best = (length, k, start)
+    return best
+
+
+def extractable_rate(continuations: Samples, truths: Samples) -> float:
+    """Share of ``continuations`` equal, token for token, to the true continuation at the
+    same position in ``truths`` (extractable memorization, Carlini et al. 2023).
+
+    nan when there are none. Raises ValueError if the two lists differ in length.
+    """
+    if len(continuations) != len(truths):
+        raise ValueError(
+            f"{len(continuations)} continuations but {len(truths)} true continuations")
+    exact = sum(1 for c, t in zip(continuations, truths)
+                if len(c) == len(t) and all(int(a) == int(b) for a, b in zip(c, t)))
+    return _ratio(exact, len(truths))
+
+
+# ------------------------------------------------------------------ uncertainty
+
+
+def per_sequence(metric_fn: Callable[..., float], samples: Samples, **kw: Any) -> list[float]:
+    """``metric_fn([s], **kw)`` for each sample ``s``: a metric per sequence (for plots and
+    for spotting the few samples that carry a pooled metric).
+    """
+    return [float(metric_fn([s], **kw)) for s in samples]
+
+
+def mean_se(values: Iterable[float]) -> tuple[float, float]:
+    """``(mean, standard error of the mean)`` of the finite ``values`` (nan ignored).
+
+    mean is nan with no finite value; se is nan with fewer than two.
+    """
+    arr = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+    if arr.size == 0:
+        return NAN, NAN
+    mean = float(arr.mean())
+    if arr.size < 2:
+        return mean, NAN
+    return mean, float(arr.std(ddof=1) / math.sqrt(arr.size))
+
+
+def bootstrap_se(samples: Samples, stat_fn: Callable[[Samples], float],
+                 n_boot: int = 200, seed: int = 0) -> float:
+    """Bootstrap standard error of ``stat_fn(samples)``.
+
+    Resamples whole sequences with replacement (sequences are the independent units; the
+    tokens inside one are not), ``n_boot`` times, with ``np.random.default_rng(seed)``, so
+    the result is deterministic for a seed. Returns the sample standard deviation
+    (ddof=1) of the finite replicate statistics; exactly 0.0 when they are all equal.
+    nan with fewer than 2 samples or fewer than 2 finite replicates.
+    """
+    n = len(samples)
+    if n < 2 or n_boot < 2:
+        return NAN
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, n, size=n)
+        stats.append(float(stat_fn([samples[i] for i in pick])))
+    arr = np.asarray([s for s in stats if math.isfinite(s)], dtype=np.float64)
+    if arr.size < 2:
+        return NAN
+    if np.all(arr == arr[0]):
+        return 0.0  # np.std can return ~1e-17 here from the rounding of the mean
+    return float(arr.std(ddof=1))

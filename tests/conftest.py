@@ -1,0 +1,35 @@
+"""Shared fixtures: the book's path, a temporary MLflow store, the tiny config."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "experiments" / "tiny.yaml"
+
+
+def book_path() -> Path | None:
+    env = os.environ.get("GPT2FT_CORPUS")
+    for cand in (env, ROOT.parent / "shared" / "data" / "gulliver.txt"):
+        if cand and Path(cand).is_file():
+            return Path(cand)
+    return None
+
+
+@pytest.fixture(scope="session")
+def book() -> Path:
+    path = book_path()
+    if path is None:
+        pytest.skip("the book is not available: set GPT2FT_CORPUS to Gulliver's Travels (pg829.txt)")
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """A clean working directory with its own ./mlruns and no inherited tracking URI."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path

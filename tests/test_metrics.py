@@ -1,0 +1,211 @@
+"""Metric functions on literal token lists with exact expected values."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpt2ft import metrics as m
+from gpt2ft.ngram_index import NgramIndex
+
+# ------------------------------------------------------------------------ style
+
+
+def test_top_k_ids_breaks_ties_by_smaller_id():
+    # counts: 5 -> 3, 1 -> 2, 3 -> 2, 2 -> 1; the 1-vs-3 tie goes to 1
+    assert m.top_k_ids([3, 3, 1, 1, 2, 5, 5, 5], k=2) == frozenset({5, 1})
+    assert m.top_k_ids([3, 3, 1, 1, 2, 5, 5, 5], k=3) == frozenset({5, 1, 3})
+    assert m.top_k_ids([4, 2, 9], k=2) == frozenset({2, 4})
+
+
+def test_top_k_ids_edges():
+    assert m.top_k_ids([7, 7, 8], k=100) == frozenset({7, 8})
+    assert m.top_k_ids([], k=100) == frozenset()
+    assert m.top_k_ids([1, 2], k=0) == frozenset()
+    assert m.top_k_ids(np.array([2, 2, 1])) == frozenset({1, 2})
+
+
+def test_top100_ratio():
+    assert m.top100_ratio([[1, 2, 3, 4]], frozenset({1, 2})) == 0.5
+    # pooled over tokens, not averaged over samples: 1 of 1 and 0 of 3 -> 1/4
+    assert m.top100_ratio([[1], [3, 4, 5]], frozenset({1})) == 0.25
+    assert m.top100_ratio([[1, 1, 1]], frozenset({1})) == 1.0
+    assert m.top100_ratio([[1, 2], []], frozenset()) == 0.0
+
+
+def test_top100_ratio_empty_is_nan():
+    assert math.isnan(m.top100_ratio([], frozenset({1})))
+    assert math.isnan(m.top100_ratio([[], []], frozenset({1})))
+
+
+def test_js_divergence_identical_and_disjoint():
+    assert m.js_divergence([1, 2, 2, 3], [1, 2, 2, 3]) == 0.0
+    # same distribution, different order and length
+    assert m.js_divergence([1, 2, 2, 3], [3, 2, 1, 2, 2, 3, 2, 1]) == pytest.approx(0, abs=1e-12)
+    assert m.js_divergence([1, 2], [3, 4]) == 1.0
+
+
+def test_js_divergence_known_value_and_symmetry():
+    # P = (1, 0), Q = (1/2, 1/2), M = (3/4, 1/4): JS = H(M) - (0 + 1) / 2
+    h_m = -(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25))
+    assert m.js_divergence([0], [0, 1]) == pytest.approx(h_m - 0.5)
+    assert m.js_divergence([0, 1], [0]) == pytest.approx(h_m - 0.5)
+
+
+def test_js_divergence_empty_is_nan():
+    assert math.isnan(m.js_divergence([], [1]))
+    assert math.isnan(m.js_divergence([1], []))
+
+
+# ---------------------------------------------------------------------- copying
+
+@pytest.fixture
+def small():
+    return NgramIndex([1, 2, 3, 4, 5], max_n=4)
+
+
+def test_memorization_pools_ngrams(small):
+    # (1,2) yes, (2,3) yes, (3,4) yes, (4,9) no
+    assert m.memorization([[1, 2, 3], [3, 4, 9]], small, n=2) == 0.75
+    assert m.memorization([[9, 8, 7]], small, n=1) == 0.0
+    assert m.memorization([[1, 2, 3, 4, 5]], small, n=5) == 1.0  # n > max_n: still exact
+
+
+def test_memorization_never_crosses_sample_boundaries(small):
+    assert m.memorization([[1, 2], [3, 4]], small, n=2) == 1.0
+    assert math.isnan(m.memorization([[2], [3]], small, n=2))  # (2,3) must not be formed
+
+
+def test_memorization_no_ngrams_is_nan(small):
+    assert math.isnan(m.memorization([], small))
+    assert math.isnan(m.memorization([[1, 2, 3]], small, n=8))
+
+
+def test_memorization_empty_index():
+    assert m.memorization([[1, 2, 3]], NgramIndex([]), n=2) == 0.0
+
+
+def test_novelty_curve(small):
+    samples = [[1, 2, 3, 9], [4, 5]]
+    curve = m.novelty_curve(samples, small, ns=range(1, 6))
+    assert list(curve) == [1, 2, 3, 4, 5]
+    # n=1: 5 of 6 tokens; n=2: (1,2),(2,3),(4,5) of 4; n=3: (1,2,3) of 2; n=4: 0 of 1
+    assert curve[1] == 5 / 6
+    assert curve[2] == 3 / 4
+    assert curve[3] == 1 / 2
+    assert curve[4] == 0.0
+    assert math.isnan(curve[5])
+    for n in range(1, 6):
+        assert curve[n] == m.memorization(samples, small, n) or math.isnan(curve[n])
+
+
+def test_longest_copy_metric(small):
+    assert m.longest_copy([[9, 9], [8, 2, 3, 4, 8], [1, 2, 3]], small) == (3, 1, 1)
+    assert m.longest_copy([[9, 9], [7]], small) == (0, -1, -1)
+    assert m.longest_copy([], small) == (0, -1, -1)
+
+
+def test_extractable_rate():
+    conts = [[1, 2], [3, 4], [5]]
+    truths = [[1, 2], [3, 5], [5]]
+    assert m.extractable_rate(conts, truths) == 2 / 3
+    assert m.extractable_rate([[1, 2]], [[1, 2, 3]]) == 0.0  # a prefix is not a match
+    assert m.extractable_rate([np.array([4, 5])], [[4, 5]]) == 1.0
+    assert math.isnan(m.extractable_rate([], []))
+    with pytest.raises(ValueError):
+        m.extractable_rate([[1]], [[1], [2]])
+
+
+# ------------------------------------------------------------ planted passage
+
+VOCAB = 50257
+NOVEL_FROM = 50000  # training ids are < NOVEL_FROM, so filler tokens never occur in training
+PLANT_LEN, PLANT_SAMPLE, PLANT_POS, TRAIN_POS = 40, 3, 30, 70_000
+
+
+@pytest.fixture(scope="module")
+def planted():
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, NOVEL_FROM, 145_000)
+    samples = [rng.integers(NOVEL_FROM, VOCAB, 100) for _ in range(10)]
+    span = train[TRAIN_POS:TRAIN_POS + PLANT_LEN]
+    samples[PLANT_SAMPLE][PLANT_POS:PLANT_POS + PLANT_LEN] = span
+    return NgramIndex(train), [s.tolist() for s in samples]
+
+
+def test_planted_passage_is_found_exactly(planted):
+    index, samples = planted
+    assert m.longest_copy(samples, index) == (PLANT_LEN, PLANT_SAMPLE, PLANT_POS)
+
+
+def test_planted_passage_memorization(planted):
+    index, samples = planted
+    # 10 samples x 100 tokens; only the planted 40 tokens are in training
+    assert m.memorization(samples, index, n=1) == 40 / 1000
+    assert m.memorization(samples, index, n=8) == (40 - 8 + 1) / (10 * (100 - 8 + 1))
+    assert m.memorization(samples, index, n=32) == (40 - 32 + 1) / (10 * (100 - 32 + 1))
+    curve = m.novelty_curve(samples, index)
+    assert curve[16] == (40 - 16 + 1) / (10 * (100 - 16 + 1))
+    mask = index.hit_mask(samples[PLANT_SAMPLE], 16)
+    assert np.flatnonzero(mask).tolist() == list(range(PLANT_POS, PLANT_POS + 40 - 16 + 1))
+
+
+# ------------------------------------------------------------------ uncertainty
+
+
+def test_per_sequence(small):
+    assert m.per_sequence(m.memorization, [[1, 2, 3], [9, 9], [2]], index=small, n=2) == [
+        1.0, 0.0, pytest.approx(float("nan"), nan_ok=True)]
+    assert m.per_sequence(m.top100_ratio, [[1, 2], [1]], top_ids=frozenset({1})) == [0.5, 1.0]
+
+
+def test_mean_se():
+    mean, se = m.mean_se([1.0, 2.0, 3.0])
+    assert mean == 2.0
+    assert se == pytest.approx(1 / math.sqrt(3))
+    assert m.mean_se([4.0, float("nan")])[0] == 4.0
+    assert math.isnan(m.mean_se([4.0])[1])
+    assert all(math.isnan(x) for x in m.mean_se([]))
+
+
+def ratio_of_ones(samples):
+    return m.top100_ratio(samples, frozenset({1}))
+
+
+def test_bootstrap_se_zero_for_identical_sequences():
+    assert m.bootstrap_se([[1, 2, 3]] * 10, ratio_of_ones) == 0.0
+
+
+def test_bootstrap_se_positive_and_deterministic():
+    samples = [[1, 1], [2, 2], [1, 2], [1, 1, 1, 2], [3]]
+    se = m.bootstrap_se(samples, ratio_of_ones, n_boot=100, seed=1)
+    assert se > 0
+    assert m.bootstrap_se(samples, ratio_of_ones, n_boot=100, seed=1) == se
+    assert m.bootstrap_se(samples, ratio_of_ones, n_boot=100, seed=2) != se
+
+
+def test_bootstrap_se_too_few_samples_is_nan():
+    assert math.isnan(m.bootstrap_se([[1, 2]], ratio_of_ones))
+    assert math.isnan(m.bootstrap_se([], ratio_of_ones))
+
+
+def test_metric_names_documented():
+    assert list(m.METRIC_NAMES) == ["top100_ratio", "memorization", "memorization_4",
+                                    "memorization_16", "longest_copy", "style_js",
+                                    "extractable_rate"]
+    for name in m.METRIC_NAMES:
+        assert name in m.__doc__
+
+
+def test_metrics_import_neither_torch_nor_mlflow():
+    code = ("import sys, gpt2ft.metrics, gpt2ft.ngram_index; "
+            "bad = {'torch', 'mlflow'} & set(sys.modules); assert not bad, bad")
+    # The child gets the repo root on its path, however pytest found the package.
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root)
