@@ -229,6 +229,12 @@ class StudyConfig:
     """The copying bound is never below this."""
     prune: bool = True
     """Stop a trial early when its held-out loss has clearly turned upward."""
+    keep_checkpoints: bool = True
+    """Save each trial's weights; only the Pareto front's and the pick's are kept."""
+    heartbeat_interval: int = 10
+    """Seconds between a running trial's heartbeats in the Optuna storage."""
+    grace_period: int = 30
+    """A trial whose heartbeat is older than this is taken for dead (killed worker) and failed."""
 
     def __post_init__(self) -> None:
         _check(bool(self.name.strip()), "study.name must not be empty.")
@@ -242,6 +248,9 @@ class StudyConfig:
                f"study.pick_rule must be bounded_style or knee, got {self.pick_rule!r}.")
         _check(self.memorization_factor > 0, "study.memorization_factor must be > 0.")
         _check(0 <= self.memorization_floor <= 1, "study.memorization_floor must be in [0, 1].")
+        _check(self.heartbeat_interval >= 1, "study.heartbeat_interval must be >= 1.")
+        _check(self.grace_period > self.heartbeat_interval,
+               "study.grace_period must be longer than study.heartbeat_interval.")
 
 
 @dataclass(frozen=True)

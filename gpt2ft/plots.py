@@ -53,7 +53,7 @@ LABELS: dict[str, str] = {
     "heldout_perplexity": "held-out perplexity (exp of nats/token)",
     "top100_ratio": "top-100 ratio\n(share of sampled tokens in book's top 100)",
     "memorization": "memorization\n(share of sampled 8-grams copied from training)",
-    "style_js": "style JS divergence (bits; lower = closer to book)",
+    "style_js": "style JS divergence (lower = closer to book)",
     "style_prob": "style classifier P(Gulliver)",
     "longest_copy": "longest verbatim copy (tokens)",
     "extractable_rate": "extractable rate (share of prompts)",
@@ -575,8 +575,14 @@ def novelty_curves(
         # n doubles in typical measurements (1, 2, 4, 8, 16), so a log2 axis spaces them
         # evenly; label the measured n's as plain integers.
         ax.set_xscale("log", base=2)
-        ax.xaxis.set_major_locator(FixedLocator(sorted(all_n)))
-        ax.xaxis.set_minor_locator(NullLocator())
+        measured = sorted(all_n)
+        # With every n in 1..16 the log axis packs 9..16 tightly; label a readable subset
+        # and keep a plain tick for the rest.
+        labelled = measured if len(measured) <= 8 else [
+            n for n in measured if n in {1, 2, 3, 4, 6, 8, 12, 16}]
+        ax.xaxis.set_major_locator(FixedLocator(labelled or measured))
+        ax.xaxis.set_minor_locator(FixedLocator(measured))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         if 8 in all_n:
             ax.axvline(8, color="0.6", ls=":", lw=1.2,

@@ -165,12 +165,31 @@ class Tracker:
         return self.client.search_runs([self.experiment_id], filter_string=filter_string,
                                        max_results=max_results)
 
-    def fail_stale_children(self, parent_id: str, keep: set[str]) -> int:
-        """Mark RUNNING child runs of ``parent_id`` (left by a killed process) as FAILED."""
-        n = 0
-        for r in self.runs(f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'"):
-            if r.info.run_id not in keep:
-                self.client.set_tag(r.info.run_id, "failure_reason", "process was killed; trial interrupted")
-                self.client.set_terminated(r.info.run_id, "FAILED")
-                n += 1
-        return n
+    def fail_run(self, run_id: str, reason: str) -> None:
+        """Close a run left RUNNING by a killed process as FAILED, with the reason as a tag."""
+        run = self.client.get_run(run_id)
+        if run.info.status == "RUNNING":
+            self.client.set_tag(run_id, "failure_reason", reason)
+            self.client.set_terminated(run_id, "FAILED")
+
+
+def log_pipeline_model(tracking_uri: str, run_id: str | None, folder: Path, name: str) -> str:
+    """Log ``folder`` as an MLflow transformers model on ``run_id``, register it as ``name``
+    and point the ``champion`` alias at the new version. Returns the version."""
+    import mlflow
+    import torch
+    import transformers
+    from mlflow.tracking import MlflowClient
+    from transformers import pipeline
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    pipe = pipeline("text-generation", model=str(folder))
+    # Requirement inference imports torchvision (absent beside the CPU torch build): name them.
+    reqs = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"]
+    with mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=f"export-{name}"):
+        info = mlflow.transformers.log_model(transformers_model=pipe, name="model",
+                                             pip_requirements=reqs, registered_model_name=name)
+    version = str(info.registered_model_version)
+    client.set_registered_model_alias(name, "champion", version)
+    return version

