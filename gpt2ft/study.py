@@ -21,8 +21,14 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import warnings
+
 import optuna
 from optuna.trial import TrialState
+
+# Heartbeats, fail_stale_trials and the matplotlib plots are stable in use here but still
+# flagged experimental; the warning would repeat on every trial.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 from gpt2ft import pick as P
 from gpt2ft.config import Config, StudyConfig, load_config
@@ -378,6 +384,8 @@ def _log_optuna_plots(study: optuna.Study, parent) -> None:
         return
     try:
         from optuna.visualization.matplotlib import plot_param_importances
+
+        warnings.filterwarnings("ignore", module="optuna.importance")
 
         ax = plot_param_importances(study, target=lambda t: t.values[1], target_name="memorization")
         parent.log_figure(ax.figure, "plots/importance_memorization.png")

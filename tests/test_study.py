@@ -1,0 +1,152 @@
+"""The study end to end with the tiny model: trials, MLflow layout, pick, resume, export."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY
+
+TRIAL_METRICS = {"train_loss", "heldout_loss", "heldout_perplexity", "top100_ratio", "memorization",
+                 "memorization_4", "memorization_16", "longest_copy", "style_js", "extractable_rate"}
+PARENT_METRICS = {"book_top100_ratio", "book_memorization", "base_top100_ratio", "base_memorization",
+                  "train_memorization", "memorization_bound"}
+
+
+def _client(workdir: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+
+
+def _runs(client, experiment="gpt2ft-tiny"):
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def _study(workdir: Path, name: str = "tiny"):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}")
+
+
+def test_study_resume_and_export(workdir, book, monkeypatch):
+    from gpt2ft.cli import main
+
+    monkeypatch.setenv("GPT2FT_CORPUS", str(book))
+    assert main(["study", "--config", str(TINY), "--quiet"]) == 0
+
+    client = _client(workdir)
+    runs = _runs(client)
+    parents = [r for r in runs if r.data.tags.get("gpt2ft.kind") == "study"]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 3
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert TRIAL_METRICS <= set(child.data.metrics), TRIAL_METRICS - set(child.data.metrics)
+        arts = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
+        assert {"plots/loss.png", "plots/top100_frequencies.png", "plots/novelty.png"} <= arts
+    assert PARENT_METRICS <= set(parent.data.metrics), PARENT_METRICS - set(parent.data.metrics)
+    assert parent.data.metrics["train_memorization"] == 1.0
+    selected = [c for c in children if c.data.tags.get("selected") == "true"]
+    assert len(selected) == 1
+    study = _study(workdir)
+    assert study.user_attrs["selected"] == int(selected[0].data.tags["optuna.trial"])
+    assert parent.data.tags["selected_run_id"] == selected[0].info.run_id
+    parent_arts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert "plots/style_vs_copying.png" in parent_arts
+    assert "samples.html" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+    # Running again with a larger n_trials continues the same study and the same parent run.
+    assert main(["study", "--config", str(TINY), "--quiet", "--n-trials", "4"]) == 0
+    study = _study(workdir)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    runs = _runs(client)
+    assert len([r for r in runs if r.data.tags.get("gpt2ft.kind") == "study"]) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4
+    assert sum(c.data.tags.get("selected") == "true" for c in children) == 1
+
+    # Export: a folder that plain transformers loads and generates from.
+    out = workdir / "export"
+    assert main(["export", "--out", str(out), "--quiet"]) == 0
+    assert (out / "model.safetensors").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["trial"] == study.user_attrs["selected"]
+    assert "top100_ratio" in (out / "README.md").read_text()
+    from transformers import pipeline
+
+    text = pipeline("text-generation", model=str(out))("I", max_new_tokens=5, do_sample=False)
+    assert text[0]["generated_text"].startswith("I")
+    # Registered with the champion alias, loadable through MLflow.
+    alias = client.get_model_version_by_alias("gpt2ft-tiny", "champion")
+    assert alias.run_id == metrics["mlflow_run_id"]
+
+
+def _count(db: Path, sql: str) -> int:
+    with sqlite3.connect(db) as con:
+        return con.execute(sql).fetchone()[0]
+
+
+def test_kill_and_resume(workdir, book):
+    """kill -9 in the middle of a trial, then the same command: nothing lost, nothing twice."""
+    env = {**os.environ, "GPT2FT_CORPUS": str(book), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "gpt2ft.cli", "study", "--config", str(TINY), "--quiet",
+           "--set", "study.heartbeat_interval=1", "--set", "study.grace_period=2",
+           "--set", "train.max_steps=60", "--set", "study.batch_size=[2]"]
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    db = workdir / "mlruns" / "optuna.db"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            time.sleep(0.5)
+            if proc.poll() is not None:
+                pytest.fail("the study ended before it could be killed:\n" + proc.stdout.read().decode())
+            if db.exists():
+                try:
+                    done = _count(db, "select count(*) from trials where state = 'COMPLETE'")
+                    running = _count(db, "select count(*) from trials where state = 'RUNNING'")
+                except sqlite3.OperationalError:
+                    continue
+                if done >= 1 and running == 1:
+                    time.sleep(2)  # well inside the second trial's training
+                    break
+        else:
+            pytest.fail("no second trial started in time")
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    client = _client(workdir)
+    before = {r.info.run_id: r for r in _runs(client) if r.data.tags.get("gpt2ft.kind") == "trial"}
+    finished_before = {k: dict(r.data.metrics) for k, r in before.items() if r.info.status == "FINISHED"}
+    assert any(r.info.status == "RUNNING" for r in before.values())
+
+    time.sleep(3)  # past the grace period: the killed trial's heartbeat is stale
+    done = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    study = _study(workdir)
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 3
+    assert states.count("FAIL") >= 1
+    runs = [r for r in _runs(client) if r.data.tags.get("gpt2ft.kind") == "trial"]
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    killed = [r for r in runs if r.info.status == "FAILED"]
+    assert killed and "killed" in killed[0].data.tags.get("failure_reason", "")
+    # Completed trials survive untouched, and no trial number has two finished runs.
+    after = {r.info.run_id: r for r in runs}
+    for run_id, metrics in finished_before.items():
+        assert after[run_id].info.status == "FINISHED"
+        assert dict(after[run_id].data.metrics) == metrics
+    numbers = [r.data.tags["optuna.trial"] for r in runs if r.info.status == "FINISHED"]
+    assert len(numbers) == len(set(numbers)) == 3
