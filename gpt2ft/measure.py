@@ -14,8 +14,10 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
@@ -93,8 +95,12 @@ def _fit_classifier(assets: Assets) -> None:
     from gpt2ft.style import StyleClassifier, load_other_novels
 
     t = time.perf_counter()
+    folder = assets.config.data.other_corpora
+    beside = Path(assets.book.source).parent / "other"
+    if folder is None and not os.environ.get("GPT2FT_OTHER_CORPORA") and beside.is_dir():
+        folder = str(beside)  # the layout of shared/data: the book with other/ beside it
     try:
-        others = load_other_novels(assets.config.data.other_corpora)
+        others = load_other_novels(folder)
     except UserError as exc:
         # style_prob is one metric among several; the study still means something without it.
         log.warning("style_prob is off: %s", exc)
@@ -177,7 +183,8 @@ def extraction(assets: Assets, model) -> dict[str, float]:
     return out
 
 
-def measure_model(assets: Assets, model, n_samples: int, seed: int) -> tuple[dict[str, float], list[str], list[list[int]]]:
+def measure_model(assets: Assets, model, n_samples: int,
+                  seed: int) -> tuple[dict[str, float], list[str], list[list[int]]]:
     """Sample from ``model`` as the method does and measure; returns (metrics, texts, ids)."""
     sc = assets.config.sample
     raw = sample(model, assets.tokenizer, assets.runtime, n_samples, sc.new_tokens, seed,

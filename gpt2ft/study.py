@@ -26,19 +26,20 @@ import warnings
 import optuna
 from optuna.trial import TrialState
 
-# Heartbeats, fail_stale_trials and the matplotlib plots are stable in use here but still
-# flagged experimental; the warning would repeat on every trial.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 from gpt2ft import pick as P
 from gpt2ft.config import Config, StudyConfig, load_config
 from gpt2ft.errors import UserError
 from gpt2ft.urls import mask_url
 
+# Heartbeats, fail_stale_trials and the matplotlib plots are stable in use here but still
+# flagged experimental; the warning would repeat on every trial.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 log = logging.getLogger(__name__)
 OBJECTIVES = ("style", "memorization")
 HEARTBEAT_SECONDS = 10
 GRACE_SECONDS = 30
+PARENT_CLAIM_SECONDS = 120  # how long a worker waits for another to create the MLflow parent run
 
 
 # ----------------------------------------------------------------------- search space
@@ -66,14 +67,23 @@ def default_storage(tracking_uri: str) -> str:
 
 def open_storage(url: str, on_failed=None, heartbeat: int = HEARTBEAT_SECONDS,
                  grace: int = GRACE_SECONDS) -> optuna.storages.RDBStorage:
+    import sqlalchemy.exc
+
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
-                                          grace_period=grace, failed_trial_callback=on_failed)
-    except Exception as exc:  # sqlalchemy/driver errors: connection refused, bad URL, no driver
-        reason = str(exc).splitlines()[0][:160] if str(exc) else exc.__class__.__name__
-        raise UserError(f"cannot open the Optuna storage {mask_url(url)} ({reason}); check --storage "
-                        "and that the database is running and reachable.") from None
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
+                                              grace_period=grace, failed_trial_callback=on_failed)
+        except Exception as exc:  # sqlalchemy/driver errors: connection refused, bad URL, no driver
+            error = exc
+            # Workers starting together on an empty database all create Optuna's tables and the
+            # database rejects all but the first CREATE; the tables exist now, so try again.
+            if not (isinstance(exc, sqlalchemy.exc.IntegrityError) or "already exists" in str(exc)):
+                break
+            time.sleep(1 + attempt)
+    reason = str(error).splitlines()[0][:160] if str(error) else error.__class__.__name__
+    raise UserError(f"cannot open the Optuna storage {mask_url(url)} ({reason}); check --storage "
+                    "and that the database is running and reachable.") from None
 
 
 def latest_study_name(storage) -> str:
@@ -94,9 +104,14 @@ def _metric(t: optuna.trial.FrozenTrial, name: str) -> float:
 
 
 def pick_rows(study: optuna.Study) -> list[P.TrialRow]:
+    """Trials as pick rows; a trial re-measured with more samples (``final`` user attr) is
+    judged by those tighter numbers."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        if t.state == TrialState.COMPLETE and t.values:
+        final = t.user_attrs.get("final")
+        if t.state == TrialState.COMPLETE and final:
+            rows.append(P.TrialRow(t.number, float(final["style"]), float(final["memorization"]), "COMPLETE"))
+        elif t.state == TrialState.COMPLETE and t.values:
             rows.append(P.TrialRow(t.number, float(t.values[0]), float(t.values[1]), "COMPLETE"))
         else:
             rows.append(P.TrialRow(t.number, math.nan, math.nan, t.state.name))
@@ -141,32 +156,68 @@ class StudyRunner:
     def open_parent(self, refs: dict[str, float], tags: dict[str, Any]) -> None:
         from gpt2ft.config import save_config  # noqa: F401  (config is stored as YAML text)
 
-        attrs = self.study.user_attrs
-        run_id = attrs.get("mlflow_parent_run_id")
+        run_id = self._parent_id_or_claim()
         if run_id:
             self.parent = self.tracker.resume(run_id)
             return
-        self.parent = self.tracker.start(self.study.study_name, tags={**tags, "gpt2ft.kind": "study"})
-        # Another worker may have raced us; the first id written wins, a loser closes its run.
-        self.study.set_user_attr("mlflow_parent_run_id", self.parent.id)
-        again = self.study.user_attrs.get("mlflow_parent_run_id")
-        if again != self.parent.id:
-            self.parent.end("FINISHED")
-            self.tracker.client.delete_run(self.parent.id)
-            self.parent = self.tracker.resume(again)
-            return
-        import yaml
-        self.study.set_user_attr("config_yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=False))
-        self.study.set_user_attr("corpus", self.assets.book.source)
-        self.study.set_user_attr("references", refs)
-        self.study.set_user_attr("pick_rule", self.config.study.pick_rule)
-        bound = P.memorization_bound(refs.get("book_memorization", math.nan),
-                                     refs.get("base_memorization", math.nan),
-                                     self.config.study.memorization_factor,
-                                     self.config.study.memorization_floor)
-        self.study.set_user_attr("memorization_bound", bound)
+        try:
+            self.parent = self.tracker.start(self.study.study_name, tags={**tags, "gpt2ft.kind": "study"})
+            import yaml
+            config = self.config.to_dict()
+            config["study"]["storage"] = mask_url(config["study"]["storage"])  # export writes this YAML out
+            self.study.set_user_attr("config_yaml", yaml.safe_dump(config, sort_keys=False))
+            self.study.set_user_attr("corpus", self.assets.book.source)
+            self.study.set_user_attr("references", refs)
+            self.study.set_user_attr("pick_rule", self.config.study.pick_rule)
+            bound = P.memorization_bound(refs.get("book_memorization", math.nan),
+                                         refs.get("base_memorization", math.nan),
+                                         self.config.study.memorization_factor,
+                                         self.config.study.memorization_floor)
+            self.study.set_user_attr("memorization_bound", bound)
+            # Last: a worker that sees the id finds every attribute above already written.
+            self.study.set_user_attr("mlflow_parent_run_id", self.parent.id)
+        finally:
+            self._release_parent_claim()
         self.parent.log_params({**self.config.flat(), "optuna.storage": mask_url(self.storage_url)})
         self.parent.log_metrics({**refs, "memorization_bound": bound, **self.assets.timings})
+
+    def _parent_id_or_claim(self) -> Optional[str]:
+        """The study's MLflow parent run id, or None once this worker holds the claim to create it.
+
+        Workers that start together must create one parent run between them. Optuna has no
+        compare-and-set for study attributes (``set_user_attr`` overwrites, so "first id written
+        wins" let two workers each keep a parent), but a study name is unique in the storage:
+        creating a marker study is an atomic claim on any database.
+        """
+        lock = f"{self.study.study_name}.mlflow-parent-claim"
+        deadline = time.monotonic() + PARENT_CLAIM_SECONDS
+        while True:
+            run_id = self.study.user_attrs.get("mlflow_parent_run_id")
+            if run_id:
+                return run_id
+            try:
+                verbosity = optuna.logging.get_verbosity()
+                optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created"
+                try:
+                    self.storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], lock)
+                finally:
+                    optuna.logging.set_verbosity(verbosity)
+            except optuna.exceptions.DuplicatedStudyError:
+                if time.monotonic() > deadline:
+                    raise UserError(f"no MLflow parent run appeared for study {self.study.study_name!r} in "
+                                    f"{PARENT_CLAIM_SECONDS} s; if no other worker is starting, delete the "
+                                    f"stale claim: optuna delete-study --study-name '{lock}' --storage "
+                                    f"'{mask_url(self.storage_url)}'") from None
+                time.sleep(0.5)
+                continue
+            run_id = self.study.user_attrs.get("mlflow_parent_run_id")
+            if run_id:  # its creator finished between our read and our claim
+                self._release_parent_claim()
+            return run_id
+
+    def _release_parent_claim(self) -> None:
+        lock = f"{self.study.study_name}.mlflow-parent-claim"
+        self.storage.delete_study(self.storage.get_study_id_from_name(lock))
 
     def _on_stale_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Optuna failed a trial whose worker stopped beating: close its MLflow run too."""
@@ -199,6 +250,9 @@ class StudyRunner:
                   f"{self.config.study.grace_period} s old); run again later if no other worker runs.",
                   file=sys.stderr)
             raise optuna.TrialPruned("surplus trial: n_trials already reached by other workers")
+        # One seed in every worker (and every resumed run) drew the same parameters in the same
+        # order; seeding by trial number keeps a study reproducible and the workers apart.
+        self.study.sampler = optuna.samplers.TPESampler(seed=self.config.train.seed + trial.number)
         params = suggest(trial, self.config.study)
         patience = self.config.train.early_stop_patience
         if self.config.study.prune and patience == 0:
@@ -267,15 +321,16 @@ class StudyRunner:
         if result is None:
             return None
         previous = self.study.user_attrs.get("selected")
-        if previous != result.number:
-            trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
-            if previous is not None and previous in trials:
-                old = trials[previous].user_attrs.get("mlflow_run_id")
-                if old:
-                    self.tracker.client.set_tag(old, "selected", "false")
-            chosen = trials[result.number]
-            run_id = chosen.user_attrs.get("mlflow_run_id")
-            if run_id:
+        trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        chosen = trials[result.number]
+        run_id = chosen.user_attrs.get("mlflow_run_id")
+        # Workers pick concurrently, each from the trials it has seen, so an older pick can land
+        # after a newer one: compare with what MLflow holds, not only with the last pick.
+        tagged, parent_says = self._selected_in_mlflow(trials, previous)
+        if previous != result.number or tagged != ({run_id} if run_id else set()) or parent_says != run_id:
+            for old in tagged - {run_id}:
+                self.tracker.client.set_tag(old, "selected", "false")
+            if run_id and run_id not in tagged:
                 self.tracker.client.set_tag(run_id, "selected", "true")
             self.study.set_user_attr("selected", result.number)
             if self.parent is not None:
@@ -288,6 +343,15 @@ class StudyRunner:
                                          **{f"selected_{k}": v for k, v in metrics.items()}}, n_done)
         print(f"[study] current pick: trial {result.number} ({result.reason})", file=sys.stderr, flush=True)
         return result
+
+    def _selected_in_mlflow(self, trials: dict, previous: Optional[int]) -> tuple[set[str], Optional[str]]:
+        """Run ids of the children tagged selected=true, and the parent's selected_run_id tag."""
+        if self.parent is None:  # nothing to ask: trust this worker's last pick
+            old = trials[previous].user_attrs.get("mlflow_run_id") if previous in trials else None
+            return ({old} if old else set()), old
+        runs = self.tracker.runs(f"tags.`mlflow.parentRunId` = '{self.parent.id}' and tags.selected = 'true'")
+        parent_tags = self.tracker.client.get_run(self.parent.id).data.tags
+        return {r.info.run_id for r in runs}, parent_tags.get("selected_run_id") or None
 
     def _prune_checkpoints(self) -> None:
         """Keep checkpoints of the Pareto front and of the pick only (disk is finite)."""
@@ -310,7 +374,42 @@ class StudyRunner:
                 self.objective, timeout=timeout, catch=(Exception,), gc_after_trial=True,
                 callbacks=[optuna.study.MaxTrialsCallback(self.n_trials, states=(TrialState.COMPLETE,)),
                            self.after_trial])
+        self.remeasure_front()
         self.apply_pick()
+
+    def remeasure_front(self) -> None:
+        """Re-measure the Pareto front's trials with ``sample.final_n_samples`` sequences.
+
+        Ten samples of 100 tokens give standard errors of a few points; the final candidates
+        get more samples (from their kept checkpoints) so the pick between them is not noise.
+        """
+        from transformers import AutoModelForCausalLM
+
+        from gpt2ft.measure import free_accelerator, measure_model
+
+        n = self.config.sample.final_n_samples
+        if n <= self.config.sample.n_samples:
+            return
+        front = {r.number for r in P.pareto_front(pick_rows(self.study))}
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            path = t.user_attrs.get("checkpoint")
+            if t.number not in front or t.user_attrs.get("final") or not path or not Path(path).is_dir():
+                continue
+            model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).to(self.assets.runtime.device)
+            m, _, _ = measure_model(self.assets, model, n, self.config.train.seed + 1)
+            del model
+            free_accelerator()
+            style = P.style_score(m["top100_ratio"], self.assets.references.get("book_top100_ratio", math.nan))
+            final = {"style": style, "memorization": m["memorization"], "n_samples": n,
+                     **{k: float(v) for k, v in m.items()}}
+            self.storage.set_trial_user_attr(t._trial_id, "final", final)
+            run_id = t.user_attrs.get("mlflow_run_id")
+            if run_id:
+                from gpt2ft.tracking import Run
+
+                Run(self.tracker.client, run_id).log_metrics({f"final_{k}": v for k, v in m.items()})
+            print(f"[study] trial {t.number} re-measured with {n} samples: top100_ratio "
+                  f"{m['top100_ratio']:.3f}, memorization {m['memorization']:.4f}", file=sys.stderr)
 
 
 def study_dataframe(study: optuna.Study) -> Any:

@@ -1,0 +1,118 @@
+"""Faults: NaN loss, a trial that raises, atomic outputs, export with nothing to export, masking."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY
+
+
+class _NaNAfter(torch.nn.Module):
+    """A model whose loss turns NaN after ``k`` forward passes in training mode."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+        self.k = k
+        self.calls = 0
+
+    def forward(self, input_ids, labels=None):
+        if self.training:
+            self.calls += 1
+        value = self.w * 1.0 if self.calls <= self.k or not self.training else self.w * math.nan
+        return type("Out", (), {"loss": value})()
+
+
+def _data(n: int = 64):
+    from gpt2ft.data import TokenData
+
+    windows = torch.zeros((n, 8), dtype=torch.long)
+    return TokenData(windows, windows[:4], [0] * 16, [0] * 16, 8)
+
+
+def test_nan_loss_is_caught_within_log_every_steps():
+    from gpt2ft.config import TrainConfig
+    from gpt2ft.model import resolve_runtime
+    from gpt2ft.train import NonFiniteLoss, fit
+
+    cfg = TrainConfig(lr=1e-3, epochs=5, batch_size=1, log_every=4, device="cpu")
+    model = _NaNAfter(k=6)
+    with pytest.raises(NonFiniteLoss, match="step 8"):
+        fit(cfg, model, _data(), None, resolve_runtime(cfg), progress=False)
+    assert model.calls == 8  # stopped at the first log step after the NaN, not at the end
+
+
+def test_failing_trial_is_isolated(workdir, book, monkeypatch):
+    """A trial that raises is FAIL in Optuna and FAILED in MLflow with the reason; the study
+    goes on and still reaches n_trials completed trials."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    import gpt2ft.trial as trial_mod
+    from gpt2ft.cli import main
+
+    monkeypatch.setenv("GPT2FT_CORPUS", str(book))
+    real_fit = trial_mod.fit
+    calls = {"n": 0}
+
+    def flaky_fit(cfg, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_fit(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(trial_mod, "fit", flaky_fit)
+    assert main(["study", "--config", str(TINY), "--quiet", "--n-trials", "2",
+                 "--set", "study.keep_checkpoints=false"]) == 0
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{workdir}/mlruns/optuna.db")
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert "out of memory" in study.trials[1].user_attrs["fail_reason"]
+    client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("gpt2ft-tiny")
+    runs = {r.data.tags.get("optuna.trial"): r for r in client.search_runs([exp.experiment_id])
+            if r.data.tags.get("gpt2ft.kind") == "trial"}
+    assert runs["1"].info.status == "FAILED"
+    assert "out of memory" in runs["1"].data.tags["failure_reason"]
+    assert runs["0"].info.status == runs["2"].info.status == "FINISHED"
+
+
+def test_atomic_dir_keeps_the_old_folder_on_error(tmp_path):
+    from gpt2ft.fsutil import atomic_dir
+
+    target = tmp_path / "model"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("good")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "weights").write_text("half")
+            raise RuntimeError("crash while writing")
+    assert (target / "weights").read_text() == "good"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary left behind
+
+
+def test_export_without_completed_trial(workdir):
+    import optuna
+
+    from gpt2ft.cli import main
+
+    Path("mlruns").mkdir()
+    optuna.create_study(study_name="empty", storage=f"sqlite:///{workdir}/mlruns/optuna.db",
+                        directions=["maximize", "minimize"])
+    assert main(["export", "--out", str(workdir / "out"), "--study-name", "empty"]) == 2
+    assert not (workdir / "out").exists()
+
+
+@pytest.mark.parametrize("url,masked", [
+    ("postgresql+psycopg2://bob:s3cret@db:5432/optuna", "postgresql+psycopg2://bob:***@db:5432/optuna"),
+    ("http://u:p@127.0.0.1:5000", "http://u:***@127.0.0.1:5000"),
+    ("sqlite:////tmp/x.db", "sqlite:////tmp/x.db"),
+    ("postgresql://bob@db/optuna", "postgresql://bob@db/optuna"),
+])
+def test_mask_url(url, masked):
+    from gpt2ft.urls import mask_url
+
+    assert mask_url(url) == masked
