@@ -211,6 +211,10 @@ def compute_references(assets: Assets, with_base: bool = True) -> dict[str, floa
         t = time.perf_counter()
         model = assets.base_model.to(assets.runtime.device)
         base, _, ids = measure_model(assets, model, assets.config.sample.n_samples, assets.config.train.seed)
+        from gpt2ft.train import evaluate
+
+        tc = assets.config.train
+        base["heldout_loss"] = evaluate(model, d.heldout_windows, tc.batch_size, assets.runtime, tc.eval_batches)
         assets.base_model = model.to("cpu")
         assets.reference_samples["base"] = ids
         refs.update({f"base_{k}": v for k, v in base.items()})

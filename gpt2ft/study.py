@@ -151,6 +151,7 @@ class StudyRunner:
                             f"({exc.__class__.__name__}); check --storage.") from None
         self.study.set_metric_names(list(OBJECTIVES))
         self.parent = None
+        self.bar = None
 
     # --- MLflow parent run, shared by every worker and every resume --------------------
     def open_parent(self, refs: dict[str, float], tags: dict[str, Any]) -> None:
@@ -310,6 +311,8 @@ class StudyRunner:
 
     # --- after each trial --------------------------------------------------------------
     def after_trial(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        if self.bar is not None and frozen.state == TrialState.COMPLETE:
+            self.bar.update(1)
         if frozen.state == TrialState.FAIL:
             reason = frozen.user_attrs.get("fail_reason") or "see the MLflow run's failure_reason tag"
             print(f"[study] trial {frozen.number} FAILED: {reason}", file=sys.stderr)
@@ -370,10 +373,16 @@ class StudyRunner:
             print(f"[study] {done} of {self.n_trials} trials already complete; nothing to run.",
                   file=sys.stderr)
         else:
+            from tqdm.auto import tqdm
+
+            # Trials within the study; like the step bar it is silent when stderr is no terminal.
+            self.bar = tqdm(total=self.n_trials, initial=done, desc="trials", unit="trial",
+                            disable=not self.progress or None)
             self.study.optimize(
                 self.objective, timeout=timeout, catch=(Exception,), gc_after_trial=True,
                 callbacks=[optuna.study.MaxTrialsCallback(self.n_trials, states=(TrialState.COMPLETE,)),
                            self.after_trial])
+            self.bar.close()
         self.remeasure_front()
         self.apply_pick()
 
@@ -575,7 +584,20 @@ def run_study_cli(args) -> int:
     result = current_pick(runner.study)
     if result is not None:
         print(f"\nselected: trial {result.number} — {result.reason}")
+        print_before_after(runner.study, result.number)
     return 0
+
+
+def print_before_after(study: optuna.Study, number: int) -> None:
+    """Base model (before) against the selected trial (after), beside the book itself."""
+    refs = study.user_attrs.get("references", {})
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    after = trial.user_attrs.get("metrics", {})
+    print(f"\n{'metric':<18}{'before (base)':>15}{'after (trial ' + str(number) + ')':>18}{'book (held-out)':>17}")
+    for k in ("top100_ratio", "heldout_loss", "memorization", "style_js", "style_prob"):
+        if k in after or f"base_{k}" in refs:
+            print(f"{k:<18}{refs.get('base_' + k, math.nan):>15.4f}{after.get(k, math.nan):>18.4f}"
+                  f"{refs.get('book_' + k, math.nan):>17.4f}")
 
 
 def _checkpoint_root(tracking_uri: str) -> Path:

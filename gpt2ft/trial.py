@@ -91,9 +91,10 @@ def log_trial(run, assets: Assets, res: TrialResult, plots: bool = True) -> None
     copied = longest_copy_text(assets, res.ids)
     if copied:
         run.log_text(copied, "longest_copy.txt")
-    if plots:
-        from gpt2ft import report
+    from gpt2ft import report
 
+    run.log_dict(report.novelty_table(assets, {"fine-tuned": res.ids}), "novelty_curve.json")
+    if plots:
         for name, fig in report.trial_figures(assets, res).items():
             run.log_figure(fig, f"plots/{name}.png")
 

@@ -241,6 +241,13 @@ def test_novelty_curves(tmp_path: Path, log_y: bool) -> None:
     saved_ok(fig, tmp_path / f"novelty_{log_y}.png")
 
 
+def test_novelty_curves_dense_n_labels_subset(tmp_path: Path) -> None:
+    fig = plots.novelty_curves({"fine-tuned": {n: 1 / n for n in range(1, 17)}})
+    ax = main_axes(fig)[0]
+    assert list(ax.xaxis.get_majorticklocs()) == [1, 2, 3, 4, 6, 8, 12, 16]
+    saved_ok(fig, tmp_path / "novelty_dense.png")
+
+
 def test_novelty_curves_empty(tmp_path: Path) -> None:
     fig = plots.novelty_curves({})
     assert "no novelty" in all_text(fig)
