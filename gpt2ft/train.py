@@ -102,6 +102,23 @@ def fit(cfg: TrainConfig, model, data: TokenData, on_metrics: Optional[OnMetrics
     bar = tqdm(total=total, desc="train", unit="step", disable=not progress or None, leave=False)
     running = torch.zeros((), device=runtime.device)
     since_log = 0
+    epoch_sum, epoch_n = 0.0, 0
+
+    def flush() -> None:
+        """Read the summed loss of the last interval (one device sync), check it, report it."""
+        nonlocal since_log, epoch_sum, epoch_n
+        mean = float(running) / since_log
+        if not math.isfinite(mean):
+            bar.close()
+            raise NonFiniteLoss(f"train_loss became {mean} at step {step} (lr={cfg.lr}).")
+        res.train_curve.append((step, mean))
+        epoch_sum += mean * since_log
+        epoch_n += since_log
+        report({"train_loss": mean}, step)
+        bar.set_postfix(loss=f"{mean:.3f}")
+        running.zero_()
+        since_log = 0
+
     for epoch in range(1, cfg.epochs + 1):
         t_epoch = time.perf_counter()
         epoch_sum, epoch_n = 0.0, 0
@@ -123,38 +140,16 @@ def fit(cfg: TrainConfig, model, data: TokenData, on_metrics: Optional[OnMetrics
             since_log += 1
             step += 1
             res.tokens += x.numel()
+            res.step_seconds += time.perf_counter() - t
             # Reading the loss forces a device sync, so it is read once per log interval;
             # a NaN is therefore caught within log_every steps, not after the trial.
             if since_log == cfg.log_every or step == total:
-                mean = float(running) / since_log
-                res.step_seconds += time.perf_counter() - t
-                if not math.isfinite(mean):
-                    bar.close()
-                    raise NonFiniteLoss(f"train_loss became {mean} at step {step} (lr={cfg.lr}).")
-                res.train_curve.append((step, mean))
-                epoch_sum += mean * since_log
-                epoch_n += since_log
-                report({"train_loss": mean}, step)
-                bar.set_postfix(loss=f"{mean:.3f}")
-                running.zero_()
-                since_log = 0
-            else:
-                res.step_seconds += time.perf_counter() - t
+                flush()
             bar.update(1)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
                 heldout(step)
-        # Flush a partial interval so the epoch mean covers every step.
-        if since_log:
-            mean = float(running) / since_log
-            if not math.isfinite(mean):
-                bar.close()
-                raise NonFiniteLoss(f"train_loss became {mean} at step {step} (lr={cfg.lr}).")
-            res.train_curve.append((step, mean))
-            epoch_sum += mean * since_log
-            epoch_n += since_log
-            report({"train_loss": mean}, step)
-            running.zero_()
-            since_log = 0
+        if since_log:  # a partial interval, so the epoch mean covers every step
+            flush()
         previous = res.heldout_curve[-1][1]
         loss_h = heldout(step)
         res.history.append({"epoch": epoch, "step": step, "train_loss": epoch_sum / max(epoch_n, 1),
