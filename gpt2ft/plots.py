@@ -263,7 +263,7 @@ def top100_frequencies(
     ax.bar(ranks, np.nan_to_num(book), width=0.8, color="0.8", edgecolor="0.6", lw=0.5,
            label="book (Gulliver's Travels)")
     ax.plot(ranks, base, color=palette[7], marker="o", ms=3.5, lw=1, ls="--",
-            label="GPT-2 before fine-tuning (samples)")
+            label="base model before fine-tuning (samples)")
     ax.plot(ranks, tuned, color=palette[3], marker="o", ms=3.5, lw=1.3,
             label="fine-tuned GPT-2 (samples)")
     if np.isfinite(np.concatenate([book, base, tuned])).any():
@@ -387,7 +387,7 @@ def style_vs_copying(
                    label=f"memorization bound of the pick ({bound:.3f})")
     if base_style is not None and base_mem is not None:
         ax.scatter([base_mem], [base_style], marker="X", s=140, color=_BASE_COLOR,
-                   edgecolor="black", zorder=4, label="GPT-2 before fine-tuning")
+                   edgecolor="black", zorder=4, label="base model before fine-tuning")
 
     selected = done[done["selected"].fillna(False).astype(bool)] if len(done) else done
     for _, row in selected.iterrows():

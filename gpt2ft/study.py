@@ -104,11 +104,12 @@ def _metric(t: optuna.trial.FrozenTrial, name: str) -> float:
 
 
 def pick_rows(study: optuna.Study) -> list[P.TrialRow]:
-    """Trials as pick rows; a trial re-measured with more samples (``final`` user attr) is
-    judged by those tighter numbers."""
+    """Trials as pick rows; a trial re-measured with more samples (``final_trial_N`` study user
+    attr) is judged by those tighter numbers."""
     rows = []
+    finals = study.user_attrs
     for t in study.get_trials(deepcopy=False):
-        final = t.user_attrs.get("final")
+        final = finals.get(f"final_trial_{t.number}")
         if t.state == TrialState.COMPLETE and final:
             rows.append(P.TrialRow(t.number, float(final["style"]), float(final["memorization"]), "COMPLETE"))
         elif t.state == TrialState.COMPLETE and t.values:
@@ -402,7 +403,8 @@ class StudyRunner:
         front = {r.number for r in P.pareto_front(pick_rows(self.study))}
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             path = t.user_attrs.get("checkpoint")
-            if t.number not in front or t.user_attrs.get("final") or not path or not Path(path).is_dir():
+            key = f"final_trial_{t.number}"
+            if t.number not in front or key in self.study.user_attrs or not path or not Path(path).is_dir():
                 continue
             model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).to(self.assets.runtime.device)
             m, _, _ = measure_model(self.assets, model, n, self.config.train.seed + 1)
@@ -411,7 +413,8 @@ class StudyRunner:
             style = P.style_score(m["top100_ratio"], self.assets.references.get("book_top100_ratio", math.nan))
             final = {"style": style, "memorization": m["memorization"], "n_samples": n,
                      **{k: float(v) for k, v in m.items()}}
-            self.storage.set_trial_user_attr(t._trial_id, "final", final)
+            # On the study: Optuna refuses to change a finished trial (UpdateFinishedTrialError).
+            self.study.set_user_attr(key, final)
             run_id = t.user_attrs.get("mlflow_run_id")
             if run_id:
                 from gpt2ft.tracking import Run
