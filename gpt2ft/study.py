@@ -536,7 +536,7 @@ def estimate_cpu_hours(assets, config: Config, n_trials: int) -> float:
 
 
 def run_study_cli(args) -> int:
-    from gpt2ft.measure import compute_references, prepare
+    from gpt2ft.measure import compute_references, freeze_long_lived, prepare
     from gpt2ft.model import describe, n_params
     from gpt2ft.tracking import Tracker
 
@@ -563,6 +563,7 @@ def run_study_cli(args) -> int:
             raise UserError(msg + ", or pass --yes to run it anyway.")
         print(f"gpt2ft: warning: {msg}.", file=sys.stderr)
     refs = compute_references(assets)
+    freeze_long_lived()
     tags = {**describe(config, assets.runtime), "corpus_sha256": assets.book.sha256,
             "corpus_body_sha256": assets.book.body_sha256, "corpus_source": assets.book.source,
             "n_params": n_params(assets.base_model)}

@@ -1,0 +1,90 @@
+"""The benchmark scripts import, and their CPU-only parts (arguments, FLOP arithmetic, step
+clock, table) work. ``make bench`` itself is not part of the suite: it takes minutes."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load(name: str) -> ModuleType:
+    """bench/ is a folder of scripts, not a package: import one by path."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_flop_formula_by_hand():
+    B = load("benchlib")
+    # vocab 10, 1 layer, width 4: wte 10*4 = 40; layer: ln_1 8 + c_attn (4*12 + 12) 60 +
+    # attn c_proj (4*4 + 4) 20 + ln_2 8 + c_fc (4*16 + 16) 80 + mlp c_proj (16*4 + 4) 68 = 244;
+    # ln_f 8. Without positions 292; wpe (8 positions x 4) adds 32.
+    assert B.gpt2_params(10, 1, 4) == 292
+    assert B.gpt2_params(10, 1, 4, n_positions=8) == 324
+    # 6N + 12 * n_layer * n_embd * block = 1752 + 384
+    assert B.flops_per_token(292, 1, 4, 8) == 2136
+    # GPT-2 small's published parameter count (tied head, 1024 positions)
+    assert B.gpt2_params(50257, 12, 768, 1024) == 124_439_808
+    assert B.mm_flops(2) == 16
+    assert B.gpu_peak("NVIDIA H100 80GB HBM3") == 989e12
+    assert B.gpu_peak("NVIDIA H200") == 989e12
+    assert B.gpu_peak("NVIDIA H100 PCIe") == 756e12
+    assert B.gpu_peak("Some Future Card") is None
+    # bench/run.py and bench/gpu.py also assert gpt2_params against the real model they build.
+
+
+def test_gpu_dry_run_plans_gpt2_small(capsys):
+    gpu = load("gpu")
+    out = gpu.main(["--dry-run"])["plan"]
+    assert out["batch"] == 16 and out["block"] == 256 and out["tokens_per_step"] == 4096
+    assert out["n_params_without_positions"] == 124_439_808 - 1024 * 768
+    assert out["flops_per_token"] == 6 * 123_653_376 + 12 * 12 * 768 * 256
+    assert out["contestants"] == ["bare", "bare_host", "fit"]
+    assert json.loads(capsys.readouterr().out)["plan"]["flops_per_step"] == out["flops_per_step"]
+
+
+def test_gpu_refuses_bad_input():
+    gpu = load("gpu")
+    with pytest.raises(SystemExit, match="unknown contestant"):
+        gpu.main(["--dry-run", "--contestants", "bare,trainer"])
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="--dry-run"):
+            gpu.main(["--steps", "1"])
+
+
+def test_step_clock_times_every_optimizer_step():
+    torch = pytest.importorskip("torch")
+    B = load("benchlib")
+    w = torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.SGD([w], lr=0.1)
+    synced = []
+    with B.StepClock(sync=lambda: synced.append(1), sync_at=(1, 3)) as clock:
+        for _ in range(3):
+            w.grad = torch.ones(3)
+            opt.step()
+    opt.step()  # after the block: not counted
+    assert len(clock.stamps) == 3 and len(synced) == 2
+    assert clock.window(1, 3) >= 0
+    with pytest.raises(RuntimeError, match="expected 4"):
+        clock.window(1, 4)
+
+
+def test_run_arguments_table_and_schedule():
+    run = load("run")
+    B = load("benchlib")
+    args = run.build_parser().parse_args(["--quick", "--only", "index"])
+    assert args.quick and args.only == "index" and args.batch == 4 and args.block == 64
+    assert B.rotations(["a", "b", "c"], 3) == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
+    rows = [B.row("fit vs bare", 10.0, "bare", 10.5, 10 / 10.5, ">= 0.95", B.at_least(10 / 10.5, 0.95)),
+            B.row("info only", 1.5)]
+    text = B.table(rows)
+    assert text.splitlines()[0].split() == ["figure", "value", "peer", "peer", "value", "ratio", "target",
+                                            "met?"]
+    assert "yes" in text.splitlines()[2] and B.at_most(0.2, 0.15) is False
