@@ -52,11 +52,13 @@ def run_trial(assets: Assets, train_cfg: TrainConfig, run=None,
         best_step, best_loss = result.best_heldout
         last = result.history[-1]
         metrics.update({
-            "train_loss": last["train_loss"], "heldout_loss": last["heldout_loss"],
-            "heldout_perplexity": math.exp(min(last["heldout_loss"], 50.0)),
+            # The latest values of the step-wise series (the epoch means stay in history.json),
+            # so the run's summary and the last point of each curve agree.
+            "train_loss": result.train_curve[-1][1], "heldout_loss": result.heldout_curve[-1][1],
+            "heldout_perplexity": math.exp(min(result.heldout_curve[-1][1], 50.0)),
             "best_heldout_loss": best_loss,
             "best_epoch": float(next((h["epoch"] for h in result.history if h["step"] == best_step), 0)),
-            "overfit_gap": last["heldout_loss"] - last["train_loss"],
+            "overfit_gap": result.heldout_curve[-1][1] - last["train_loss"],
             "steps": float(result.steps), "tokens_per_second": result.tokens / max(result.step_seconds, 1e-9),
         })
         seconds = {"copy_seconds": t_copy, "step_seconds": result.step_seconds,
@@ -83,7 +85,10 @@ def samples_markdown(texts: list[str], title: str) -> str:
 
 def log_trial(run, assets: Assets, res: TrialResult, plots: bool = True) -> None:
     """Final metrics, samples and the trial's plots."""
-    run.log_metrics(res.metrics, res.fit.steps)
+    # train_loss/heldout_loss were logged step by step during fit; logging them again here
+    # would add a duplicate point to those curves.
+    run.log_metrics({k: v for k, v in res.metrics.items() if k not in ("train_loss", "heldout_loss")},
+                    res.fit.steps)
     run.log_text(samples_markdown(res.texts, "Samples after fine-tuning"), "samples.md")
     run.log_dict({"history": res.fit.history, "train_curve": res.fit.train_curve,
                   "heldout_curve": res.fit.heldout_curve, "stopped_early": res.fit.stopped_early},
