@@ -73,7 +73,7 @@ def open_storage(url: str, on_failed=None, heartbeat: int = HEARTBEAT_SECONDS,
     for attempt in range(3):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
-                                              grace_period=grace, failed_trial_callback=on_failed)
+                                              grace_period=grace, heartbeat_stale_trial_callback=on_failed)
         except Exception as exc:  # sqlalchemy/driver errors: connection refused, bad URL, no driver
             error = exc
             # Workers starting together on an empty database all create Optuna's tables and the
