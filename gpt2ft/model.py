@@ -122,8 +122,11 @@ def offline_gpt2_tokenizer_folder(cache_dir: Path) -> Path:
     folder = cache_dir / "gpt2-tokenizer"
     if not (folder / "merges.txt").is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(data / "encoder.json", folder / "vocab.json")
-        shutil.copyfile(data / "vocab.bpe", folder / "merges.txt")
+        # Copy aside and rename: a second process starting now must never read half a file.
+        for src, dst in ((data / "encoder.json", "vocab.json"), (data / "vocab.bpe", "merges.txt")):
+            tmp = folder / f".{dst}.{os.getpid()}.tmp"
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, folder / dst)
     return folder
 
 
