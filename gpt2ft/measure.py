@@ -162,6 +162,33 @@ def measure_samples(assets: Assets, samples: Sequence[Sequence[int]], texts: Opt
     return out
 
 
+def matched_js(assets: Assets, seqs: Sequence[Sequence[int]], leave_out: bool, draws: int = 20) -> float:
+    """``style_js`` of a reference text at the size of one measurement (``n_samples`` pieces).
+
+    JS divergence between a small sample and a large text is biased upward by the sample's
+    size alone (most of a 50k vocabulary is unseen in 1,000 tokens), so a reference is only
+    comparable when drawn at the samples' size: the mean over ``draws`` random subsets. For
+    the held-out book itself each subset is compared with the rest of the held-out text, not
+    with a distribution that contains it.
+    """
+    import random
+
+    n = assets.config.sample.n_samples
+    if len(seqs) < n + (1 if leave_out else 0):
+        return math.nan
+    rng = random.Random(assets.config.train.seed)
+    values = []
+    for _ in range(draws):
+        pick = set(rng.sample(range(len(seqs)), n))
+        sample = [t for i in pick for t in seqs[i]]
+        if leave_out:
+            rest = [t for i, s in enumerate(seqs) if i not in pick for t in s]
+        else:
+            rest = assets.data.heldout_ids
+        values.append(M.js_divergence(sample, rest))
+    return sum(values) / len(values)
+
+
 def extraction(assets: Assets, model) -> dict[str, float]:
     """``extractable_rate``: greedy continuations of training prefixes that reproduce the true
     continuation exactly; ``extractable_rate_heldout``: the same from held-out prefixes."""
@@ -207,6 +234,7 @@ def compute_references(assets: Assets, with_base: bool = True) -> dict[str, floa
         assets.reference_samples[prefix] = seqs
         for k, v in measure_samples(assets, seqs, seed=assets.config.train.seed).items():
             refs[f"{prefix}_{k}"] = v
+        refs[f"{prefix}_style_js"] = matched_js(assets, seqs, leave_out=prefix == "book")
     if with_base:
         t = time.perf_counter()
         model = assets.base_model.to(assets.runtime.device)
