@@ -176,8 +176,9 @@ def load_model(cfg: ModelConfig, tokenizer, block_size: int = 1024):
                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
         return GPT2LMHeadModel(conf)
     if cfg.name == "smollm2":
-        return AutoModelForCausalLM.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_GGUF,
-                                                    dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_GGUF,
+                                                     dtype=torch.float32)
+        return _forget_gguf(model)
     local = _is_local(cfg.name)
     try:
         return AutoModelForCausalLM.from_pretrained(
@@ -185,6 +186,18 @@ def load_model(cfg: ModelConfig, tokenizer, block_size: int = 1024):
             use_safetensors=True, dtype=torch.float32)
     except (OSError, ValueError):
         raise UserError(_unknown_model_message(cfg.name, "model")) from None
+
+
+def _forget_gguf(model):
+    """GGUF weights are dequantized to fp32 on load, so the model is an ordinary one; but
+    transformers keeps the GGUF quantizer attached and then refuses to save it. Detach it, so
+    checkpoints and exports are plain safetensors folders."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if "is_quantized" in vars(model):
+        model.is_quantized = False
+    return model
 
 
 def prompt_token_id(tokenizer) -> int:
