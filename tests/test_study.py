@@ -37,7 +37,7 @@ def _study(workdir: Path, name: str = "tiny"):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}")
 
 
-def test_study_resume_and_export(workdir, book, monkeypatch):
+def test_study_resume_and_export(workdir, book, monkeypatch, capsys):
     from gpt2ft.cli import main
 
     monkeypatch.setenv("GPT2FT_CORPUS", str(book))
@@ -87,6 +87,9 @@ def test_study_resume_and_export(workdir, book, monkeypatch):
 
     text = pipeline("text-generation", model=str(out))("I", max_new_tokens=5, do_sample=False)
     assert text[0]["generated_text"].startswith("I")
+    # `gpt2ft generate` samples from the folder with the metrics' settings.
+    assert main(["generate", "--model", str(out), "--n", "2", "--new-tokens", "6"]) == 0
+    assert capsys.readouterr().out.count("--- sample") == 2
     # Registered with the champion alias, loadable through MLflow.
     alias = client.get_model_version_by_alias("gpt2ft-tiny", "champion")
     assert alias.run_id == metrics["mlflow_run_id"]
