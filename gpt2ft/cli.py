@@ -154,28 +154,21 @@ def cmd_references(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import torch
-
     from gpt2ft.config import ModelConfig, TrainConfig
     from gpt2ft.data import encode
-    from gpt2ft.model import load_model, load_tokenizer, prompt_token_id, resolve_runtime
+    from gpt2ft.generate import sample
+    from gpt2ft.model import load_model, load_tokenizer, resolve_runtime
 
     mc = ModelConfig(name=args.model)
     tok = load_tokenizer(mc)
     model = load_model(mc, tok)
     runtime = resolve_runtime(TrainConfig())
-    model.to(runtime.device).eval()
-    prompt = encode(tok, args.prompt).tolist() if args.prompt else [prompt_token_id(tok)]
-    x = torch.tensor([prompt] * args.n, device=runtime.device)
-    eos = tok.eos_token_id if tok.eos_token_id is not None else prompt_token_id(tok)
-    torch.manual_seed(args.seed)
-    with torch.no_grad(), runtime.autocast():
-        out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=True,
-                             top_k=args.top_k, min_length=len(prompt) + args.new_tokens,
-                             max_length=len(prompt) + args.new_tokens, bad_words_ids=[[eos]],
-                             pad_token_id=eos)
-    for i, row in enumerate(out):
-        print(f"--- sample {i + 1}\n{args.prompt}{tok.decode(row[len(prompt):], skip_special_tokens=True)}\n")
+    model.to(runtime.device)
+    # The metrics' own sampling function, so a person reads what the metrics measured.
+    prompt = encode(tok, args.prompt).tolist() if args.prompt else None
+    for i, row in enumerate(sample(model, tok, runtime, args.n, args.new_tokens, args.seed,
+                                   args.top_k, prompt_ids=prompt)):
+        print(f"--- sample {i + 1}\n{args.prompt}{tok.decode(row, skip_special_tokens=True)}\n")
     return 0
 
 

@@ -411,7 +411,3 @@ def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> None:
             _deep_update(base[k], v)
         else:
             base[k] = v
-
-
-def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

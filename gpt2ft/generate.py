@@ -20,11 +20,15 @@ def _eos(tokenizer) -> int:
 
 @torch.no_grad()
 def sample(model, tokenizer, runtime: Runtime, n: int, new_tokens: int, seed: int,
-           top_k: int = 50, temperature: float = 1.0) -> list[list[int]]:
-    """``n`` sampled sequences of exactly ``new_tokens`` new token ids (the prompt excluded)."""
+           top_k: int = 50, temperature: float = 1.0,
+           prompt_ids: Sequence[int] | None = None) -> list[list[int]]:
+    """``n`` sampled sequences of exactly ``new_tokens`` new token ids (the prompt excluded).
+
+    The prompt is the BOS token unless ``prompt_ids`` are given (``gpt2ft generate``)."""
     was_training = model.training
     model.eval()
-    prompt = torch.full((n, 1), prompt_token_id(tokenizer), dtype=torch.long, device=runtime.device)
+    ids = list(prompt_ids) if prompt_ids else [prompt_token_id(tokenizer)]
+    prompt = torch.tensor([ids] * n, dtype=torch.long, device=runtime.device)
     eos = _eos(tokenizer)
     # fork_rng keeps sampling reproducible for a seed without disturbing the training RNG.
     devices = [runtime.device.index or 0] if runtime.device.type == "cuda" else []
@@ -33,10 +37,10 @@ def sample(model, tokenizer, runtime: Runtime, n: int, new_tokens: int, seed: in
         out = model.generate(
             input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
             top_k=top_k, top_p=1.0, temperature=temperature,
-            min_length=1 + new_tokens, max_length=1 + new_tokens,
+            min_length=len(ids) + new_tokens, max_length=len(ids) + new_tokens,
             bad_words_ids=[[eos]], pad_token_id=eos, use_cache=True)
     model.train(was_training)
-    return out[:, 1:].tolist()
+    return out[:, len(ids):].tolist()
 
 
 @torch.no_grad()

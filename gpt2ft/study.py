@@ -98,11 +98,6 @@ def latest_study_name(storage) -> str:
 
 # ------------------------------------------------------------------------ the pick
 
-def _metric(t: optuna.trial.FrozenTrial, name: str) -> float:
-    v = t.user_attrs.get("metrics", {}).get(name)
-    return float(v) if v is not None else math.nan
-
-
 def pick_rows(study: optuna.Study) -> list[P.TrialRow]:
     """Trials as pick rows; a trial re-measured with more samples (``final_trial_N`` study user
     attr) is judged by those tighter numbers."""
@@ -156,8 +151,6 @@ class StudyRunner:
 
     # --- MLflow parent run, shared by every worker and every resume --------------------
     def open_parent(self, refs: dict[str, float], tags: dict[str, Any]) -> None:
-        from gpt2ft.config import save_config  # noqa: F401  (config is stored as YAML text)
-
         run_id = self._parent_id_or_claim()
         if run_id:
             self.parent = self.tracker.resume(run_id)
@@ -510,12 +503,10 @@ def _log_optuna_plots(study: optuna.Study, parent) -> None:
 
 def estimate_cpu_hours(assets, config: Config, n_trials: int) -> float:
     """Time one training step on a copy of the model and extrapolate to the whole study."""
-    import torch
-
-    from gpt2ft.train import _make_optimizer
+    from gpt2ft.train import make_optimizer
 
     model = assets.fresh_model()
-    opt = _make_optimizer(model, config.train, assets.runtime)
+    opt = make_optimizer(model, config.train, assets.runtime)
     x = assets.data.train_windows[: config.train.batch_size]
     t = time.perf_counter()
     loss = model(input_ids=x, labels=x).loss
@@ -531,7 +522,6 @@ def estimate_cpu_hours(assets, config: Config, n_trials: int) -> float:
         # per-step time grows roughly with the batch; steps per epoch shrink with it
         steps += math.ceil(n / b) * mean_epochs * (b / config.train.batch_size)
     steps /= len(space.batch_size)
-    torch.set_grad_enabled(True)
     return step * steps * n_trials / 3600
 
 

@@ -63,7 +63,7 @@ def evaluate(model, windows: torch.Tensor, batch_size: int, runtime: Runtime,
     return total / max(count, 1)
 
 
-def _make_optimizer(model, cfg: TrainConfig, runtime: Runtime) -> torch.optim.Optimizer:
+def make_optimizer(model, cfg: TrainConfig, runtime: Runtime) -> torch.optim.Optimizer:
     # The fused kernel is one launch per step instead of several per parameter on CUDA, and
     # one pass over memory instead of a loop over parameters on the CPU (bench/run.py: ~5x
     # faster step, ~10% of a small model's training step; Trainer's default is fused too).
@@ -79,7 +79,7 @@ def fit(cfg: TrainConfig, model, data: TokenData, on_metrics: Optional[OnMetrics
     report = on_metrics or (lambda metrics, step: None)
     model.to(runtime.device)
     model.train()
-    opt = _make_optimizer(model, cfg, runtime)
+    opt = make_optimizer(model, cfg, runtime)
     warm = cfg.warmup_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
     n = data.train_windows.shape[0]
