@@ -399,7 +399,14 @@ class StudyRunner:
             key = f"final_trial_{t.number}"
             if t.number not in front or key in self.study.user_attrs or not path or not Path(path).is_dir():
                 continue
-            model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).to(self.assets.runtime.device)
+            try:
+                model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
+            except OSError:
+                # Another worker in the same folder pruned it (no longer on the front) since
+                # the check above; its trial keeps its per-trial measurement.
+                log.warning("checkpoint of trial %d disappeared; not re-measured", t.number)
+                continue
+            model.to(self.assets.runtime.device)
             m, _, _ = measure_model(self.assets, model, n, self.config.train.seed + 1)
             del model
             free_accelerator()
