@@ -37,6 +37,7 @@ __all__ = [
     "memorization_bound",
     "pareto_front",
     "pick",
+    "state_name",
     "style_score",
 ]
 
@@ -135,7 +136,8 @@ def memorization_bound(
     return max(candidates)
 
 
-def _state_name(state: object) -> str:
+def state_name(state: object) -> str:
+    """An Optuna trial state as its upper-case name, whatever form it comes in."""
     # Accept "COMPLETE", "complete", optuna's TrialState.COMPLETE or its str()
     # ("TrialState.COMPLETE") alike, so a caller passing the enum does not silently get
     # an empty table.
@@ -147,7 +149,7 @@ def _usable(rows: Iterable[TrialRow]) -> list[TrialRow]:
     """COMPLETE rows whose two metrics are finite numbers (NaN/inf rows cannot be ranked)."""
     out = []
     for r in rows:
-        if _state_name(r.state) != "COMPLETE":
+        if state_name(r.state) != "COMPLETE":
             continue
         try:
             style, mem = float(r.style), float(r.memorization)
