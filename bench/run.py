@@ -384,7 +384,7 @@ def malloc_trim() -> bool:
 
 def bench_trials(args, corpus: Path, results: dict[str, Any], deadline: float) -> list[dict[str, Any]]:
     from gpt2ft.config import load_config
-    from gpt2ft.measure import compute_references, prepare
+    from gpt2ft.assets import compute_references, prepare
     from gpt2ft.tracking import Tracker
     from gpt2ft.trial import run_trial
 
@@ -396,7 +396,7 @@ def bench_trials(args, corpus: Path, results: dict[str, Any], deadline: float) -
     assets = prepare(cfg, str(corpus))
     prepare_s = time.perf_counter() - t
     t = time.perf_counter()
-    compute_references(assets, with_base=True)  # the plots draw the base model's curves too
+    assets = assets.with_references(compute_references(assets, with_base=True))  # plots draw the base model
     references_s = time.perf_counter() - t
     trials: list[dict[str, Any]] = []
     hwm_reset = True
@@ -501,7 +501,7 @@ PROFILE_PARTS = {  # label -> (file fragment, function name) of the pieces of a 
     "log_trial": ("gpt2ft/trial.py", "log_trial"), "trial_figures (draw)": ("gpt2ft/report.py", "trial_figures"),
     "savefig (render PNG)": ("matplotlib/figure.py", "savefig"),
     "Run.log_metrics": ("gpt2ft/tracking.py", "log_metrics"),
-    "free_accelerator": ("gpt2ft/measure.py", "free_accelerator"),
+    "free_accelerator": ("gpt2ft/model.py", "free_accelerator"),
 }
 
 

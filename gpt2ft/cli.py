@@ -2,17 +2,22 @@
 
 Errors a user can cause are caught here, at the edge, and reported as one sentence with
 exit code 2; anything else is a bug and keeps its traceback.
+
+Each command imports what it needs when it runs: torch, transformers and MLflow take several
+seconds to import, and ``gpt2ft --help`` or a mistyped option should answer at once.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
 from typing import Any, Optional, Sequence
 
 from gpt2ft.errors import UserError
+from gpt2ft.fmt import fmt
 
 
 def _common(p: argparse.ArgumentParser, config_required: bool = True) -> None:
@@ -64,12 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
 def print_table(rows: list[tuple[str, Any]], title: str) -> None:
     width = max(len(k) for k, _ in rows) if rows else 10
     print(f"\n{title}")
@@ -79,9 +78,10 @@ def print_table(rows: list[tuple[str, Any]], title: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from gpt2ft.assets import compute_references, freeze_long_lived, prepare, run_tags
     from gpt2ft.config import load_config
-    from gpt2ft.measure import SAMPLE_METRICS, compute_references, freeze_long_lived, prepare
-    from gpt2ft.model import describe, n_params
+    from gpt2ft.measure import SAMPLE_METRICS
+    from gpt2ft.model import save_model
     from gpt2ft.tracking import Tracker
     from gpt2ft.trial import run_trial
 
@@ -89,19 +89,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     tracker = Tracker(args.tracking_uri or config.tracking.uri, config.tracking.experiment)
     assets = prepare(config, args.corpus)
     _banner(assets)
-    refs = compute_references(assets)
+    assets = assets.with_references(compute_references(assets))
+    refs = assets.references.values
     freeze_long_lived()
-    tags = {**describe(config, assets.runtime), "corpus_sha256": assets.book.sha256,
-            "corpus_body_sha256": assets.book.body_sha256, "corpus_source": assets.book.source,
-            "n_params": n_params(assets.base_model), "kind": "train"}
     t = time.perf_counter()
-    with tracker.run(f"train-{time.strftime('%Y%m%d-%H%M%S')}", tags=tags) as run:
+    with tracker.run(f"train-{time.strftime('%Y%m%d-%H%M%S')}", tags={**run_tags(assets), "kind": "train"}) as run:
         run.log_params(config.flat())
-        run.log_metrics(refs)
-        run.log_metrics(assets.timings)
+        run.log_metrics({**refs, **assets.timings, "references_seconds": assets.references.seconds})
         res = run_trial(assets, config.train, run, keep_model=bool(args.save), progress=not args.quiet)
         if args.save:
-            from gpt2ft.export import save_model
             save_model(res.model, assets.tokenizer, args.save)
     rows = [("train_loss", res.metrics["train_loss"]), ("heldout_loss", res.metrics["heldout_loss"]),
             ("heldout_perplexity", res.metrics["heldout_perplexity"])]
@@ -125,8 +121,100 @@ def _banner(assets) -> None:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from gpt2ft.study import run_study_cli
-    return run_study_cli(args)
+    from gpt2ft.assets import compute_references, freeze_long_lived, prepare, run_tags
+    from gpt2ft.checkpoints import Checkpoints
+    from gpt2ft.config import load_config
+    from gpt2ft.coordination import default_storage, open_storage
+    from gpt2ft.study import StudyRunner, log_study_artifacts
+    from gpt2ft.summary import summarize
+    from gpt2ft.tracking import Tracker, store_folder
+    from gpt2ft.urls import mask_url
+
+    config = load_config(args.config, _study_overrides(args))
+    tracker = Tracker(args.tracking_uri or config.tracking.uri, config.tracking.experiment)
+    folder = store_folder(tracker.uri)
+    storage_url = config.study.storage or default_storage(folder)
+    open_storage(storage_url)  # fail fast on a bad URL, before the expensive loading
+    assets = prepare(config, args.corpus)
+    _refuse_long_cpu_study(assets, args.yes)
+    assets = assets.with_references(compute_references(assets))
+    freeze_long_lived()
+    checkpoints = Checkpoints(folder / "checkpoints" / config.study.name, config.study.keep_checkpoints)
+    runner = StudyRunner(config, storage_url, tracker, assets, checkpoints, progress=not args.quiet)
+    runner.open_parent(run_tags(assets))
+    t = time.perf_counter()
+    try:
+        runner.run(config.study.timeout)
+        log_study_artifacts(runner)
+    except KeyboardInterrupt:
+        runner.parent.end("KILLED")
+        raise
+    except BaseException:
+        runner.parent.end("FAILED")
+        raise
+    runner.parent.end("FINISHED")
+    print(f"\nstudy {config.study.name!r}: {time.perf_counter() - t:.0f} s in this run; "
+          f"storage {mask_url(storage_url)}; MLflow {mask_url(tracker.uri)}")
+    summary = summarize(runner.study)
+    print_trials(summary)
+    if summary.pick is not None:
+        print(f"\nselected: trial {summary.pick.number} — {summary.pick.reason}")
+        print_before_after(summary)
+    return 0
+
+
+def _study_overrides(args: argparse.Namespace) -> list[str]:
+    """The study options as config overrides, so the config stays the one source."""
+    overrides = list(args.overrides)
+    for option, key in (("study_name", "name"), ("n_trials", "n_trials"), ("timeout", "timeout"),
+                        ("storage", "storage")):
+        if getattr(args, option) not in (None, ""):
+            overrides.append(f"study.{key}={getattr(args, option)}")
+    return overrides
+
+
+def _refuse_long_cpu_study(assets, yes: bool) -> None:
+    """On a CPU, time one training step and refuse a study of more than an hour unless --yes."""
+    from gpt2ft.train import seconds_per_step
+
+    config = assets.config
+    if assets.runtime.device.type != "cpu" or config.model.name in ("random-gpt2", "smollm2"):
+        return
+    step = seconds_per_step(assets.fresh_model(), config.train, assets.data.train_windows, assets.runtime)
+    n, space = assets.data.train_windows.shape[0], config.study
+    mean_epochs = (space.epochs.low + space.epochs.high) / 2
+    # Per-step time grows roughly with the batch; steps per epoch shrink with it.
+    steps = sum(-(-n // b) * mean_epochs * b / config.train.batch_size
+                for b in space.batch_size) / len(space.batch_size)
+    hours = step * steps * space.n_trials / 3600
+    msg = (f"no GPU: this study ({space.n_trials} trials of {config.model.name}) would take about {hours:.1f} "
+           "hours on this CPU (timed from one step); try `make study-cpu` (experiments/cpu_small.yaml) for a "
+           "run of minutes")
+    if hours > 1 and not yes:
+        raise UserError(msg + ", or pass --yes to run it anyway.")
+    print(f"gpt2ft: warning: {msg}.", file=sys.stderr)
+
+
+def print_trials(summary) -> None:
+    """The trial table as a person reads it."""
+    df = summary.table
+    if df.empty:
+        print("no trials.")
+        return
+    cols = [c for c in ("number", "state", "lr", "epochs", "batch_size", "top100_ratio", "memorization",
+                        "heldout_loss", "style_prob", "seconds", "within_bound", "selected") if c in df.columns]
+    print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
+def print_before_after(summary) -> None:
+    """Base model (before) against the selected trial (after), beside the book itself."""
+    refs, number = summary.references, summary.pick.number
+    after = summary.trial(number)
+    print(f"\n{'metric':<18}{'before (base)':>15}{'after (trial ' + str(number) + ')':>18}{'book (held-out)':>17}")
+    for k in ("top100_ratio", "heldout_loss", "memorization", "style_js", "style_prob"):
+        if k in after or f"base_{k}" in refs:
+            print(f"{k:<18}{refs.get('base_' + k, math.nan):>15.4f}{after.get(k, math.nan):>18.4f}"
+                  f"{refs.get('book_' + k, math.nan):>17.4f}")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -135,12 +223,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_references(args: argparse.Namespace) -> int:
+    from gpt2ft.assets import REFERENCE_SOURCES, compute_references, prepare
     from gpt2ft.config import load_config
-    from gpt2ft.measure import REFERENCE_SOURCES, SAMPLE_METRICS, compute_references, prepare
+    from gpt2ft.measure import SAMPLE_METRICS
 
     config = load_config(args.config, args.overrides)
     assets = prepare(config, args.corpus)
-    refs = compute_references(assets, with_base=not args.no_base)
+    refs = compute_references(assets, with_base=not args.no_base).values
     names = [m for m in SAMPLE_METRICS + ("extractable_rate", "extractable_rate_heldout")]
     header = f"{'metric':<26}" + "".join(f"{p:>12}" for p in REFERENCE_SOURCES)
     print(header)

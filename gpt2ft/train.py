@@ -1,7 +1,8 @@
 """The training function: plain PyTorch, AdamW, loss from the model via ``labels=input_ids``.
 
 ``fit`` knows nothing of MLflow or Optuna: it reports through the ``on_metrics`` callback
-(which may raise to stop the run, e.g. Optuna's pruning) and returns its history.
+and returns its history. It stops early on its own rule only (held-out loss rising for
+``early_stop_patience`` evaluations in a row), never on a study's say-so.
 """
 from __future__ import annotations
 
@@ -70,6 +71,19 @@ def make_optimizer(model, cfg: TrainConfig, runtime: Runtime) -> torch.optim.Opt
     fused = runtime.device.type in ("cuda", "cpu")
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                              fused=fused)
+
+
+def seconds_per_step(model, cfg: TrainConfig, windows: torch.Tensor, runtime: Runtime) -> float:
+    """Wall time of one optimizer step at ``cfg.batch_size`` (for a study's cost estimate)."""
+    model.to(runtime.device).train()
+    opt = make_optimizer(model, cfg, runtime)
+    x = windows[: cfg.batch_size].to(runtime.device)
+    t = time.perf_counter()
+    with runtime.autocast():
+        loss = model(input_ids=x, labels=x).loss
+    loss.backward()
+    opt.step()
+    return time.perf_counter() - t
 
 
 def fit(cfg: TrainConfig, model, data: TokenData, on_metrics: Optional[OnMetrics],

@@ -5,15 +5,23 @@ run is passed in; this module never imports mlflow or optuna.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from gpt2ft.config import TrainConfig
-from gpt2ft.measure import Assets, free_accelerator, measure_model
-from gpt2ft.model import seed_everything
-from gpt2ft.train import FitResult, OnMetrics, fit
+from gpt2ft import report
+from gpt2ft.assets import Assets
+from gpt2ft.config import Config, TrainConfig
+from gpt2ft.measure import measure_model
+from gpt2ft.metrics import longest_copy
+from gpt2ft.model import free_accelerator, seed_everything
+from gpt2ft.train import FitResult, fit
+
+#: Held-out evaluations in a row with a rising loss that count as "clearly turned upward",
+#: when ``study.early_stop`` is on and ``train.early_stop_patience`` does not say otherwise.
+EARLY_STOP_PATIENCE = 2
 
 
 @dataclass
@@ -26,8 +34,20 @@ class TrialResult:
     model: Any = None
 
 
-def run_trial(assets: Assets, train_cfg: TrainConfig, run=None,
-              on_metrics: Optional[OnMetrics] = None, keep_model: bool = False,
+def trial_train_config(config: Config, params: dict[str, Any]) -> TrainConfig:
+    """The training settings of a study trial with ``params`` (lr, epochs, batch_size).
+
+    The one place a trial's settings are made, for the study and for export's retrain alike,
+    so a retrained export trains exactly the steps its trial did (early stop included).
+    """
+    patience = config.train.early_stop_patience
+    if config.study.early_stop and patience == 0:
+        patience = EARLY_STOP_PATIENCE
+    return dataclasses.replace(config.train, lr=params["lr"], epochs=params["epochs"],
+                               batch_size=params["batch_size"], early_stop_patience=patience)
+
+
+def run_trial(assets: Assets, train_cfg: TrainConfig, run=None, keep_model: bool = False,
               progress: bool = True, plots: bool = True,
               after_fit: Optional[Callable[[Any, FitResult], None]] = None) -> TrialResult:
     """Fine-tune a fresh copy of the base model with ``train_cfg``, sample, measure, log."""
@@ -36,14 +56,9 @@ def run_trial(assets: Assets, train_cfg: TrainConfig, run=None,
     model = assets.fresh_model()
     t_copy = time.perf_counter() - t0
 
-    def report(values: dict[str, float], step: int) -> None:
-        if run is not None:
-            run.log_metrics(values, step)
-        if on_metrics is not None:
-            on_metrics(values, step)
-
     try:
-        result = fit(train_cfg, model, assets.data, report, assets.runtime, progress=progress)
+        result = fit(train_cfg, model, assets.data, run.log_metrics if run is not None else None,
+                     assets.runtime, progress=progress)
         if after_fit is not None:
             after_fit(model, result)
         t = time.perf_counter()
@@ -96,8 +111,6 @@ def log_trial(run, assets: Assets, res: TrialResult, plots: bool = True) -> None
     copied = longest_copy_text(assets, res.ids)
     if copied:
         run.log_text(copied, "longest_copy.txt")
-    from gpt2ft import report
-
     run.log_dict(report.novelty_table(assets, {"fine-tuned": res.ids}), "novelty_curve.json")
     if plots:
         for name, fig in report.trial_figures(assets, res).items():
@@ -106,8 +119,6 @@ def log_trial(run, assets: Assets, res: TrialResult, plots: bool = True) -> None
 
 def longest_copy_text(assets: Assets, ids: list[list[int]]) -> str:
     """The longest verbatim span a sample shares with training, as text, for a person to read."""
-    from gpt2ft.metrics import longest_copy
-
     length, which, start = longest_copy(ids, assets.index)
     if length <= 0:
         return ""

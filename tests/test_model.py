@@ -15,7 +15,7 @@ def test_smollm2_saves_as_plain_safetensors(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from gpt2ft.config import ModelConfig
-    from gpt2ft.export import save_model
+    from gpt2ft.model import save_model
     from gpt2ft.model import load_model, load_tokenizer
 
     cfg = ModelConfig(name="smollm2")

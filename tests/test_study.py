@@ -62,6 +62,7 @@ def test_study_resume_and_export(workdir, book, monkeypatch, capsys):
     study = _study(workdir)
     assert study.user_attrs["selected"] == int(selected[0].data.tags["optuna.trial"])
     assert parent.data.tags["selected_run_id"] == selected[0].info.run_id
+    _assert_pick_wiring(parent, children, _study(workdir))
     parent_arts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert "plots/style_vs_copying.png" in parent_arts
     assert "samples.html" in {a.path for a in client.list_artifacts(parent.info.run_id)}
@@ -93,6 +94,34 @@ def test_study_resume_and_export(workdir, book, monkeypatch, capsys):
     # Registered with the champion alias, loadable through MLflow.
     alias = client.get_model_version_by_alias("gpt2ft-tiny", "champion")
     assert alias.run_id == metrics["mlflow_run_id"]
+
+
+def _assert_pick_wiring(parent, children, study) -> None:
+    """The study's wiring, checked from what was logged: the objective is the distance to the
+    book's ratio, the bound is built from the book's and the base model's memorization, and the
+    selected trial is the one ``pick`` chooses from the logged (re-measured where made) values."""
+    from gpt2ft import pick as P
+
+    refs, cfg = parent.data.metrics, study.user_attrs
+    book = refs["book_top100_ratio"]
+    factor, floor = float(parent.data.params["study.memorization_factor"]), float(parent.data.params[
+        "study.memorization_floor"])
+    bound = max(factor * refs["book_memorization"], factor * refs["base_memorization"], floor)
+    assert refs["memorization_bound"] == pytest.approx(bound)
+    assert cfg["memorization_bound"] == pytest.approx(bound)
+    rows = []
+    for child in children:
+        m, number = child.data.metrics, int(child.data.tags["optuna.trial"])
+        trial = study.trials[number]
+        assert trial.values[0] == pytest.approx(-abs(m["top100_ratio"] - book))
+        assert m["style_score"] == pytest.approx(-abs(m["top100_ratio"] - book))
+        assert trial.values[1] == pytest.approx(m["memorization"])
+        top = m.get("final_top100_ratio", m["top100_ratio"])
+        rows.append(P.TrialRow(number, -abs(top - book), m.get("final_memorization", m["memorization"])))
+    expected = P.pick(rows, parent.data.params["study.pick_rule"], bound)
+    chosen = [c for c in children if c.data.tags.get("selected") == "true"]
+    assert int(chosen[0].data.tags["optuna.trial"]) == expected.number
+    assert parent.data.tags["pick_reason"] == expected.reason
 
 
 def _count(db: Path, sql: str) -> int:

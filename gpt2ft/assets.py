@@ -1,0 +1,165 @@
+"""What a study prepares once and every trial shares: the book and its tokens, the pretrained
+weights (kept on the CPU, copied per trial), the n-gram index of the training text, the book's
+top-100 token set, the style classifier, and the reference values every trial is compared with.
+
+Measuring a model or a text is ``gpt2ft.measure``'s job; this module only builds the inputs.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gc
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from gpt2ft import metrics as M
+from gpt2ft.config import Config
+from gpt2ft.data import Book, TokenData, encode, load_book, normalise_ws, tokenize_book
+from gpt2ft.errors import UserError
+from gpt2ft.measure import chunks, matched_js, measure_model, measure_samples
+from gpt2ft.model import Runtime, describe, load_model, load_tokenizer, n_params, resolve_runtime, seed_everything
+from gpt2ft.ngram_index import NgramIndex
+from gpt2ft.style import StyleClassifier, load_other_novels
+from gpt2ft.train import evaluate
+
+log = logging.getLogger(__name__)
+
+#: Reference sources: prefix -> what it is.
+REFERENCE_SOURCES = {"book": "held-out book text (the human reference)",
+                     "other": "other novels (out of domain)",
+                     "train": "training text itself (the copying ceiling)",
+                     "base": "the pretrained model before fine-tuning"}
+CHUNK_TOKENS = 100  # reference texts are cut like samples: sequences of 100 tokens
+
+
+@dataclass(frozen=True)
+class References:
+    """Every sample metric on the reference sources (``book_*``, ``other_*``, ``train_*``,
+    ``base_*``) and the token sequences they were measured on."""
+
+    values: dict[str, float] = field(default_factory=dict)
+    samples: dict[str, list[list[int]]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Assets:
+    """What a study builds once and every trial shares (read-only for trials)."""
+
+    config: Config
+    book: Book
+    tokenizer: Any
+    data: TokenData
+    base_model: Any
+    runtime: Runtime
+    index: NgramIndex
+    top_ids: frozenset[int]
+    classifier: Optional[StyleClassifier] = None
+    other_ids: list[list[int]] = field(default_factory=list)
+    references: References = field(default_factory=References)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def fresh_model(self):
+        """A trial's own copy of the pretrained weights (a copy costs far less than a load)."""
+        return copy.deepcopy(self.base_model)
+
+    def with_references(self, refs: References) -> "Assets":
+        return dataclasses.replace(self, references=refs)
+
+
+def prepare(config: Config, corpus: Optional[str] = None, classifier: bool = True) -> Assets:
+    """Load and index everything a study needs; every user error surfaces here, before any
+    run is created."""
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    runtime = resolve_runtime(config.train)
+    book = load_book(config.data, corpus)
+    tokenizer = load_tokenizer(config.model, config.data.cache_dir)
+    data = tokenize_book(book, tokenizer, config.data.block_size)
+    timings["data_seconds"] = time.perf_counter() - t
+    t = time.perf_counter()
+    seed_everything(config.train.seed)
+    model = load_model(config.model, tokenizer, config.data.block_size)
+    model.eval()
+    timings["model_load_seconds"] = time.perf_counter() - t
+    t = time.perf_counter()
+    index = NgramIndex(data.train_ids, max_n=16)
+    top_ids = M.top_k_ids(data.train_ids, config.metrics.top_k)
+    timings["index_seconds"] = time.perf_counter() - t
+    clf, other_ids = None, []
+    if classifier and config.metrics.style_classifier:
+        t = time.perf_counter()
+        clf, other_ids = _fit_classifier(config, book, tokenizer)
+        timings["classifier_seconds"] = time.perf_counter() - t
+    return Assets(config, book, tokenizer, data, model, runtime, index, top_ids, clf, other_ids,
+                  timings=timings)
+
+
+def _fit_classifier(config: Config, book: Book, tokenizer) -> tuple[Optional[StyleClassifier], list[list[int]]]:
+    """The style classifier (None when it cannot be trusted) and the other novels' reference
+    sequences, up to 20 chunks of each."""
+    folder = config.data.other_corpora
+    beside = Path(book.source).parent / "other"
+    if folder is None and not os.environ.get("GPT2FT_OTHER_CORPORA") and beside.is_dir():
+        folder = str(beside)  # the layout of shared/data: the book with other/ beside it
+    try:
+        others = load_other_novels(folder)
+    except UserError as exc:
+        # style_prob is one metric among several; the study still means something without it.
+        log.warning("style_prob is off: %s", exc)
+        return None, []
+    other_ids = []
+    for text in others.values():
+        ids = encode(tokenizer, normalise_ws(text[:60_000])).tolist()
+        other_ids.extend(chunks(ids, CHUNK_TOKENS, 20))
+    clf = StyleClassifier.fit(book.train_text, book.heldout_text, others, seed=config.train.seed)
+    if not clf.usable:
+        # A classifier that cannot tell held-out Swift from other novels would report noise
+        # as style; its accuracy is still reported, its probabilities are not used.
+        log.warning("style_prob is off: the style classifier's held-out accuracy %.3f is below %.2f",
+                    clf.heldout_accuracy, clf.min_accuracy)
+    return clf, other_ids
+
+
+def compute_references(assets: Assets, with_base: bool = True) -> References:
+    """book_*, other_*, train_* and base_* values of every sample metric, and their sequences."""
+    t0 = time.perf_counter()
+    d = assets.data
+    values: dict[str, float] = {}
+    samples: dict[str, list[list[int]]] = {"book": chunks(d.heldout_ids, CHUNK_TOKENS),
+                                           "train": chunks(d.train_ids, CHUNK_TOKENS, 200)}
+    if assets.other_ids:
+        samples["other"] = assets.other_ids
+    for prefix, seqs in samples.items():
+        for k, v in measure_samples(assets, seqs, seed=assets.config.train.seed).items():
+            values[f"{prefix}_{k}"] = v
+        values[f"{prefix}_style_js"] = matched_js(assets, seqs, leave_out=prefix == "book")
+    if with_base:
+        model = assets.base_model.to(assets.runtime.device)
+        base, _, ids = measure_model(assets, model, assets.config.sample.n_samples, assets.config.train.seed)
+        tc = assets.config.train
+        base["heldout_loss"] = evaluate(model, d.heldout_windows, tc.batch_size, assets.runtime, tc.eval_batches)
+        model.to("cpu")  # trials copy the base weights from the CPU
+        samples["base"] = ids
+        values.update({f"base_{k}": v for k, v in base.items()})
+    if assets.classifier is not None:
+        values["style_classifier_accuracy"] = assets.classifier.heldout_accuracy
+    return References(values, samples, time.perf_counter() - t0)
+
+
+def freeze_long_lived() -> None:
+    """Move the study's long-lived objects (tokenizer, index, base model, ~700k objects) out of
+    the garbage collector's view, so the collection after every trial does not walk them again."""
+    gc.collect()
+    gc.freeze()
+
+
+def run_tags(assets: Assets) -> dict[str, Any]:
+    """Tags every run of these assets carries: device, precision, versions, corpus, size."""
+    return {**describe(assets.config, assets.runtime), "corpus_sha256": assets.book.sha256,
+            "corpus_body_sha256": assets.book.body_sha256, "corpus_source": assets.book.source,
+            "n_params": n_params(assets.base_model)}

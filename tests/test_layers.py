@@ -1,0 +1,83 @@
+"""The package's layering, read from its imports with ``ast``: no cycle, pure modules stay
+pure, and each heavy framework is imported only by the module whose job it is."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "gpt2ft"
+
+#: Modules that must import neither torch nor mlflow nor optuna (nor I/O-heavy frameworks):
+#: plain functions over plain data, testable on literal inputs.
+PURE = {"metrics", "pick", "ngram_index", "fmt", "urls", "errors"}
+#: Who may import each framework directly. MLflow is the tracking module's job; Optuna is the
+#: study's (its loop) and coordination's (storage and workers).
+OWNERS = {"mlflow": {"tracking"}, "optuna": {"study", "coordination"}, "optuna_integration": {"study"}}
+
+
+def _imports(path: Path) -> set[str]:
+    """Names of everything ``path`` imports at run time, at any depth of the file (imports under
+    ``if TYPE_CHECKING:`` exist for annotations only and are left out)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and getattr(node.test, "id", None) == "TYPE_CHECKING" for n in ast.walk(node)}
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            if node.module == "gpt2ft":  # from gpt2ft import pick
+                names.update(f"gpt2ft.{a.name}" for a in node.names)
+    return names
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = {p.stem: _imports(p) for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    return {m: {n.split(".")[1] for n in deps if n.startswith("gpt2ft.") and n.split(".")[1] in modules}
+            for m, deps in modules.items()}
+
+
+def test_no_import_cycle():
+    graph = _graph()
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for dep in sorted(graph[m]):
+            if state.get(dep) == 1:
+                pytest.fail("import cycle: " + " -> ".join(path[path.index(dep):] + [dep]) if dep in path
+                            else f"import cycle through {dep}")
+            if dep not in state:
+                visit(dep, path + [dep])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+
+
+@pytest.mark.parametrize("module", sorted(PURE))
+def test_pure_modules_import_no_framework(module):
+    roots = {n.split(".")[0] for n in _imports(PACKAGE / f"{module}.py")}
+    assert not roots & {"torch", "mlflow", "optuna", "transformers", "sklearn", "matplotlib", "pandas"}, roots
+
+
+@pytest.mark.parametrize("framework", sorted(OWNERS))
+def test_frameworks_are_imported_only_by_their_owner(framework):
+    users = {p.stem for p in PACKAGE.glob("*.py")
+             if any(n == framework or n.startswith(framework + ".") for n in _imports(p))}
+    assert users <= OWNERS[framework], f"{framework} imported by {sorted(users - OWNERS[framework])}"
+
+
+def test_the_checker_sees_a_cycle(tmp_path, monkeypatch):
+    """The cycle test itself can fail: two modules importing each other are reported."""
+    (tmp_path / "a.py").write_text("from gpt2ft import b\n")
+    (tmp_path / "b.py").write_text("import gpt2ft.a\n")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", tmp_path)
+    with pytest.raises(pytest.fail.Exception, match="import cycle"):
+        test_no_import_cycle()

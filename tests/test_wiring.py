@@ -1,0 +1,153 @@
+"""The joints between the parts: the trial table and the re-measure, sampling, the retrain's
+settings, the bootstrap's definition and the knee's ties. Each test here fails when one line
+of the wiring changes meaning."""
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from gpt2ft import metrics as M
+from gpt2ft import pick as P
+from gpt2ft.config import Config, StudyConfig, TrainConfig
+from gpt2ft.summary import summarize
+from gpt2ft.trial import EARLY_STOP_PATIENCE, trial_train_config
+
+
+@dataclass
+class FakeTrial:
+    number: int
+    metrics: dict[str, float]
+    state: Any = field(default_factory=lambda: SimpleNamespace(name="COMPLETE"))
+    params: dict[str, Any] = field(default_factory=lambda: {"lr": 1e-4, "epochs": 1, "batch_size": 4})
+    duration: Any = dt.timedelta(seconds=1)
+
+    @property
+    def user_attrs(self) -> dict[str, Any]:
+        return {"metrics": self.metrics}
+
+
+class FakeStudy:
+    def __init__(self, trials, **attrs):
+        self.trials, self.user_attrs = trials, attrs
+
+    def get_trials(self, deepcopy=False):
+        return list(self.trials)
+
+
+def _study(**attrs) -> FakeStudy:
+    trials = [FakeTrial(0, {"top100_ratio": 0.55, "memorization": 0.0}),
+              FakeTrial(1, {"top100_ratio": 0.60, "memorization": 0.0})]
+    return FakeStudy(trials, references={"book_top100_ratio": 0.55}, memorization_bound=0.02,
+                     pick_rule="bounded_style", **attrs)
+
+
+def test_trial_table_uses_the_remeasure_and_it_can_change_the_pick():
+    assert summarize(_study()).pick.number == 0
+    # Trial 0's ten samples looked like the book; forty more say it is further off than trial 1.
+    summary = summarize(_study(final_trial_0={"top100_ratio": 0.70, "memorization": 0.0, "n_samples": 40}))
+    assert summary.pick.number == 1
+    row = summary.trial(0)
+    assert row["top100_ratio"] == 0.70 and row["remeasured"]
+    assert row["style_score"] == pytest.approx(-0.15)
+    assert bool(summary.table.set_index("number").loc[1, "selected"])
+
+
+def test_trial_table_style_is_the_distance_not_the_ratio():
+    table = summarize(_study()).table.set_index("number")
+    assert table.loc[1, "style_score"] == pytest.approx(-abs(0.60 - 0.55))
+    assert "style" not in table.columns  # one name, one meaning
+
+
+def test_export_retrains_with_the_trials_own_settings():
+    """The bug this guards: export built its own TrainConfig without the study's early stop."""
+    config = Config(train=TrainConfig(early_stop_patience=0), study=StudyConfig(early_stop=True))
+    tcfg = trial_train_config(config, {"lr": 3e-4, "epochs": 5, "batch_size": 8})
+    assert (tcfg.lr, tcfg.epochs, tcfg.batch_size) == (3e-4, 5, 8)
+    assert tcfg.early_stop_patience == EARLY_STOP_PATIENCE
+    off = Config(train=TrainConfig(early_stop_patience=0), study=StudyConfig(early_stop=False))
+    assert trial_train_config(off, {"lr": 3e-4, "epochs": 5, "batch_size": 8}).early_stop_patience == 0
+
+
+def test_export_retrain_calls_fit_with_trial_train_config(monkeypatch, tmp_path):
+    import yaml
+
+    from gpt2ft import export
+
+    seen = {}
+    config = Config(study=StudyConfig(early_stop=True))
+
+    def fake_fit(cfg, model, data, on_metrics, runtime, progress=True):
+        seen["cfg"] = cfg
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(export, "fit", fake_fit)
+    monkeypatch.setattr(export, "prepare", lambda *a, **k: SimpleNamespace(
+        fresh_model=lambda: None, data=None, runtime=None))
+    info = {"config_yaml": yaml.safe_dump(config.to_dict()), "params": {"lr": 1e-4, "epochs": 3, "batch_size": 2},
+            "corpus": "x"}
+    with pytest.raises(RuntimeError, match="stop here"):
+        export._retrain(info, tmp_path, SimpleNamespace(corpus=None, quiet=True))
+    assert seen["cfg"] == trial_train_config(config, info["params"])
+
+
+def test_sample_gives_exactly_new_tokens_without_eos_from_bos():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from gpt2ft.generate import sample
+    from gpt2ft.model import Runtime
+
+    torch.manual_seed(0)
+    vocab, eos = 40, 7
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=vocab, n_positions=64,
+                                       bos_token_id=eos, eos_token_id=eos))
+    # Make EOS by far the likeliest token: only the ban keeps it out.
+    with torch.no_grad():
+        model.lm_head.weight[eos] += 5.0
+    prompts = []
+    original = model.generate
+
+    def spy(*args, **kwargs):
+        prompts.append(kwargs["input_ids"].clone())
+        return original(*args, **kwargs)
+
+    model.generate = spy
+    tok = SimpleNamespace(bos_token_id=eos, eos_token_id=eos)
+    out = sample(model, tok, Runtime(torch.device("cpu"), None), n=3, new_tokens=25, seed=1)
+    assert [len(s) for s in out] == [25, 25, 25]
+    assert all(eos not in s for s in out)
+    assert prompts[0].tolist() == [[eos]] * 3
+
+
+def test_bootstrap_se_is_the_ddof1_std_of_n_boot_whole_sequence_resamples():
+    samples = [[1], [2], [4], [8], [16]]
+    calls = []
+
+    def stat(s):
+        calls.append(1)
+        return float(np.mean([x[0] for x in s]))
+
+    se = M.bootstrap_se(samples, stat, n_boot=37, seed=5)
+    assert len(calls) == 37
+    rng = np.random.default_rng(5)
+    reps = [np.mean([samples[i][0] for i in rng.integers(0, 5, size=5)]) for _ in range(37)]
+    assert se == pytest.approx(float(np.std(reps, ddof=1)))
+    assert se != pytest.approx(float(np.std(reps, ddof=0)))
+
+
+def test_knee_ties_within_tolerance_go_to_the_lower_trial_number():
+    # Two interior points whose normalised scores differ by rounding only (< 1e-9) tie.
+    rows = [P.TrialRow(0, -0.30, 0.00), P.TrialRow(3, -0.10, 0.50), P.TrialRow(1, -0.10 - 1e-12, 0.50 - 1e-12),
+            P.TrialRow(2, 0.00, 1.00)]
+    assert P.pick(rows, "knee").number == 1
+    # A real difference (1e-3) is not a tie: the better point wins despite its higher number.
+    rows = [P.TrialRow(0, -0.30, 0.00), P.TrialRow(1, -0.10, 0.50), P.TrialRow(3, -0.099, 0.50),
+            P.TrialRow(2, 0.00, 1.00)]
+    assert P.pick(rows, "knee").number == 3
+    assert math.isfinite(P.style_score(0.5, 0.55))
