@@ -462,7 +462,9 @@ def log_study_artifacts(runner: StudyRunner) -> None:
     refs = {**study.user_attrs.get("references", {}),
             "memorization_bound": study.user_attrs.get("memorization_bound")}
     front = [r.number for r in P.pareto_front(pick_rows(study))]
-    parent.log_figure(plots.style_vs_copying(df, refs, front), "plots/style_vs_copying.png")
+    # Until the trial-summary table feeds it: plots reads the front from an on_front column.
+    on_front = df.assign(on_front=[n in front for n in df.get("number", [])])
+    parent.log_figure(plots.style_vs_copying(on_front, refs), "plots/style_vs_copying.png")
     done = df[df.state == "COMPLETE"]
     if len(done):
         parent.log_figure(plots.params_vs_objectives(done, references=refs), "plots/params_vs_objectives.png")
