@@ -1,8 +1,10 @@
 """Rendering tests for gpt2ft.plots: every figure draws from small fake data, saves a real
-PNG, labels its axes, and survives empty tables and NaN values."""
+PNG, labels its axes, and survives empty tables and NaN values. The fake trial table and
+trajectories follow the trial-summary contract (gpt2ft.summary)."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 
@@ -10,6 +12,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
 from gpt2ft import plots
@@ -44,9 +48,11 @@ def all_text(fig: Figure) -> str:
 def trials_table() -> pd.DataFrame:
     return pd.DataFrame({
         "number": [0, 1, 2, 3, 4, 5],
-        "style": [0.50, 0.55, 0.61, NAN, 0.57, 0.58],
-        "memorization": [0.002, 0.02, 0.15, 0.01, 0.025, 0.3],
         "state": ["COMPLETE", "COMPLETE", "COMPLETE", "COMPLETE", "COMPLETE", "PRUNED"],
+        "lr": [1e-5, 3e-5, 1e-4, 2e-5, 5e-5, 2e-4],
+        "top100_ratio": [0.50, 0.55, 0.61, NAN, 0.57, 0.58],
+        "memorization": [0.002, 0.02, 0.15, 0.01, 0.025, 0.3],
+        "on_front": [True, True, False, False, True, False],
         "selected": [False, False, False, False, True, False],
     })
 
@@ -131,50 +137,275 @@ def test_top100_frequencies_empty_and_all_nan(tmp_path: Path) -> None:
 # --- style vs copying ------------------------------------------------------------------
 
 
+def trajectories_table() -> pd.DataFrame:
+    """Per trial of trials_table(): base (epoch 0), each epoch; the last epoch differs a
+    little from the trial's final (re-measured) point, as it does in a real study. Trial 3
+    (NaN final ratio) and 5 (PRUNED) have paths that must not be drawn."""
+    rows = []
+    finals = trials_table().set_index("number")
+    for number, epochs in ((0, 2), (1, 2), (2, 3), (3, 1), (4, 3), (5, 1)):
+        lr, mem = finals.loc[number, "lr"], finals.loc[number, "memorization"]
+        ratio = finals.loc[number, "top100_ratio"]
+        for e in range(epochs + 1):
+            f = e / epochs
+            rows.append({"number": number, "lr": lr, "step": 10 * e, "epoch": float(e),
+                         "top100_ratio": 0.49 + ((0.56 if math.isnan(ratio) else ratio) - 0.49) * f * 0.98,
+                         "memorization": 0.004 + (mem - 0.004) * f * f * 0.9,
+                         "heldout_loss": 3.5 - 0.2 * f + (0.5 * f * f if number == 2 else 0.0)})
+    return pd.DataFrame(rows)
+
+
+def trajectory_lines(fig: Figure) -> dict[int, object]:
+    ax = main_axes(fig)[0]
+    return {int(line.get_gid().split("-")[1]): line for line in ax.get_lines()
+            if (line.get_gid() or "").startswith("trajectory-")}
+
+
+def colourbar_labels(fig: Figure) -> list[str]:
+    fig.draw_without_rendering()  # tick labels are filled in at draw time
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1
+    return [t.get_text() for t in bars[0].get_yticklabels() if t.get_text()]
+
+
 def test_style_vs_copying_annotates_selected(tmp_path: Path) -> None:
-    fig = plots.style_vs_copying(trials_table(), REFS, pareto=[0, 1, 4])
+    fig = plots.style_vs_copying(trials_table(), REFS)
     ax = main_axes(fig)[0]
     assert "memorization" in ax.get_xlabel() and "top-100" in ax.get_ylabel()
     assert fig.get_suptitle()
     text = all_text(fig)
     assert "selected: trial 4" in text
-    assert "not shown" in text  # the NaN and PRUNED rows are counted, not drawn
+    assert "2 failed/pruned/unmeasured trial(s) not shown" in text  # NaN and PRUNED rows
     legend = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
     assert any("book's own top-100 ratio" in t for t in legend)
     assert any("before fine-tuning" in t for t in legend)
     assert any("Pareto front" in t for t in legend)
+    assert not trajectory_lines(fig)  # no trajectories given, no paths
     saved_ok(fig, tmp_path / "style.png")
+
+
+def test_style_vs_copying_front_comes_from_on_front_column() -> None:
+    table = trials_table()
+    table["on_front"] = [False, False, True, False, False, True]  # 5 is PRUNED: not drawn
+    fig = plots.style_vs_copying(table, REFS)
+    ax = main_axes(fig)[0]
+    numbers = {t.get_text() for t in ax.texts}
+    assert "2" in numbers and "0" not in numbers and "4" not in numbers and "5" not in numbers
 
 
 def test_style_vs_copying_accepts_enum_state_strings(tmp_path: Path) -> None:
     table = trials_table()
     table["state"] = "TrialState.COMPLETE"
-    fig = plots.style_vs_copying(table, REFS, pareto=[4])
+    fig = plots.style_vs_copying(table, REFS)
     assert "selected: trial 4" in all_text(fig)
     saved_ok(fig, tmp_path / "style_enum.png")
 
 
 def test_style_vs_copying_without_references_and_log_axis(tmp_path: Path) -> None:
     refs = {"book_top100_ratio": NAN, "base_memorization": 0.01}  # incomplete references
-    fig = plots.style_vs_copying(trials_table(), refs, pareto=[0, 1, 4],
+    fig = plots.style_vs_copying(trials_table(), refs, trajectories_table(),
                                  log_memorization=True)
     assert main_axes(fig)[0].get_xscale() == "symlog"
+    assert "Pareto band" not in all_text(fig)  # no book ratio, no band around it
     saved_ok(fig, tmp_path / "style_norefs.png")
 
 
 @pytest.mark.parametrize("table", [
     pd.DataFrame(),
-    pd.DataFrame(columns=["number", "style", "memorization", "state", "selected"]),
-    pd.DataFrame({"number": [0, 1], "style": [NAN, NAN], "memorization": [NAN, 0.1],
-                  "state": ["COMPLETE", "FAIL"], "selected": [True, False]}),
+    pd.DataFrame(columns=["number", "top100_ratio", "memorization", "state", "on_front", "selected"]),
+    pd.DataFrame({"number": [0, 1], "top100_ratio": [NAN, NAN], "memorization": [NAN, 0.1],
+                  "state": ["COMPLETE", "FAIL"], "on_front": [True, NAN], "selected": [True, False]}),
 ])
 def test_style_vs_copying_empty_or_nan(tmp_path: Path, table: pd.DataFrame) -> None:
-    fig = plots.style_vs_copying(table, REFS, pareto=[])
+    fig = plots.style_vs_copying(table, REFS, trajectories_table())
     ax = main_axes(fig)[0]
     assert ax.get_xlabel() and ax.get_ylabel()
     assert "no completed trials" in all_text(fig)
     assert "selected:" not in all_text(fig)
+    assert not trajectory_lines(fig)
     saved_ok(fig, tmp_path / "style_empty.png")
+
+
+def test_style_vs_copying_draws_one_path_per_trial_ending_at_final(tmp_path: Path) -> None:
+    table = trials_table()
+    fig = plots.style_vs_copying(table, REFS, trajectories_table())
+    lines = trajectory_lines(fig)
+    assert sorted(lines) == [0, 1, 2, 4]  # 3 (NaN metric) and 5 (PRUNED) are not drawn
+    finals = table.set_index("number")
+    scatter = main_axes(fig)[0].collections[0]  # the trials' final points, coloured
+    colour_at = {tuple(np.round(xy, 6)): scatter.cmap(scatter.norm(v))[:3]
+                 for xy, v in zip(scatter.get_offsets(), scatter.get_array())}
+    for number, line in lines.items():
+        xs, ys = line.get_xdata(), line.get_ydata()
+        final = (finals.loc[number, "memorization"], finals.loc[number, "top100_ratio"])
+        assert (xs[-1], ys[-1]) == pytest.approx(final)
+        assert (xs[0], ys[0]) == pytest.approx((0.004, 0.49))  # the base model, epoch 0
+        assert len(xs) == {0: 4, 1: 4, 2: 5, 4: 5}[number]  # epochs 0..E, then the final
+        assert to_rgb(line.get_color()) == pytest.approx(colour_at[tuple(np.round(final, 6))])
+    legend = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    assert sum("path" in t for t in legend) == 1  # one legend entry, not one per trial
+    saved_ok(fig, tmp_path / "style_paths.png")
+
+
+def test_trajectory_paths_order_base_and_final() -> None:
+    points, _ = plots.style_points(trials_table())
+    traj = pd.DataFrame({  # unsorted, no epoch-0 row, one NaN measurement
+        "number": [1, 1, 1, 4],
+        "epoch": [2.0, 1.0, 1.5, 1.0],
+        "step": [20, 10, 15, 10],
+        "top100_ratio": [0.54, 0.52, NAN, 0.57],
+        "memorization": [0.018, 0.01, 0.012, 0.025],
+    })
+    paths = plots.trajectory_paths(traj, points, base=(0.004, 0.49))
+    xs, ys = paths[1]
+    assert list(xs) == [0.004, 0.01, 0.018, 0.02] and list(ys) == [0.49, 0.52, 0.54, 0.55]
+    xs, ys = paths[4]  # its last measurement already equals the final: not repeated
+    assert list(xs) == [0.004, 0.025] and list(ys) == [0.49, 0.57]
+    assert set(paths) == {1, 4}
+    assert plots.trajectory_paths(None, points) == {}
+    assert list(plots.trajectory_paths(traj, points)[1][0]) == [0.01, 0.018, 0.02]  # no base
+
+
+def test_style_points_is_display_hygiene_only() -> None:
+    table = trials_table()
+    table["on_front"] = [NAN, True, False, False, True, None]  # unknown reads False, not True
+    points, hidden = plots.style_points(table)
+    assert hidden == 2
+    assert list(points["number"]) == [0, 1, 4, 2]  # sorted by memorization
+    assert list(points["on_front"]) == [False, True, True, False]
+    assert list(points["selected"]) == [False, False, True, False]
+    points, hidden = plots.style_points(None)
+    assert points.empty and hidden == 0
+
+
+def test_style_vs_copying_colour_bar_shows_learning_rates() -> None:
+    labels = colourbar_labels(plots.style_vs_copying(trials_table(), REFS))
+    values = [float(t) for t in labels]
+    assert len(values) >= 2 and all(1e-5 <= v <= 1e-4 for v in values)
+    assert "1e-5" in labels and "1e-4" in labels
+
+
+def test_style_vs_copying_colour_bar_integer_trial_numbers_without_lr() -> None:
+    # Trials 0..2 only: a default locator would put ticks at 0.25, 0.5, ... (no such trials).
+    table = trials_table().drop(columns=["lr"]).iloc[:3]
+    fig = plots.style_vs_copying(table, REFS)
+    labels = colourbar_labels(fig)
+    (bar,) = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    locs = [v for v in bar.get_yticks() if 0 <= v <= 2]
+    assert locs and all(float(v).is_integer() for v in locs)
+    assert labels == [str(int(v)) for v in locs]
+    assert "trial number" in bar.get_ylabel()
+
+
+def test_style_vs_copying_labels_the_band_on_the_band() -> None:
+    fig = plots.style_vs_copying(trials_table(), REFS)
+    ax = main_axes(fig)[0]
+    labels = [t for t in ax.texts if t.get_gid() == "pareto-band-label"]
+    assert len(labels) == 1 and "Pareto band" in labels[0].get_text()
+    # Front 0 (0.50), 1 (0.55), 4 (0.57); book 0.56: the widest step is 0.06 either side.
+    x, y = labels[0].xy
+    assert x == pytest.approx(0.002) and 0.56 < y < 0.62
+
+
+def test_style_vs_copying_selected_label_stays_inside_axes_below_title() -> None:
+    # The selected trial top-right, where the label used to run into the subtitle.
+    table = trials_table()
+    table["selected"] = table["number"] == 2
+    fig = plots.style_vs_copying(table, REFS, trajectories_table())
+    FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = main_axes(fig)[0]
+    (label,) = [t for t in ax.texts if t.get_gid() == "selected-label"]
+    box = label.get_bbox_patch().get_window_extent(renderer)
+    inside = ax.get_window_extent(renderer)
+    assert inside.x0 <= box.x0 and box.x1 <= inside.x1
+    assert inside.y0 <= box.y0 and box.y1 <= inside.y1
+    assert not box.overlaps(ax.title.get_window_extent(renderer))
+
+
+# --- copying and loss by epoch ---------------------------------------------------------
+
+
+def epoch_lines(fig: Figure, metric: str) -> dict[int, object]:
+    return {int(line.get_gid().rsplit("-", 1)[1]): line for ax in fig.axes
+            for line in ax.get_lines() if (line.get_gid() or "").startswith(metric + "-")}
+
+
+def test_copying_and_loss_by_epoch(tmp_path: Path) -> None:
+    traj = trajectories_table()
+    fig = plots.copying_and_loss_by_epoch(traj, REFS)
+    ax_mem, ax_loss = main_axes(fig)
+    assert ax_mem.get_shared_x_axes().joined(ax_mem, ax_loss)
+    assert "memorization" in ax_mem.get_ylabel() and "held-out loss" in ax_loss.get_ylabel()
+    assert "epoch" in ax_loss.get_xlabel()
+    mem, loss = epoch_lines(fig, "memorization"), epoch_lines(fig, "heldout_loss")
+    assert sorted(mem) == sorted(loss) == [0, 1, 2, 3, 4, 5]
+    assert all(line in ax_mem.get_lines() for line in mem.values())
+    assert all(line in ax_loss.get_lines() for line in loss.values())
+    assert list(mem[2].get_xdata()) == [0, 1, 2, 3]
+    bound = [line for line in ax_mem.get_lines() if "bound" in str(line.get_label())]
+    assert len(bound) == 1 and list(bound[0].get_ydata()) == [0.03, 0.03]
+    assert not any("bound" in str(line.get_label()) for line in ax_loss.get_lines())
+    # Trials 2 (final 0.15) and 5 (0.3) cross 0.03; each gets one onset marker.
+    (onsets,) = [c for c in ax_mem.collections if "onset" in str(c.get_label())]
+    assert len(onsets.get_offsets()) == 2
+    labels = colourbar_labels(fig)
+    assert "learning rate" in [ax for ax in fig.axes if ax.get_label() == "<colorbar>"][0].get_ylabel()
+    assert all(1e-5 <= float(t) <= 2e-4 for t in labels)
+    saved_ok(fig, tmp_path / "epoch.png")
+
+
+def test_copying_and_loss_by_epoch_without_references_or_loss() -> None:
+    traj = trajectories_table()
+    traj["heldout_loss"] = NAN
+    fig = plots.copying_and_loss_by_epoch(traj)
+    ax_mem, ax_loss = main_axes(fig)
+    assert len(epoch_lines(fig, "memorization")) == 6
+    assert not ax_loss.get_lines() and "no heldout_loss" in all_text(fig)
+    assert not any("bound" in str(line.get_label()) for line in ax_mem.get_lines())
+    assert not [c for c in ax_mem.collections if "onset" in str(c.get_label())]
+
+
+@pytest.mark.parametrize("traj", [
+    None,
+    pd.DataFrame(),
+    pd.DataFrame(columns=["number", "lr", "step", "epoch", "top100_ratio", "memorization",
+                          "heldout_loss"]),
+    pd.DataFrame({"number": [0, 1], "epoch": [NAN, 1.0], "memorization": [0.1, NAN],
+                  "heldout_loss": [NAN, NAN]}),
+])
+def test_copying_and_loss_by_epoch_empty(tmp_path: Path, traj: pd.DataFrame | None) -> None:
+    fig = plots.copying_and_loss_by_epoch(traj, REFS)
+    assert len(main_axes(fig)) == 2
+    assert "no memorization" in all_text(fig) and "no heldout_loss" in all_text(fig)
+    saved_ok(fig, tmp_path / "epoch_empty.png")
+
+
+def test_copying_onsets_first_epoch_strictly_above_bound() -> None:
+    series = plots.epoch_series(pd.DataFrame({
+        "number": [7, 7, 7, 7, 8, 8],
+        "epoch": [3.0, 0.0, 1.0, 2.0, 0.0, 1.0],
+        "step": [30, 0, 10, 20, 0, 10],
+        "memorization": [0.2, 0.0, 0.03, 0.05, 0.0, 0.03],
+    }))
+    assert list(series["epoch"][series["number"] == 7]) == [0, 1, 2, 3]
+    # 0.03 equals the bound: the pick still accepts it, so copying starts at epoch 2.
+    assert plots.copying_onsets(series, 0.03) == {7: (2.0, 0.05)}
+    assert plots.copying_onsets(series, None) == {}
+    assert plots.copying_onsets(series, 0.01) == {7: (1.0, 0.03), 8: (1.0, 0.03)}
+
+
+# --- house rule --------------------------------------------------------------------------
+
+
+def test_no_plots_function_over_sixty_lines() -> None:
+    script = Path(__file__).resolve().parents[1] / "scripts" / "long_functions.py"
+    spec = importlib.util.spec_from_file_location("long_functions", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.long_functions(plots.__file__) == []
+    assert module.long_functions(plots.__file__, limit=10)  # the check does find long ones
 
 
 # --- params vs objectives --------------------------------------------------------------
