@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import gc
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from gpt2ft import metrics as M
+from gpt2ft import pick as P
 from gpt2ft.config import Config
 from gpt2ft.data import Book, TokenData, encode, load_book, normalise_ws, tokenize_book
 from gpt2ft.errors import UserError
@@ -149,6 +151,13 @@ def compute_references(assets: Assets, with_base: bool = True) -> References:
     if assets.classifier is not None:
         values["style_classifier_accuracy"] = assets.classifier.heldout_accuracy
     return References(values, samples, time.perf_counter() - t0)
+
+
+def memorization_bound(config: Config, refs: dict[str, float]) -> float:
+    """The pick's copying bound from the references (``pick.memorization_bound`` with the
+    study's factor and floor): what a trial may copy and still count as not copying."""
+    return P.memorization_bound(refs.get("book_memorization", math.nan), refs.get("base_memorization", math.nan),
+                                config.study.memorization_factor, config.study.memorization_floor)
 
 
 def freeze_long_lived() -> None:

@@ -139,6 +139,10 @@ class SampleConfig:
     """Top-k of sampling (transformers' default, as the method used it); 0 = off."""
     temperature: float = 1.0
     """Sampling temperature."""
+    trajectory: bool = True
+    """Also measure the samples along training, not only at the end (MLflow step metrics)."""
+    every_steps: int = 0
+    """Trajectory points every N optimizer steps; 0 = after every epoch."""
 
     def __post_init__(self) -> None:
         _check(self.n_samples >= 1, "sample.n_samples must be >= 1.")
@@ -146,6 +150,7 @@ class SampleConfig:
         _check(self.final_n_samples >= 0, "sample.final_n_samples must be >= 0.")
         _check(self.top_k >= 0, "sample.top_k must be >= 0.")
         _check(self.temperature > 0, "sample.temperature must be > 0.")
+        _check(self.every_steps >= 0, "sample.every_steps must be >= 0 (0 = after every epoch).")
 
 
 @dataclass(frozen=True)

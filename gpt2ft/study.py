@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from gpt2ft import coordination as C
 from gpt2ft import pick as P
 from gpt2ft import report
-from gpt2ft.assets import Assets
+from gpt2ft.assets import Assets, memorization_bound
 from gpt2ft.checkpoints import Checkpoints
 from gpt2ft.config import Config, StudyConfig
 from gpt2ft.errors import UserError
@@ -58,8 +58,7 @@ def record_setup(study: optuna.Study, config: Config, assets: Assets) -> float:
     refs = assets.references.values
     saved = config.to_dict()
     saved["study"]["storage"] = mask_url(saved["study"]["storage"])  # export writes this YAML out
-    bound = P.memorization_bound(refs.get("book_memorization", math.nan), refs.get("base_memorization", math.nan),
-                                 config.study.memorization_factor, config.study.memorization_floor)
+    bound = memorization_bound(config, refs)
     for key, value in (("config_yaml", yaml.safe_dump(saved, sort_keys=False)), ("corpus", assets.book.source),
                        ("references", refs), ("pick_rule", config.study.pick_rule),
                        ("memorization_bound", bound)):
@@ -144,7 +143,7 @@ class StudyRunner:
             style = P.style_score(m["top100_ratio"], book)
             for key, value in (("metrics", {k: float(v) for k, v in m.items()}), ("history", res.fit.history),
                                ("stopped_early", res.fit.stopped_early), ("sample_texts", res.texts),
-                               ("sample_ids", res.ids)):
+                               ("sample_ids", res.ids), ("trajectory", res.trajectory)):
                 trial.set_user_attr(key, value)
             if self.checkpoints.path(trial.number).is_dir():
                 trial.set_user_attr("checkpoint", str(self.checkpoints.path(trial.number)))

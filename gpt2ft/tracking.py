@@ -174,26 +174,23 @@ class Tracker:
                                        max_results=max_results)
 
     def mark_selected(self, parent: Run, run_id: Optional[str], tags: dict[str, Any],
-                      metrics: dict[str, float], step: int) -> bool:
+                      metrics: dict[str, float], step: int) -> None:
         """Make ``run_id`` the one child of ``parent`` tagged ``selected=true`` and record the
-        pick on the parent (``tags`` and ``selected_*`` ``metrics`` at ``step``).
+        pick on the parent (``tags``, and ``selected_*`` ``metrics`` at ``step``).
 
         Workers pick concurrently, each from the trials it has seen, so an older pick can land
-        after a newer one: what MLflow holds is compared, not this worker's last pick. Returns
-        whether anything changed.
+        after a newer one: the children's tags are compared with what MLflow holds, not with
+        this worker's last pick. The parent's tags are written every time: the same trial can
+        stay selected for a new reason (more trials, a re-measure).
         """
         tagged = {r.info.run_id for r in self.runs(
             f"tags.`mlflow.parentRunId` = '{parent.id}' and tags.selected = 'true'")}
-        parent_says = self.client.get_run(parent.id).data.tags.get("selected_run_id") or None
-        if tagged == ({run_id} if run_id else set()) and parent_says == run_id:
-            return False
         for old in tagged - {run_id}:
             self.client.set_tag(old, "selected", "false")
         if run_id and run_id not in tagged:
             self.client.set_tag(run_id, "selected", "true")
         parent.set_tags({**tags, "selected_run_id": run_id or ""})
         parent.log_metrics(metrics, step)
-        return True
 
     def fail_run(self, run_id: str, reason: str) -> None:
         """Close a run left RUNNING by a killed process as FAILED, with the reason as a tag."""

@@ -20,6 +20,7 @@ from gpt2ft.errors import UserError
 from gpt2ft.model import Runtime
 
 OnMetrics = Callable[[dict[str, float], int], None]
+OnPoint = Callable[[int, float], None]  # (step, epoch) of a trajectory point
 
 
 class NonFiniteLoss(RuntimeError):
@@ -86,16 +87,86 @@ def seconds_per_step(model, cfg: TrainConfig, windows: torch.Tensor, runtime: Ru
     return time.perf_counter() - t
 
 
-def fit(cfg: TrainConfig, model, data: TokenData, on_metrics: Optional[OnMetrics],
-        runtime: Runtime, progress: bool = True) -> FitResult:
-    """Fine-tune ``model`` in place on ``data.train_windows``; evaluate on the held-out windows
-    at step 0, after each epoch and every ``cfg.eval_every`` steps."""
-    report = on_metrics or (lambda metrics, step: None)
-    model.to(runtime.device)
-    model.train()
+class _LossLog:
+    """The training loss of the current log interval, summed on the device and read once per
+    interval (reading it forces a device sync), so a NaN is caught within ``log_every`` steps."""
+
+    def __init__(self, cfg: TrainConfig, res: FitResult, report: OnMetrics, bar, device: torch.device):
+        self.cfg, self.res, self.report, self.bar = cfg, res, report, bar
+        self.running = torch.zeros((), device=device)
+        self.count = 0
+        self.epoch_sum, self.epoch_n = 0.0, 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.running += loss.detach()
+        self.count += 1
+
+    def flush(self, step: int) -> None:
+        """Check and report the interval's mean loss (one device sync)."""
+        if not self.count:
+            return
+        mean = float(self.running) / self.count
+        if not math.isfinite(mean):
+            self.bar.close()
+            raise NonFiniteLoss(f"train_loss became {mean} at step {step} (lr={self.cfg.lr}).")
+        self.res.train_curve.append((step, mean))
+        self.epoch_sum += mean * self.count
+        self.epoch_n += self.count
+        self.report({"train_loss": mean}, step)
+        self.bar.set_postfix(loss=f"{mean:.3f}")
+        self.running.zero_()
+        self.count = 0
+
+    def epoch_mean(self) -> float:
+        mean = self.epoch_sum / max(self.epoch_n, 1)
+        self.epoch_sum, self.epoch_n = 0.0, 0
+        return mean
+
+
+def _optimizer_and_schedule(model, cfg: TrainConfig, runtime: Runtime):
+    """AdamW and its schedule: linear warm-up over ``warmup_steps``, then constant."""
     opt = make_optimizer(model, cfg, runtime)
     warm = cfg.warmup_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+
+
+def _heldout(model, data: TokenData, cfg: TrainConfig, runtime: Runtime, res: FitResult,
+             report: OnMetrics, step: int) -> float:
+    """Evaluate held-out loss at ``step``, record and report it."""
+    t = time.perf_counter()
+    loss = evaluate(model, data.heldout_windows, cfg.batch_size, runtime, cfg.eval_batches)
+    res.eval_seconds += time.perf_counter() - t
+    res.heldout_curve.append((step, loss))
+    report({"heldout_loss": loss, "heldout_perplexity": math.exp(min(loss, 50.0))}, step)
+    return loss
+
+
+def _step(model, opt, sched, x: torch.Tensor, cfg: TrainConfig, runtime: Runtime) -> torch.Tensor:
+    """One optimizer step on batch ``x``; returns the (device) loss."""
+    with runtime.autocast():
+        loss = model(input_ids=x, labels=x).loss
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+
+def fit(cfg: TrainConfig, model, data: TokenData, on_metrics: Optional[OnMetrics],
+        runtime: Runtime, progress: bool = True, on_point: Optional[OnPoint] = None,
+        point_every: int = 0) -> FitResult:
+    """Fine-tune ``model`` in place on ``data.train_windows``; evaluate on the held-out windows
+    at step 0, after each epoch and every ``cfg.eval_every`` steps.
+
+    ``on_point(step, epoch)`` is called at the trajectory's interior points: after every epoch
+    (``point_every`` 0) or every ``point_every`` steps, never at the last step (the caller
+    measures the end itself). ``epoch`` is fractional between epoch ends."""
+    report = on_metrics or (lambda metrics, step: None)
+    point = on_point or (lambda step, epoch: None)
+    model.to(runtime.device).train()
+    opt, sched = _optimizer_and_schedule(model, cfg, runtime)
     n = data.train_windows.shape[0]
     per_epoch = math.ceil(n / cfg.batch_size)
     total = per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, per_epoch * cfg.epochs)
@@ -103,80 +174,43 @@ def fit(cfg: TrainConfig, model, data: TokenData, on_metrics: Optional[OnMetrics
     res = FitResult(steps_per_epoch=per_epoch)
 
     def heldout(step: int) -> float:
-        t = time.perf_counter()
-        loss = evaluate(model, data.heldout_windows, cfg.batch_size, runtime, cfg.eval_batches)
-        res.eval_seconds += time.perf_counter() - t
-        res.heldout_curve.append((step, loss))
-        report({"heldout_loss": loss, "heldout_perplexity": math.exp(min(loss, 50.0))}, step)
-        return loss
+        return _heldout(model, data, cfg, runtime, res, report, step)
 
     heldout(0)
-    rising = 0
-    step = 0
+    if total == 0:
+        raise UserError("training would run no step; check train.max_steps and the corpus size.")
+    rising, step = 0, 0
     bar = tqdm(total=total, desc="train", unit="step", disable=not progress or None, leave=False)
-    running = torch.zeros((), device=runtime.device)
-    since_log = 0
-    epoch_sum, epoch_n = 0.0, 0
-
-    def flush() -> None:
-        """Read the summed loss of the last interval (one device sync), check it, report it."""
-        nonlocal since_log, epoch_sum, epoch_n
-        mean = float(running) / since_log
-        if not math.isfinite(mean):
-            bar.close()
-            raise NonFiniteLoss(f"train_loss became {mean} at step {step} (lr={cfg.lr}).")
-        res.train_curve.append((step, mean))
-        epoch_sum += mean * since_log
-        epoch_n += since_log
-        report({"train_loss": mean}, step)
-        bar.set_postfix(loss=f"{mean:.3f}")
-        running.zero_()
-        since_log = 0
-
+    losses = _LossLog(cfg, res, report, bar, runtime.device)
     for epoch in range(1, cfg.epochs + 1):
         t_epoch = time.perf_counter()
-        epoch_sum, epoch_n = 0.0, 0
         order = torch.randperm(n, generator=gen)
-        for i in range(0, n, cfg.batch_size):
-            if step >= total:
-                break
+        for i in range(0, min(n, (total - step) * cfg.batch_size), cfg.batch_size):
             t = time.perf_counter()
             x = data.train_windows[order[i:i + cfg.batch_size]].to(runtime.device, non_blocking=True)
-            with runtime.autocast():
-                loss = model(input_ids=x, labels=x).loss
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            running += loss.detach()
-            since_log += 1
+            losses.add(_step(model, opt, sched, x, cfg, runtime))
             step += 1
             res.tokens += x.numel()
             res.step_seconds += time.perf_counter() - t
-            # Reading the loss forces a device sync, so it is read once per log interval;
-            # a NaN is therefore caught within log_every steps, not after the trial.
-            if since_log == cfg.log_every or step == total:
-                flush()
+            if losses.count == cfg.log_every or step == total:
+                losses.flush(step)
             bar.update(1)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
                 heldout(step)
-        if since_log:  # a partial interval, so the epoch mean covers every step
-            flush()
+            if point_every and step % point_every == 0 and step < total:
+                point(step, step / per_epoch)
+        losses.flush(step)  # a partial interval, so the epoch mean covers every step
         previous = res.heldout_curve[-1][1]
         loss_h = heldout(step)
-        res.history.append({"epoch": epoch, "step": step, "train_loss": epoch_sum / max(epoch_n, 1),
+        res.history.append({"epoch": epoch, "step": step, "train_loss": losses.epoch_mean(),
                             "heldout_loss": loss_h, "seconds": time.perf_counter() - t_epoch})
         report({"epoch": float(epoch)}, step)
         rising = rising + 1 if loss_h > previous else 0
-        if cfg.early_stop_patience and rising >= cfg.early_stop_patience:
-            res.stopped_early = True
+        res.stopped_early = bool(cfg.early_stop_patience and rising >= cfg.early_stop_patience)
+        if res.stopped_early or step >= total:
             break
-        if step >= total:
-            break
+        if not point_every:
+            point(step, float(epoch))
     bar.close()
     res.steps = step
-    if step == 0:
-        raise UserError("training ran no step; check train.max_steps and the corpus size.")
     return res

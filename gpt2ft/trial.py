@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from gpt2ft import report
-from gpt2ft.assets import Assets
+from gpt2ft import trajectory as T
+from gpt2ft.assets import Assets, memorization_bound
 from gpt2ft.config import Config, TrainConfig
 from gpt2ft.measure import measure_model
 from gpt2ft.metrics import longest_copy
@@ -32,6 +33,8 @@ class TrialResult:
     ids: list[list[int]]
     seconds: dict[str, float] = field(default_factory=dict)
     model: Any = None
+    trajectory: list[dict[str, float]] = field(default_factory=list)
+    """Measurements along training: the base model (step 0), interior points, the end."""
 
 
 def trial_train_config(config: Config, params: dict[str, Any]) -> TrainConfig:
@@ -47,43 +50,85 @@ def trial_train_config(config: Config, params: dict[str, Any]) -> TrainConfig:
                                batch_size=params["batch_size"], early_stop_patience=patience)
 
 
+class _Tracer:
+    """Measures a training model's samples at the trajectory's interior points and logs them
+    as step metrics under the final metrics' names, so MLflow charts show the path."""
+
+    def __init__(self, assets: Assets, model, run, seed: int):
+        self.assets, self.model, self.run, self.seed = assets, model, run, seed
+        self.points: list[dict[str, float]] = []
+        self.seconds = 0.0
+
+    def base_point(self) -> dict[str, float]:
+        """Step 0 is the base model, measured once per study: reused, and logged at step 0."""
+        refs = self.assets.references.values
+        base = {k: refs[f"base_{k}"] for k in T.POINT_METRICS if f"base_{k}" in refs}
+        if self.run is not None and base:
+            self.run.log_metrics(base, 0)
+        return T.point(0, 0.0, base, math.nan)
+
+    def __call__(self, step: int, epoch: float) -> None:
+        t = time.perf_counter()
+        metrics, _, _ = measure_model(self.assets, self.model, self.assets.config.sample.n_samples, self.seed)
+        self.points.append(T.point(step, epoch, metrics, math.nan))
+        if self.run is not None:
+            self.run.log_metrics({k: v for k, v in metrics.items() if k in T.POINT_METRICS}, step)
+        self.seconds += time.perf_counter() - t
+
+    def path(self, result: FitResult, final: dict[str, float]) -> list[dict[str, float]]:
+        """Base, interior points and the end, each with the held-out loss of its step."""
+        end = T.point(result.steps, result.steps / max(result.steps_per_epoch, 1), final, math.nan)
+        points = [self.base_point(), *self.points, end]
+        for p in points:
+            p["heldout_loss"] = T.heldout_at(result.heldout_curve, int(p["step"]))
+        return points
+
+
+def _fit_metrics(result: FitResult) -> dict[str, float]:
+    """The trial's training numbers: the latest values of the step-wise series (the epoch means
+    stay in history.json), so the run's summary and the last point of each curve agree."""
+    best_step, best_loss = result.best_heldout
+    return {"train_loss": result.train_curve[-1][1], "heldout_loss": result.heldout_curve[-1][1],
+            "heldout_perplexity": math.exp(min(result.heldout_curve[-1][1], 50.0)),
+            "best_heldout_loss": best_loss,
+            "best_epoch": float(next((h["epoch"] for h in result.history if h["step"] == best_step), 0)),
+            "overfit_gap": result.heldout_curve[-1][1] - result.history[-1]["train_loss"],
+            "steps": float(result.steps), "tokens_per_second": result.tokens / max(result.step_seconds, 1e-9)}
+
+
 def run_trial(assets: Assets, train_cfg: TrainConfig, run=None, keep_model: bool = False,
               progress: bool = True, plots: bool = True,
               after_fit: Optional[Callable[[Any, FitResult], None]] = None) -> TrialResult:
-    """Fine-tune a fresh copy of the base model with ``train_cfg``, sample, measure, log."""
+    """Fine-tune a fresh copy of the base model with ``train_cfg``, measuring its samples along
+    the way (``sample.trajectory``) and at the end; log everything to ``run``."""
     t0 = time.perf_counter()
     seed_everything(train_cfg.seed)
     model = assets.fresh_model()
     t_copy = time.perf_counter() - t0
-
+    sc = assets.config.sample
+    tracer = _Tracer(assets, model, run, train_cfg.seed)
     try:
         result = fit(train_cfg, model, assets.data, run.log_metrics if run is not None else None,
-                     assets.runtime, progress=progress)
+                     assets.runtime, progress=progress, on_point=tracer if sc.trajectory else None,
+                     point_every=sc.every_steps)
         if after_fit is not None:
             after_fit(model, result)
         t = time.perf_counter()
-        metrics, texts, ids = measure_model(assets, model, assets.config.sample.n_samples, train_cfg.seed)
+        metrics, texts, ids = measure_model(assets, model, sc.n_samples, train_cfg.seed)
         t_measure = time.perf_counter() - t
-        best_step, best_loss = result.best_heldout
-        last = result.history[-1]
-        metrics.update({
-            # The latest values of the step-wise series (the epoch means stay in history.json),
-            # so the run's summary and the last point of each curve agree.
-            "train_loss": result.train_curve[-1][1], "heldout_loss": result.heldout_curve[-1][1],
-            "heldout_perplexity": math.exp(min(result.heldout_curve[-1][1], 50.0)),
-            "best_heldout_loss": best_loss,
-            "best_epoch": float(next((h["epoch"] for h in result.history if h["step"] == best_step), 0)),
-            "overfit_gap": result.heldout_curve[-1][1] - last["train_loss"],
-            "steps": float(result.steps), "tokens_per_second": result.tokens / max(result.step_seconds, 1e-9),
-        })
-        seconds = {"copy_seconds": t_copy, "step_seconds": result.step_seconds,
-                   "eval_seconds": result.eval_seconds, "measure_seconds": t_measure}
-        out = TrialResult(metrics, result, texts, ids, seconds, model if keep_model else None)
+        metrics.update(_fit_metrics(result))
+        path = tracer.path(result, metrics)
+        bound = memorization_bound(assets.config, assets.references.values)
+        metrics.update(T.onset_metrics(path, result.heldout_curve, bound))
+        seconds = {"copy_seconds": t_copy, "step_seconds": result.step_seconds, "eval_seconds": result.eval_seconds,
+                   "measure_seconds": t_measure, "trajectory_seconds": tracer.seconds}
+        out = TrialResult(metrics, result, texts, ids, seconds, model if keep_model else None, path)
         if run is not None:
             t = time.perf_counter()
             log_trial(run, assets, out, plots)
             seconds["log_seconds"] = time.perf_counter() - t
         seconds["trial_seconds"] = time.perf_counter() - t0
+        seconds["measure_share"] = (t_measure + tracer.seconds) / seconds["trial_seconds"]
         if run is not None:
             run.log_metrics({**seconds}, result.steps)
         return out
@@ -108,6 +153,7 @@ def log_trial(run, assets: Assets, res: TrialResult, plots: bool = True) -> None
     run.log_dict({"history": res.fit.history, "train_curve": res.fit.train_curve,
                   "heldout_curve": res.fit.heldout_curve, "stopped_early": res.fit.stopped_early},
                  "history.json")
+    run.log_dict(res.trajectory, "trajectory.json")
     copied = longest_copy_text(assets, res.ids)
     if copied:
         run.log_text(copied, "longest_copy.txt")
