@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from gpt2ft.config import Config
 from gpt2ft.data import Book, TokenData, encode, load_book, normalise_ws, tokenize_book
 from gpt2ft.errors import UserError
 from gpt2ft.generate import greedy, sample
+from gpt2ft.gutenberg import other_novels_folder
 from gpt2ft.model import Runtime, load_model, load_tokenizer, resolve_runtime, seed_everything
 from gpt2ft.ngram_index import NgramIndex
 
@@ -95,12 +95,9 @@ def _fit_classifier(assets: Assets) -> None:
     from gpt2ft.style import StyleClassifier, load_other_novels
 
     t = time.perf_counter()
-    folder = assets.config.data.other_corpora
-    beside = Path(assets.book.source).parent / "other"
-    if folder is None and not os.environ.get("GPT2FT_OTHER_CORPORA") and beside.is_dir():
-        folder = str(beside)  # the layout of shared/data: the book with other/ beside it
+    folder = other_novels_folder(assets.config.data.other_corpora, assets.book.source)
     try:
-        others = load_other_novels(folder)
+        others = load_other_novels(folder, Path(assets.config.data.cache_dir))
     except UserError as exc:
         # style_prob is one metric among several; the study still means something without it.
         log.warning("style_prob is off: %s", exc)
