@@ -20,6 +20,7 @@ FLOP convention (PaLM appendix B / nanoGPT ``estimate_mfu``)::
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -124,6 +125,31 @@ class StepClock:
             raise RuntimeError(f"saw {len(self.stamps)} optimizer steps, expected {to_step}; "
                                "is a wrapper stepping twice or not at all?")
         return self.stamps[to_step - 1] - self.stamps[after_step - 1]
+
+
+def bare_loop(model, windows, order, batch: int, steps: int, lr: float, device: Any = None,
+              autocast: Callable[[], Any] = contextlib.nullcontext) -> None:
+    """The bare PyTorch loop both benches measure ``fit`` against: forward, backward, fused
+    AdamW step, zero_grad, for ``steps`` batches of ``batch`` windows taken in ``order``.
+
+    No gradient clipping, no evaluation, no logging: the floor that any training loop pays.
+    ``windows`` may sit on the host or the device; with ``device`` set each batch is copied
+    there as ``fit`` does it (``non_blocking``), so the cost of that copy can be isolated.
+    """
+    # Imported here, not at the top: the FLOP arithmetic above must import in milliseconds.
+    import torch
+
+    order = order.to(windows.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=True)
+    for s in range(steps):
+        x = windows[order[s * batch:(s + 1) * batch]]
+        if device is not None:
+            x = x.to(device, non_blocking=True)
+        with autocast():
+            loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
 
 
 def fmt(v: Any) -> str:

@@ -195,16 +195,8 @@ class GpuContest:
         return self.torch.randperm(n, generator=self.torch.Generator().manual_seed(0))
 
     def _bare(self, model, windows) -> dict[str, Any]:
-        torch, bsz = self.torch, self.args.batch
-        order = self._order().to(windows.device)
-        opt = torch.optim.AdamW(model.parameters(), lr=self.args.lr, weight_decay=0.0, fused=True)
-        for s in range(self.total):
-            x = windows[order[s * bsz:(s + 1) * bsz]].to(self.device, non_blocking=True)
-            with self.runtime.autocast():
-                loss = model(input_ids=x, labels=x).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        B.bare_loop(model, windows, self._order(), self.args.batch, self.total, self.args.lr,
+                    device=self.device, autocast=self.runtime.autocast)
         return {}
 
     def bare(self, model) -> dict[str, Any]:

@@ -175,16 +175,7 @@ class Contest:
 
     def bare(self, model) -> dict[str, Any]:
         """Forward, backward, AdamW step, zero_grad; the same optimizer as fit (fused AdamW)."""
-        torch = self.torch
-        w = self.data.train_windows
-        order = self._order()
-        opt = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=0.0, fused=True)
-        for s in range(self.steps):
-            x = w[order[s * self.batch:(s + 1) * self.batch]]
-            loss = model(input_ids=x, labels=x).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        B.bare_loop(model, self.data.train_windows, self._order(), self.batch, self.steps, self.lr)
         return {}
 
     def fit(self, model) -> dict[str, Any]:

@@ -11,7 +11,6 @@ import dataclasses
 import gc
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from gpt2ft import pick as P
 from gpt2ft.config import Config
 from gpt2ft.data import Book, TokenData, encode, load_book, normalise_ws, tokenize_book
 from gpt2ft.errors import UserError
+from gpt2ft.gutenberg import other_novels_folder
 from gpt2ft.measure import chunks, matched_js, measure_model, measure_samples
 from gpt2ft.model import Runtime, describe, load_model, load_tokenizer, n_params, resolve_runtime, seed_everything
 from gpt2ft.ngram_index import NgramIndex
@@ -104,12 +104,9 @@ def prepare(config: Config, corpus: Optional[str] = None, classifier: bool = Tru
 def _fit_classifier(config: Config, book: Book, tokenizer) -> tuple[Optional[StyleClassifier], list[list[int]]]:
     """The style classifier (None when it cannot be trusted) and the other novels' reference
     sequences, up to 20 chunks of each."""
-    folder = config.data.other_corpora
-    beside = Path(book.source).parent / "other"
-    if folder is None and not os.environ.get("GPT2FT_OTHER_CORPORA") and beside.is_dir():
-        folder = str(beside)  # the layout of shared/data: the book with other/ beside it
     try:
-        others = load_other_novels(folder)
+        folder = other_novels_folder(config.data.other_corpora, book.source)
+        others = load_other_novels(folder, Path(config.data.cache_dir))
     except UserError as exc:
         # style_prob is one metric among several; the study still means something without it.
         log.warning("style_prob is off: %s", exc)

@@ -10,10 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
-import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -22,10 +18,8 @@ import torch
 
 from gpt2ft.config import DataConfig
 from gpt2ft.errors import UserError
+from gpt2ft.gutenberg import download, strip_gutenberg
 
-GUTENBERG_URL = "https://www.gutenberg.org/cache/epub/{id}/pg{id}.txt"
-_START = re.compile(r"^\*\*\*\s*START OF (THIS|THE) PROJECT GUTENBERG EBOOK.*$", re.I | re.M)
-_END = re.compile(r"^\*\*\*\s*END OF (THIS|THE) PROJECT GUTENBERG EBOOK.*$", re.I | re.M)
 _FOOTNOTE = re.compile(r"\{\d+\}")
 
 
@@ -65,30 +59,15 @@ def resolve_corpus_path(cfg: DataConfig, explicit: Optional[str] = None) -> Path
     for candidate in (explicit, cfg.corpus, os.environ.get("GPT2FT_CORPUS")):
         if candidate:
             path = Path(candidate).expanduser()
+            if path.is_dir():
+                raise UserError(f"corpus path {path} is a directory, not a file; pass --corpus PATH or set "
+                                "GPT2FT_CORPUS to the book's Gutenberg .txt file.")
             if not path.is_file():
                 raise UserError(f"corpus file {path} does not exist; pass --corpus PATH or set "
                                 "GPT2FT_CORPUS to the book's Gutenberg .txt file.")
             return path
-    return download_gutenberg(cfg.gutenberg_id, Path(cfg.cache_dir).expanduser())
-
-
-def download_gutenberg(book_id: int, cache_dir: Path, timeout: float = 30.0) -> Path:
-    """Download Gutenberg book ``book_id`` once into ``cache_dir`` (atomic rename)."""
-    target = cache_dir / f"pg{book_id}.txt"
-    if target.is_file():
-        return target
-    url = GUTENBERG_URL.format(id=book_id)
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".part")
-            with os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(resp, out)
-        os.replace(tmp, target)
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        raise UserError(f"could not download the book from {url} ({exc.__class__.__name__}); "
-                        "without a network set GPT2FT_CORPUS (or --corpus) to a local copy.") from None
-    return target
+    return download(cfg.gutenberg_id, Path(cfg.cache_dir),
+                    offline_hint="without a network set GPT2FT_CORPUS (or --corpus) to a local copy")
 
 
 def read_text(path: Path) -> tuple[str, str]:
@@ -102,15 +81,6 @@ def read_text(path: Path) -> tuple[str, str]:
     except UnicodeDecodeError:
         text = raw.decode("latin-1")
     return text, hashlib.sha256(raw).hexdigest()
-
-
-def strip_gutenberg(text: str, source: str = "corpus") -> str:
-    """The text between the START and END markers; the header and licence are not the book."""
-    start, end = _START.search(text), _END.search(text)
-    if start is None or end is None or end.start() <= start.end():
-        raise UserError(f"{source} has no Project Gutenberg START/END markers; pass the plain-text "
-                        "Gutenberg file of the book (e.g. pg829.txt).")
-    return text[start.end():end.start()]
 
 
 def paragraphs(body: str) -> list[str]:
@@ -150,7 +120,7 @@ def load_book(cfg: DataConfig, explicit_path: Optional[str] = None) -> Book:
     """Find, read, clean and split the book. Raises UserError on any unusable input."""
     path = resolve_corpus_path(cfg, explicit_path)
     text, digest = read_text(path)
-    body = strip_gutenberg(text, str(path))
+    body = strip_gutenberg(text, str(path), strict=True)  # the licence must not be trained on
     paras = paragraphs(body)
     if cfg.max_chars is not None:
         kept, total = [], 0

@@ -16,14 +16,11 @@ so pair it with n-gram overlap against the training text and with perplexity.
 from __future__ import annotations
 
 import math
-import os
 import random
 import re
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -31,10 +28,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.pipeline import FeatureUnion, Pipeline
 
+from gpt2ft.config import DataConfig
 from gpt2ft.errors import UserError
-
-#: Environment variable naming a folder of ``.txt`` novels used as the negative class.
-OTHER_CORPORA_ENV = "GPT2FT_OTHER_CORPORA"
+from gpt2ft.gutenberg import OTHER_CORPORA_ENV, download, strip_gutenberg
 
 #: Project Gutenberg IDs of the default out-of-domain novels (name -> ID).
 GUTENBERG_OTHER_NOVELS: dict[str, int] = {
@@ -46,53 +42,27 @@ GUTENBERG_OTHER_NOVELS: dict[str, int] = {
     "the_professor_pg1028": 1028,
 }
 
-GUTENBERG_URL = "https://www.gutenberg.org/cache/epub/{id}/pg{id}.txt"
-
 #: A classifier below this balanced held-out accuracy is not fit for picking samples.
 DEFAULT_MIN_ACCURACY = 0.8
 
-# Gutenberg marker lines come as "*** START OF THIS PROJECT GUTENBERG EBOOK X ***" (older
-# files) or "***START OF THE PROJECT GUTENBERG EBOOK X***" (newer), sometimes without the
-# space after the asterisks; match both, case-insensitively, as whole lines.
-_START_RE = re.compile(
-    r"^[ \t]*\*{3}[ \t]*START OF (?:THIS|THE) PROJECT GUTENBERG E-?BOOK.*$",
-    re.IGNORECASE | re.MULTILINE,
-)
-_END_RE = re.compile(
-    r"^[ \t]*\*{3}[ \t]*END OF (?:THIS|THE) PROJECT GUTENBERG E-?BOOK.*$",
-    re.IGNORECASE | re.MULTILINE,
-)
 _WS_RE = re.compile(r"\s+")
 
 
-def strip_gutenberg(text: str) -> str:
-    """Return the book proper: the text between the Gutenberg START and END marker lines.
-
-    A leading UTF-8 BOM and Windows line endings are removed.  If a marker is missing the
-    text is kept on that side (so plain ``.txt`` novels without a Gutenberg header work);
-    the result is stripped of surrounding whitespace.
-    """
-    text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
-    start = _START_RE.search(text)
-    if start:
-        text = text[start.end():]
-    end = _END_RE.search(text)
-    if end:
-        text = text[:end.start()]
-    return text.strip()
+def _read_novel(path: Path) -> str:
+    """The novel in ``path``, its Gutenberg header and licence dropped where it has them."""
+    try:
+        raw = path.read_text(encoding="utf-8-sig", errors="replace")
+    except OSError as exc:
+        raise UserError(f"Cannot read reference novel {path} ({exc}); check its permissions.")
+    # Lenient: a negative example only has to be some other prose, so a plain .txt novel
+    # without Gutenberg markers is welcome as it is.
+    return strip_gutenberg(raw, str(path), strict=False)
 
 
 def _read_novels(folder: Path) -> dict[str, str]:
     """Read every ``*.txt`` in ``folder`` (sorted, so the order is reproducible)."""
-    novels: dict[str, str] = {}
-    for path in sorted(folder.glob("*.txt")):
-        try:
-            raw = path.read_text(encoding="utf-8-sig", errors="replace")
-        except OSError as exc:
-            raise UserError(f"Cannot read reference novel {path} ({exc}); check its permissions.")
-        body = strip_gutenberg(raw)
-        if body:
-            novels[path.stem] = body
+    novels = {path.stem: _read_novel(path) for path in sorted(folder.glob("*.txt"))}
+    novels = {name: body for name, body in novels.items() if body}
     if not novels:
         raise UserError(
             f"No non-empty .txt novels in {folder}; put out-of-domain novels there "
@@ -101,72 +71,31 @@ def _read_novels(folder: Path) -> dict[str, str]:
     return novels
 
 
-def _download_novels(cache_dir: Path, timeout: float = 60.0) -> Path:
-    """Download the default Gutenberg novels into ``cache_dir`` (skipping cached files)."""
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(
-            f"Cannot create cache folder {cache_dir} ({exc}); set {OTHER_CORPORA_ENV} "
-            "to a folder of .txt novels instead."
-        )
-    for name, gid in GUTENBERG_OTHER_NOVELS.items():
-        target = cache_dir / f"{name}.txt"
-        if target.exists() and target.stat().st_size > 0:
-            continue
-        url = GUTENBERG_URL.format(id=gid)
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                data = response.read()
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise UserError(
-                f"Could not download reference novel {url} ({exc}); set "
-                f"{OTHER_CORPORA_ENV} to a folder of .txt novels to work offline."
-            )
-        # Write to a temporary name first so an interrupted run never leaves a truncated
-        # file that later runs would mistake for a complete cached novel.
-        partial = target.with_suffix(".txt.part")
-        try:
-            partial.write_bytes(data)
-            partial.replace(target)
-        except OSError as exc:
-            raise UserError(
-                f"Cannot write {target} ({exc}); set {OTHER_CORPORA_ENV} to a folder of "
-                ".txt novels instead."
-            )
-    return cache_dir
+def _download_novels(cache_dir: Path, timeout: float = 60.0) -> dict[str, str]:
+    """The default novels, downloaded once into ``cache_dir`` (the book's cache layout)."""
+    hint = f"set {OTHER_CORPORA_ENV} to a folder of .txt novels to work offline"
+    return {name: _read_novel(download(gid, cache_dir, timeout, offline_hint=hint))
+            for name, gid in GUTENBERG_OTHER_NOVELS.items()}
 
 
-def load_other_novels(
-    folder: str | Path | None = None, cache_dir: Path | None = None
-) -> dict[str, str]:
-    """Return out-of-domain reference novels as ``{name: text}``, Gutenberg header stripped.
+def load_other_novels(folder: str | Path | None = None, cache_dir: Optional[Path] = None) -> dict[str, str]:
+    """Out-of-domain reference novels as ``{name: text}``, Gutenberg header stripped where present.
 
-    The folder is, in order: ``folder`` if given; else ``$GPT2FT_OTHER_CORPORA``; else
-    ``../shared/data/other`` relative to the current directory if it exists; else the six
-    default Project Gutenberg novels downloaded into ``cache_dir`` (default
-    ``.cache/other_novels`` in the current directory; files already there are reused).
-    Names are file stems; every ``*.txt`` in the folder is read.  Raises ``UserError`` if
-    a given folder does not exist or holds no usable ``.txt`` files, or if the download fails.
+    ``folder`` (find it with ``gutenberg.other_novels_folder``): every ``*.txt`` in it, named by
+    file stem. None: the six default Project Gutenberg novels (``GUTENBERG_OTHER_NOVELS``),
+    downloaded into ``cache_dir`` (default ``data.cache_dir``'s default) and named by their
+    keys; files already there are reused. Raises ``UserError`` if the folder does not exist or
+    holds no usable ``.txt`` file, or if a download fails.
     """
     if folder is None:
-        env = os.environ.get(OTHER_CORPORA_ENV)
-        if env:
-            folder = env
-    if folder is not None:
-        path = Path(folder).expanduser()
-        if not path.is_dir():
-            raise UserError(
-                f"Reference-novel folder {path} does not exist; point {OTHER_CORPORA_ENV} "
-                "(or the folder argument) at a folder of .txt novels."
-            )
-        return _read_novels(path)
-    shared = Path("..") / "shared" / "data" / "other"
-    if shared.is_dir() and any(shared.glob("*.txt")):
-        return _read_novels(shared)
-    if cache_dir is None:
-        cache_dir = Path(".cache") / "other_novels"
-    return _read_novels(_download_novels(Path(cache_dir)))
+        return _download_novels(Path(cache_dir or DataConfig.cache_dir).expanduser())
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise UserError(
+            f"Reference-novel folder {path} does not exist; point {OTHER_CORPORA_ENV} "
+            "(or data.other_corpora) at a folder of .txt novels."
+        )
+    return _read_novels(path)
 
 
 def split_chunks(text: str, chunk_words: int = 100) -> list[str]:

@@ -107,13 +107,28 @@ class Tracker:
     """An MLflow experiment in a resolved store."""
 
     def __init__(self, uri: Optional[str], experiment: str):
+        from unittest import mock
+
         import mlflow
         from mlflow.tracking import MlflowClient
 
+        from gpt2ft.urls import unreachable
+
         self.uri = resolve_uri(uri)
+        # MLflow retries a dead HTTP server with backoff for minutes; a TCP connect says
+        # "nothing is listening" within 3 s, before any MLflow call or local write.
+        reason = unreachable(self.uri, timeout=3.0)
+        if reason is not None:
+            raise UserError(f"cannot reach the MLflow tracking server at {mask_url(self.uri)} ({reason}); "
+                            "start it, or pass --tracking-uri to a running server or a sqlite:/// store.")
         artifact_root = _prepare_store(self.uri)
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri)
+        # A server that accepts connections but never answers would still hang: the calls below
+        # get one try of 5 s each; later calls keep MLflow's patient defaults (stop() restores them).
+        fast_fail = mock.patch.dict(os.environ, {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+                                                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})
+        fast_fail.start()
         try:
             exp = self.client.get_experiment_by_name(experiment)
             if exp is None:
@@ -133,6 +148,8 @@ class Tracker:
             raise UserError(f"cannot open the MLflow store {mask_url(self.uri)} "
                             f"({exc.__class__.__name__}); check --tracking-uri and that the "
                             "server or database is reachable.") from None
+        finally:
+            fast_fail.stop()
 
     def start(self, name: str, parent: Optional[Run] = None, tags: Optional[dict[str, Any]] = None) -> Run:
         all_tags = {"mlflow.runName": name, **(tags or {})}

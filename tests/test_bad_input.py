@@ -8,9 +8,11 @@ test function then checks one row at a time.
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +109,7 @@ def train(*extra: str) -> list[str]:
 
 CASES = [
     Case("missing_corpus", train(), "does not exist", corpus=missing_corpus, fresh_store=False),
+    Case("corpus_is_directory", train("--corpus", "."), "is a directory", fresh_store=False),
     Case("unreadable_corpus", train(), "cannot be read", corpus=unreadable_corpus, fresh_store=False),
     Case("corpus_without_markers", train(), "START/END markers", corpus=unmarked_corpus, fresh_store=False),
     Case("empty_corpus", train(), "markers", corpus=empty_corpus, fresh_store=False),
@@ -125,6 +128,8 @@ CASES = [
          "/proc/nope"),
     Case("unknown_model_offline", train("--set", "model.name=no-such-org/no-such-model"),
          "no-such-org/no-such-model", needs_book=True),
+    Case("unreachable_tracking_server", train("--tracking-uri", "http://127.0.0.1:1"),
+         "http://127.0.0.1:1"),
     Case("unreachable_study_storage",
          ["study", "--config", str(TINY), "--quiet", "--storage", DEAD_POSTGRES],
          "Optuna storage", forbidden=(PASSWORD,), fresh_store=False),
@@ -297,3 +302,36 @@ def test_existing_run_is_untouched_by_a_failing_command(outcomes):
     assert before["artifacts"] == ["samples.md"]
     assert after == before
     assert out.extra["all_runs"] == [out.extra["run_id"]]
+
+
+# ------------------------------------------------------------- a tracking server that is not there
+
+@pytest.fixture
+def silent_server():
+    """A TCP port that accepts connections (the kernel's backlog) but never answers: a hung server."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+
+
+@pytest.mark.parametrize("server", ["dead", "silent"])
+def test_unreachable_tracking_server_fails_fast(server, silent_server, workdir, capsys):
+    """MLflow alone retries for minutes; the CLI gives up within seconds, in one sentence."""
+    import mlflow  # noqa: F401  (imports are not what is timed)
+
+    import gpt2ft.measure  # noqa: F401
+    from gpt2ft.cli import main
+
+    uri = "http://127.0.0.1:1" if server == "dead" else silent_server
+    t = time.perf_counter()
+    rc = main(["train", "--config", str(TINY), "--quiet", "--tracking-uri", uri])
+    seconds = time.perf_counter() - t
+    err = capsys.readouterr().err
+    assert rc == 2 and seconds < 15, (rc, seconds, err)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("gpt2ft: error: ") and uri in lines[0], err
+    assert "Traceback" not in err and lines[0].endswith(".")
+    assert list(workdir.iterdir()) == []  # nothing written: no store, no run
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # the fast-fail setting was temporary

@@ -88,3 +88,31 @@ def test_run_arguments_table_and_schedule():
     assert text.splitlines()[0].split() == ["figure", "value", "peer", "peer", "value", "ratio", "target",
                                             "met?"]
     assert "yes" in text.splitlines()[2] and B.at_most(0.2, 0.15) is False
+
+
+def test_bare_loop_is_the_one_loop_of_both_benches():
+    torch = pytest.importorskip("torch")
+    B = load("benchlib")
+    seen = []
+
+    class Toy(torch.nn.Module):
+        """Stands in for a causal LM: ``model(input_ids=x, labels=x).loss``."""
+
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, 1)
+
+        def forward(self, input_ids, labels):
+            seen.append(input_ids[:, 0].tolist())
+            return type("Out", (), {"loss": self.emb(input_ids).pow(2).mean()})()
+
+    model = Toy()
+    before = model.emb.weight.detach().clone()
+    windows = torch.arange(12).view(6, 2) % 10  # window i starts with token 2i % 10
+    with B.StepClock() as clock:
+        B.bare_loop(model, windows, torch.tensor([5, 4, 3, 2, 1, 0]), batch=2, steps=3, lr=0.1)
+    assert seen == [[0, 8], [6, 4], [2, 0]]  # batches in the given order
+    assert len(clock.stamps) == 3 and not torch.equal(before, model.emb.weight)
+    assert all(p.grad is None for p in model.parameters())  # zero_grad(set_to_none) after each step
+    for name in ("gpu", "run"):  # neither bench keeps a loop of its own
+        assert "loss.backward()" not in (BENCH / f"{name}.py").read_text()

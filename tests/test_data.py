@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from gpt2ft.config import DataConfig, ModelConfig, load_config
-from gpt2ft.data import (encode, load_book, normalise_ws, paragraphs, split_segments,
-                         strip_gutenberg, tokenize_book, windows)
+from gpt2ft.data import encode, load_book, normalise_ws, paragraphs, split_segments, tokenize_book, windows
 from gpt2ft.errors import UserError
+from gpt2ft.gutenberg import strip_gutenberg
 
 ROOT = Path(__file__).resolve().parents[1]
 GULLIVER = ROOT / "experiments" / "gulliver.yaml"
@@ -290,7 +290,7 @@ def test_end_marker_before_start_is_a_user_error():
     text = ("*** END OF THE PROJECT GUTENBERG EBOOK X ***\nbody\n"
             "*** START OF THE PROJECT GUTENBERG EBOOK X ***\n")
     with pytest.raises(UserError):
-        strip_gutenberg(text)
+        strip_gutenberg(text, "x.txt", strict=True)
 
 
 def test_too_short_text_is_a_user_error(tmp_path):
@@ -306,7 +306,7 @@ def test_empty_and_missing_files_are_user_errors(tmp_path):
         load_book(DataConfig(), str(empty))
     with pytest.raises(UserError, match="does not exist"):
         load_book(DataConfig(), str(tmp_path / "missing.txt"))
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(UserError, match=r"is a directory, not a file"):
         load_book(DataConfig(), str(tmp_path))  # a folder is not a corpus file
 
 

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from gpt2ft import style
+from gpt2ft import gutenberg, style
 from gpt2ft.errors import UserError
-from gpt2ft.style import StyleClassifier, load_other_novels, split_chunks, strip_gutenberg
+from gpt2ft.gutenberg import strip_gutenberg
+from gpt2ft.style import StyleClassifier, load_other_novels, split_chunks
 
 REPO = Path(__file__).resolve().parents[1]
 BOOK_PATH = Path(os.environ.get("GPT2FT_CORPUS", REPO / ".." / "shared" / "data" / "gulliver.txt"))
@@ -30,29 +31,7 @@ OTHER_DIR = Path(
 UNSEEN_NOVEL = "the_professor_pg1028"
 
 
-# ---------------------------------------------------------------- Gutenberg stripping
-
-def test_strip_gutenberg_this_variant_with_bom_and_crlf() -> None:
-    raw = (
-        "\ufeffThe Project Gutenberg EBook of X\r\nlicence blah\r\n"
-        "*** START OF THIS PROJECT GUTENBERG EBOOK X ***\r\n\r\n"
-        "Body line one.\r\nBody line two.\r\n"
-        "*** END OF THIS PROJECT GUTENBERG EBOOK X ***\r\nmore licence\r\n"
-    )
-    assert strip_gutenberg(raw) == "Body line one.\nBody line two."
-
-
-def test_strip_gutenberg_the_variant_no_space_lowercase() -> None:
-    raw = (
-        "header\n***start of the project gutenberg ebook gulliver's travels***\n"
-        "Body.\n***END OF THE PROJECT GUTENBERG EBOOK GULLIVER'S TRAVELS***\nlicence\n"
-    )
-    assert strip_gutenberg(raw) == "Body."
-
-
-def test_strip_gutenberg_without_markers_keeps_text() -> None:
-    assert strip_gutenberg("\ufeff  Just a novel.\n") == "Just a novel."
-
+# Marker variants, strictness and the folder's precedence are tested in test_gutenberg.py.
 
 def test_split_chunks_drops_short_tail_and_normalises_whitespace() -> None:
     text = "a b\n c\td e f g"
@@ -78,12 +57,6 @@ def test_load_other_novels_explicit_folder(tmp_path: Path) -> None:
     assert load_other_novels(tmp_path) == {"a": "Body A.", "b": "Body B."}
 
 
-def test_load_other_novels_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "x.txt").write_text(_gutenberg("Env body."), encoding="utf-8")
-    monkeypatch.setenv(style.OTHER_CORPORA_ENV, str(tmp_path))
-    assert load_other_novels() == {"x": "Env body."}
-
-
 def test_load_other_novels_bad_folders(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist"):
         load_other_novels(tmp_path / "missing")
@@ -91,56 +64,47 @@ def test_load_other_novels_bad_folders(tmp_path: Path) -> None:
         load_other_novels(tmp_path)
 
 
-def test_load_other_novels_uses_shared_folder_next_to_cwd(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    shared = tmp_path / "shared" / "data" / "other"
-    shared.mkdir(parents=True)
-    (shared / "s.txt").write_text(_gutenberg("Shared body."), encoding="utf-8")
-    (tmp_path / "repo").mkdir()
-    monkeypatch.chdir(tmp_path / "repo")
-    monkeypatch.delenv(style.OTHER_CORPORA_ENV, raising=False)
-    assert load_other_novels() == {"s": "Shared body."}
+def test_load_other_novels_keeps_a_plain_novel_whole(tmp_path: Path) -> None:
+    # Lenient: a novel without Gutenberg markers is a fine negative example, not an error.
+    (tmp_path / "plain.txt").write_text("\ufeffJust a novel.\r\nSecond line.\r\n", encoding="utf-8")
+    assert load_other_novels(tmp_path) == {"plain": "Just a novel.\nSecond line."}
 
 
 def test_load_other_novels_downloads_then_reuses_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "repo").mkdir()
-    monkeypatch.chdir(tmp_path / "repo")  # no ../shared here
-    monkeypatch.delenv(style.OTHER_CORPORA_ENV, raising=False)
     calls: list[tuple[str, float]] = []
 
     def fake_urlopen(url: str, timeout: float) -> io.BytesIO:
         calls.append((url, timeout))
         return io.BytesIO(_gutenberg(f"Downloaded {url}").encode("utf-8"))
 
-    monkeypatch.setattr(style.urllib.request, "urlopen", fake_urlopen)
+    monkeypatch.setattr(gutenberg.urllib.request, "urlopen", fake_urlopen)
     cache = tmp_path / "cache"
-    novels = load_other_novels(cache_dir=cache)
+    novels = load_other_novels(None, cache_dir=cache)
     assert set(novels) == set(style.GUTENBERG_OTHER_NOVELS)
     assert novels["tom_sawyer_pg74"] == (
         "Downloaded https://www.gutenberg.org/cache/epub/74/pg74.txt"
     )
     assert len(calls) == 6 and all(t > 0 for _, t in calls)
+    # The book's cache layout: pg<id>.txt, nothing half-written left beside it.
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        f"pg{gid}.txt" for gid in style.GUTENBERG_OTHER_NOVELS.values()
+    )
     # A second call finds every file cached and downloads nothing.
-    assert load_other_novels(cache_dir=cache) == novels
+    assert load_other_novels(None, cache_dir=cache) == novels
     assert len(calls) == 6
 
 
 def test_load_other_novels_download_failure_is_user_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "repo").mkdir()
-    monkeypatch.chdir(tmp_path / "repo")
-    monkeypatch.delenv(style.OTHER_CORPORA_ENV, raising=False)
-
     def offline(url: str, timeout: float) -> io.BytesIO:
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(style.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(gutenberg.urllib.request, "urlopen", offline)
     with pytest.raises(UserError, match=style.OTHER_CORPORA_ENV):
-        load_other_novels(cache_dir=tmp_path / "cache")
+        load_other_novels(None, cache_dir=tmp_path / "cache")
 
 
 # ---------------------------------------------------------------- synthetic styles
@@ -242,7 +206,7 @@ def real() -> dict:
         pytest.skip(f"real-book tests need the book at {BOOK_PATH} (set GPT2FT_CORPUS)")
     if not OTHER_DIR.is_dir():
         pytest.skip(f"real-book tests need other novels in {OTHER_DIR} (set GPT2FT_OTHER_CORPORA)")
-    book = strip_gutenberg(BOOK_PATH.read_text(encoding="utf-8-sig"))
+    book = strip_gutenberg(BOOK_PATH.read_text(encoding="utf-8-sig"), str(BOOK_PATH))
     # A simple split of our own (the project's data module does the real one): every 10th
     # 2000-character block is held out, the rest trains.  Blocks do not overlap.
     blocks = [book[i:i + 2000] for i in range(0, len(book), 2000)]
