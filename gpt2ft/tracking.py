@@ -13,9 +13,18 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
+from unittest import mock
+
+import matplotlib.pyplot as plt
+import mlflow
+import torch
+import transformers
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from transformers import pipeline
 
 from gpt2ft.errors import UserError
-from gpt2ft.urls import mask_url
+from gpt2ft.urls import mask_url, unreachable
 
 DEFAULT_STORE = Path("mlruns")
 
@@ -65,16 +74,12 @@ class Run:
         self.id = run_id
 
     def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
         items = [Param(k, str(mask_url(str(v)) if v is not None else "None")[:6000])
                  for k, v in params.items()]
         for i in range(0, len(items), 100):
             self._client.log_batch(self.id, params=items[i:i + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         # MLflow stores NaN, but a metric that is NaN because it does not apply (e.g. no
         # classifier) is clearer absent than NaN in the UI.
@@ -94,8 +99,6 @@ class Run:
         self.log_text(json.dumps(data, indent=2, default=str), path)
 
     def log_figure(self, fig, path: str) -> None:
-        import matplotlib.pyplot as plt
-
         self._client.log_figure(self.id, fig, path)
         plt.close(fig)
 
@@ -107,13 +110,6 @@ class Tracker:
     """An MLflow experiment in a resolved store."""
 
     def __init__(self, uri: Optional[str], experiment: str):
-        from unittest import mock
-
-        import mlflow
-        from mlflow.tracking import MlflowClient
-
-        from gpt2ft.urls import unreachable
-
         self.uri = resolve_uri(uri)
         # MLflow retries a dead HTTP server with backoff for minutes; a TCP connect says
         # "nothing is listening" within 3 s, before any MLflow call or local write.
@@ -220,12 +216,6 @@ class Tracker:
 def log_pipeline_model(tracking_uri: str, run_id: str | None, folder: Path, name: str) -> str:
     """Log ``folder`` as an MLflow transformers model on ``run_id``, register it as ``name``
     and point the ``champion`` alias at the new version. Returns the version."""
-    import mlflow
-    import torch
-    import transformers
-    from mlflow.tracking import MlflowClient
-    from transformers import pipeline
-
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri)
     pipe = pipeline("text-generation", model=str(folder))
