@@ -202,7 +202,9 @@ def print_trials(summary) -> None:
         print("no trials.")
         return
     cols = [c for c in ("number", "state", "lr", "epochs", "batch_size", "top100_ratio", "memorization",
-                        "heldout_loss", "style_prob", "seconds", "within_bound", "selected") if c in df.columns]
+                        "longest_copy", "best_heldout_loss", "best_heldout_epoch", "copying_onset_epoch",
+                        "heldout_up_before_copying", "style_prob", "seconds", "within_bound", "selected")
+            if c in df.columns]
     print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 

@@ -113,12 +113,14 @@ def study_columns(summary, sample_ids: dict[int, Any]) -> dict[str, Sequence[Seq
     return named
 
 
-def log_study_report(parent, summary, assets, sample_ids: dict[int, Any]) -> None:
+def log_study_report(parent, summary, trajectories, assets, sample_ids: dict[int, Any]) -> None:
     """The study's trials table, figures, samples page and novelty table on its parent run."""
     table = summary.table
     parent.log_text(table.to_csv(index=False), "trials.csv")
+    parent.log_text(trajectories.to_csv(index=False), "trajectories.csv")
     refs = {**summary.references, "memorization_bound": summary.bound}
-    parent.log_figure(plots.style_vs_copying(table, refs), "plots/style_vs_copying.png")
+    parent.log_figure(plots.style_vs_copying(table, refs, trajectories), "plots/style_vs_copying.png")
+    parent.log_figure(plots.copying_and_loss_by_epoch(trajectories, refs), "plots/copying_and_loss_by_epoch.png")
     done = table[table["state"] == "COMPLETE"]
     if len(done):
         parent.log_figure(plots.params_vs_objectives(done, references=refs), "plots/params_vs_objectives.png")

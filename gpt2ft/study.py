@@ -32,7 +32,7 @@ from gpt2ft.config import Config, StudyConfig
 from gpt2ft.errors import UserError
 from gpt2ft.measure import measure_model
 from gpt2ft.model import free_accelerator
-from gpt2ft.summary import Summary, summarize, trial_metrics
+from gpt2ft.summary import Summary, summarize, trajectories, trial_metrics
 from gpt2ft.trial import run_trial, trial_train_config
 from gpt2ft.urls import mask_url
 
@@ -251,7 +251,7 @@ def log_study_artifacts(runner: StudyRunner) -> None:
     """Study plots, the trials table and the samples page on the parent run."""
     summary = summarize(runner.study)
     trials = {t.number: t for t in runner.study.get_trials(deepcopy=False)}
-    report.log_study_report(runner.parent, summary, runner.assets,
+    report.log_study_report(runner.parent, summary, trajectories(runner.study), runner.assets,
                             {n: t.user_attrs.get("sample_ids") for n, t in trials.items()})
     _log_optuna_plots(runner.study, runner.parent)
 

@@ -19,6 +19,8 @@ import pandas as pd
 
 from gpt2ft import pick as P
 
+#: When copying began and whether held-out loss warned first (``gpt2ft.trajectory``).
+ONSET_METRICS = ("copying_onset_step", "copying_onset_epoch", "heldout_turn_step", "heldout_up_before_copying")
 #: Per-trial metrics carried into the table (beside params, state and the pick's columns).
 TABLE_METRICS = ("top100_ratio", "memorization", "heldout_loss", "train_loss", "style_prob",
                  "longest_copy", "style_js")
@@ -58,8 +60,19 @@ def _row(study: Any, trial: Any, book_ratio: float, bound: float) -> dict[str, A
             "stopped_early": bool(trial.user_attrs.get("stopped_early", False)),
             "remeasured": f"final_trial_{trial.number}" in study.user_attrs,
             "within_bound": bool(mem <= bound),
-            "copying_onset_epoch": float(m.get("copying_onset_epoch", math.nan)),
-            "best_heldout_epoch": float(m.get("best_epoch", math.nan))}
+            **{k: float(m.get(k, math.nan)) for k in ONSET_METRICS},
+            "best_heldout_epoch": float(m.get("best_epoch", math.nan)),
+            "best_heldout_loss": float(m.get("best_heldout_loss", math.nan))}
+
+
+def trajectories(study: Any) -> pd.DataFrame:
+    """Every trial's measurements along training, one row per (trial, point): ``number``,
+    ``lr``, ``step``, ``epoch`` (0 = the base model), the sample metrics, ``heldout_loss``."""
+    rows = [{"number": t.number, "lr": t.params.get("lr", math.nan), **p}
+            for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"
+            for p in t.user_attrs.get("trajectory", [])]
+    columns = ["number", "lr", "step", "epoch", "top100_ratio", "memorization", "heldout_loss"]
+    return pd.DataFrame(rows, columns=list(dict.fromkeys(columns + [k for r in rows for k in r])))
 
 
 def pick_rows(table: pd.DataFrame) -> list[P.TrialRow]:
