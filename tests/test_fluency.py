@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from gpt2ft import fluency
 from gpt2ft.fluency import perplexity, sequence_nll
 
 
@@ -70,6 +71,13 @@ def test_too_short_is_nan_and_mode_restored(tiny):
     perplexity(tiny, [[1, 2, 3]], "cpu")
     assert tiny.training
     tiny.eval()
+
+
+def test_metric_names_documented():
+    assert list(fluency.METRIC_NAMES) == ["fluency_ppl", "fluency_ppl_se", "book_fluency_ppl",
+                                          "other_fluency_ppl"]
+    for name in fluency.METRIC_NAMES:
+        assert name in fluency.__doc__
 
 
 @pytest.mark.slow
