@@ -23,14 +23,27 @@ style_js           Jensen-Shannon divergence, base 2, between sampled and book  
                    unigram distributions (``js_divergence``), in [0, 1]
 extractable_rate   share of training prefixes whose greedy continuation equals  lower
                    the true continuation exactly (Carlini et al. 2023)
+distinct_1         unique sampled tokens over all sampled tokens, pooled        (book)
+                   (``distinct_n(..., n=1)``)
+distinct_2         same for 2-grams (``distinct_n(..., n=2)``)                  (book)
+distinct_3         same for 3-grams (``distinct_n(..., n=3)``)                  (book)
+repetition_4       share of sampled 4-grams that recur within their own sample  (book)
+                   (``repetition_rate(..., n=4)``)
 =================  ===========================================================  ========
 
 ``novelty_curve`` gives memorization for n = 1..16; novelty at n is ``1 - value``.
+
+Style and copying cannot see a degenerate model: one that loops on a common phrase can sit
+at the book's ``top100_ratio`` while copying nothing. The diversity metrics (distinct-n,
+repetition) see it. "(book)" means: closer to the book's own value is better, and both
+depend on the amount of text measured (the more text, the lower distinct-n), so a
+reference is only comparable at the samples' size: see :func:`matched_reference`.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -45,6 +58,10 @@ METRIC_NAMES: dict[str, str] = {
     "longest_copy": "longest sampled span (tokens) found verbatim in training",
     "style_js": "Jensen-Shannon divergence (base 2) of sampled vs. book unigrams",
     "extractable_rate": "share of prefixes whose greedy continuation is exact",
+    "distinct_1": "unique sampled tokens over all sampled tokens",
+    "distinct_2": "unique sampled 2-grams over all sampled 2-grams",
+    "distinct_3": "unique sampled 3-grams over all sampled 3-grams",
+    "repetition_4": "share of sampled 4-grams that recur within their own sample",
 }
 
 NAN = float("nan")
@@ -173,6 +190,82 @@ def extractable_rate(continuations: Samples, truths: Samples) -> float:
     exact = sum(1 for c, t in zip(continuations, truths)
                 if len(c) == len(t) and all(int(a) == int(b) for a, b in zip(c, t)))
     return _ratio(exact, len(truths))
+
+
+# -------------------------------------------------------------------- diversity
+
+
+def _ngrams(tokens: Sequence[int], n: int) -> list[tuple[int, ...]]:
+    """The n-grams of one sequence, in order (none when it is shorter than ``n``)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    ids = [int(t) for t in tokens]
+    return [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+
+
+def distinct_n(samples: Samples, n: int) -> float:
+    """Distinct-n (Li et al. 2016): unique n-grams over all n-grams, pooled over samples.
+
+    n-grams never cross a sample boundary; an n-gram that occurs in two samples counts
+    once among the unique ones and twice among all. 1.0 when no n-gram repeats anywhere;
+    near 0 for text that loops. Falls as the amount of text grows, so compare only
+    measurements of equal size. nan when no sample has ``n`` tokens.
+    """
+    seen: set[tuple[int, ...]] = set()
+    total = 0
+    for s in samples:
+        grams = _ngrams(s, n)
+        total += len(grams)
+        seen.update(grams)
+    return _ratio(len(seen), total)
+
+
+def repetition_rate(samples: Samples, n: int = 4) -> float:
+    """Within-sample repetition: the share of n-gram occurrences whose n-gram occurs more
+    than once in the same sample, pooled over samples.
+
+    Every occurrence of a repeated n-gram counts (both copies of a doubled phrase), so
+    ``[1, 2, 3, 4, 1, 2, 3, 4]`` scores 2/5 at n=4: five 4-grams, of which (1, 2, 3, 4)
+    occurs twice. Repeats *across* samples do not count: two samples that open alike are
+    not a loop. 0.0 when no sample repeats an n-gram; nan when no sample has ``n`` tokens.
+    """
+    repeated = total = 0
+    for s in samples:
+        counts = Counter(_ngrams(s, n))
+        total += sum(counts.values())
+        repeated += sum(c for c in counts.values() if c > 1)
+    return _ratio(repeated, total)
+
+
+def matched_reference(pieces: Samples, n_pieces: int, stat_fn: Callable[[Samples], float],
+                      draws: int = 20, seed: int = 0) -> tuple[float, float]:
+    """``(mean, std)`` of ``stat_fn`` over ``draws`` random subsets of ``n_pieces`` pieces.
+
+    A reference text at the samples' size: give it pieces cut like samples (e.g. 100
+    tokens of held-out book each) and ``n_pieces`` = the number of samples. Subsets are
+    drawn without replacement with ``np.random.default_rng(seed)``, so the answer is
+    deterministic for a seed. ``std`` is the spread of the statistic between draws (ddof=1),
+    exactly 0.0 when every draw gives the same value. Non-finite draws are ignored; mean is
+    nan with no finite draw or fewer than ``n_pieces`` pieces, std is nan with fewer than 2.
+    """
+    if n_pieces < 1:
+        raise ValueError(f"n_pieces must be >= 1, got {n_pieces}")
+    if len(pieces) < n_pieces or draws < 1:
+        return NAN, NAN
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(draws):
+        chosen = rng.choice(len(pieces), size=n_pieces, replace=False)
+        values.append(float(stat_fn([pieces[int(i)] for i in sorted(chosen)])))
+    arr = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+    if arr.size == 0:
+        return NAN, NAN
+    if arr.size < 2:
+        return float(arr[0]), NAN
+    if np.all(arr == arr[0]):
+        # The value itself, not a mean that summing rounds, and no ~1e-17 std from it either.
+        return float(arr[0]), 0.0
+    return float(arr.mean()), float(arr.std(ddof=1))
 
 
 # ------------------------------------------------------------------ uncertainty

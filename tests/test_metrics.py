@@ -196,16 +196,105 @@ def test_bootstrap_se_too_few_samples_is_nan():
 def test_metric_names_documented():
     assert list(m.METRIC_NAMES) == ["top100_ratio", "memorization", "memorization_4",
                                     "memorization_16", "longest_copy", "style_js",
-                                    "extractable_rate"]
+                                    "extractable_rate", "distinct_1", "distinct_2",
+                                    "distinct_3", "repetition_4"]
     for name in m.METRIC_NAMES:
         assert name in m.__doc__
 
 
-def test_metrics_import_neither_torch_nor_mlflow():
-    code = ("import sys, gpt2ft.metrics, gpt2ft.ngram_index; "
-            "bad = {'torch', 'mlflow'} & set(sys.modules); assert not bad, bad")
+def test_metrics_and_pick_import_neither_torch_nor_mlflow_nor_optuna():
+    code = ("import sys, gpt2ft.metrics, gpt2ft.ngram_index, gpt2ft.pick; "
+            "bad = {'torch', 'mlflow', 'optuna'} & set(sys.modules); assert not bad, bad")
     # The child gets the repo root on its path, however pytest found the package.
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root)
+
+
+# -------------------------------------------------------------------- diversity
+
+
+def test_distinct_n_literal():
+    # 1-grams: 1,2,1,3 -> {1,2,3} of 4; 2-grams: (1,2),(2,1),(1,3) all unique; 3-grams 2 of 2
+    assert m.distinct_n([[1, 2, 1, 3]], 1) == 3 / 4
+    assert m.distinct_n([[1, 2, 1, 3]], 2) == 1.0
+    assert m.distinct_n([[1, 2, 1, 3]], 3) == 1.0
+    # a phrase said four times: 2-grams (1,2),(2,1) x3, (1,2) x4 -> 2 unique of 7
+    assert m.distinct_n([[1, 2] * 4], 2) == 2 / 7
+    assert m.distinct_n([[5, 5, 5, 5]], 1) == 1 / 4
+
+
+def test_distinct_n_pools_samples_without_crossing_boundaries():
+    # the same 2-gram in two samples: unique once, counted twice -> 1/2
+    assert m.distinct_n([[1, 2], [1, 2]], 2) == 1 / 2
+    # (2,3) must not be formed across the boundary: 2-grams (1,2),(3,4) -> 2 of 2
+    assert m.distinct_n([[1, 2], [3, 4]], 2) == 1.0
+    assert m.distinct_n([[1, 2, 3], [7]], 2) == 1.0  # a short sample adds no 2-gram
+
+
+def test_distinct_n_no_ngrams_is_nan_and_bad_n_raises():
+    assert math.isnan(m.distinct_n([], 1))
+    assert math.isnan(m.distinct_n([[1, 2]], 3))
+    with pytest.raises(ValueError):
+        m.distinct_n([[1, 2]], 0)
+
+
+def test_repetition_rate_literal():
+    # the brief's example: 5 4-grams, (1,2,3,4) twice -> 2/5
+    assert m.repetition_rate([[1, 2, 3, 4, 1, 2, 3, 4]]) == 2 / 5
+    assert m.repetition_rate([[1, 2, 3, 4, 5, 6]]) == 0.0
+    # a loop: all 5 4-grams of [7]*8 are (7,7,7,7) -> 5/5
+    assert m.repetition_rate([[7] * 8]) == 1.0
+    assert m.repetition_rate([[1, 2, 1, 2, 1]], n=2) == 1.0  # (1,2) x2, (2,1) x2
+    assert m.repetition_rate([[1, 2, 1, 3]], n=1) == 2 / 4  # the two 1s repeat
+
+
+def test_repetition_rate_is_within_sample_and_pooled():
+    # identical samples repeat each other, not themselves
+    assert m.repetition_rate([[1, 2, 3, 4], [1, 2, 3, 4]]) == 0.0
+    # pooled: 2 repeated of 5 in the first, 0 of 3 in the second -> 2/8
+    assert m.repetition_rate([[1, 2, 3, 4, 1, 2, 3, 4], [5, 6, 7, 8, 9, 10]]) == 2 / 8
+    assert math.isnan(m.repetition_rate([[1, 2, 3]]))
+    assert math.isnan(m.repetition_rate([]))
+
+
+def test_degenerate_text_scores_low_distinct_and_high_repetition():
+    loop = [[3, 1, 4, 1, 5] * 20]  # 100 tokens, one 5-token phrase over and over
+    fresh = [list(range(100))]
+    assert m.distinct_n(fresh, 1) == m.distinct_n(fresh, 2) == 1.0
+    assert m.repetition_rate(fresh) == 0.0
+    assert m.distinct_n(loop, 2) == 5 / 99  # 5 distinct 2-grams in 99
+    assert m.repetition_rate(loop) == 1.0
+
+
+def test_matched_reference_equal_pieces_have_zero_spread():
+    pieces = [[1, 2, 3, 4]] * 6
+    mean, std = m.matched_reference(pieces, 3, lambda s: m.distinct_n(s, 1), draws=5)
+    assert (mean, std) == (1 / 3, 0.0)  # 4 unique of 12, whichever 3 are drawn
+
+
+def test_matched_reference_is_deterministic_for_a_seed():
+    pieces = [[i, i + 1, i % 3] for i in range(10)]
+
+    def stat(s):
+        return m.distinct_n(s, 1)
+
+    first = m.matched_reference(pieces, 4, stat, draws=10, seed=3)
+    assert first == m.matched_reference(pieces, 4, stat, draws=10, seed=3)
+    assert first != m.matched_reference(pieces, 4, stat, draws=10, seed=4)
+    assert first[1] > 0
+    # every draw is a subset of distinct pieces (no replacement): 4 of 4 pieces is the whole
+    mean, std = m.matched_reference(pieces[:4], 4, stat, draws=3)
+    assert (mean, std) == (stat(pieces[:4]), 0.0)
+
+
+def test_matched_reference_edges():
+    def stat(s):
+        return m.distinct_n(s, 1)
+
+    assert all(math.isnan(x) for x in m.matched_reference([[1]], 2, stat))  # too few pieces
+    mean, std = m.matched_reference([[1, 1], [2]], 1, stat, draws=1)
+    assert mean in (0.5, 1.0) and math.isnan(std)
+    with pytest.raises(ValueError):
+        m.matched_reference([[1]], 0, stat)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
 from gpt2ft.pick import (
+    DEGENERATE_FACTOR,
+    REPETITION_FLOOR,
     PickResult,
     TrialRow,
+    degenerate_reason,
     memorization_bound,
     pareto_front,
     pick,
@@ -230,3 +234,99 @@ def test_style_score() -> None:
     # With a JS divergence the score is its negation: lower divergence = higher score.
     assert style_score(0.9, 0.56, style_js=0.12) == pytest.approx(-0.12)
     assert style_score(0.9, 0.56, style_js=0.05) > style_score(0.56, 0.56, style_js=0.1)
+
+
+# --- degenerate text -------------------------------------------------------------------
+
+
+def test_degenerate_distinct_2_line_is_exclusive() -> None:
+    # book 0.9, factor 1.5: the line is 0.6; below it is degenerate, on it is not
+    assert degenerate_reason(0.59, 0.0, 0.9, 0.0, factor=1.5) == "distinct_2 0.59 < 0.6"
+    assert degenerate_reason(0.60, 0.0, 0.9, 0.0, factor=1.5) == ""
+    assert degenerate_reason(0.85, 0.0, 0.9, 0.0, factor=1.5) == ""
+    assert degenerate_reason(0.40, 0.0, 0.9, 0.0, factor=2.0) == "distinct_2 0.4 < 0.45"
+
+
+def test_degenerate_repetition_line_is_exclusive_with_floor() -> None:
+    # book repeats 0.004: factor 1.5 gives 0.006, the floor 0.15 wins
+    assert degenerate_reason(0.9, 0.15, 0.9, 0.004, factor=1.5, floor=0.15) == ""
+    assert degenerate_reason(0.9, 0.16, 0.9, 0.004, factor=1.5, floor=0.15) == "repetition_4 0.16 > 0.15"
+    # a book that repeats more moves the line: max(2 * 0.1, 0.15) = 0.2
+    assert degenerate_reason(0.9, 0.2, 0.9, 0.1, factor=2.0, floor=0.15) == ""
+    assert degenerate_reason(0.9, 0.25, 0.9, 0.1, factor=2.0, floor=0.15) == "repetition_4 0.25 > 0.2"
+
+
+def test_degenerate_both_reasons_and_defaults() -> None:
+    assert degenerate_reason(0.2, 0.5, 0.9, 0.0, factor=1.5) == "distinct_2 0.2 < 0.6, repetition_4 0.5 > 0.15"
+    assert (DEGENERATE_FACTOR, REPETITION_FLOOR) == (1.5, 0.15)
+    assert degenerate_reason(0.888, 0.004, 0.888, 0.004) == ""  # the book itself is fine
+    assert degenerate_reason(0.81, 0.10, 0.888, 0.004) == ""  # the base model's samples too
+
+
+def test_degenerate_nan_cannot_be_judged() -> None:
+    assert degenerate_reason(NAN, NAN, 0.9, 0.0) == ""
+    assert degenerate_reason(0.1, 0.0, NAN, 0.0) == ""  # no book distinct_2: no line
+    # no book repetition: the floor alone still judges an obvious loop
+    assert degenerate_reason(0.9, 0.9, 0.9, NAN, floor=0.15) == "repetition_4 0.9 > 0.15"
+    assert degenerate_reason(0.9, 0.1, 0.9, NAN, floor=0.15) == ""
+
+
+LOOP = "distinct_2 0.21 < 0.59"
+
+
+def looping_table() -> list[TrialRow]:
+    return [
+        TrialRow(0, style=-0.10, memorization=0.01),
+        TrialRow(1, style=-0.05, memorization=0.01),  # best healthy style
+        TrialRow(2, style=-0.001, memorization=0.00, degenerate=True, why=LOOP),  # best style
+        TrialRow(3, style=-0.002, memorization=0.01, degenerate=True),
+    ]
+
+
+def test_best_style_trial_that_loops_is_not_picked() -> None:
+    result = pick(looping_table(), "bounded_style", 0.05)
+    assert result.number == 1 and result.within_bound and not result.degenerate
+    assert result.reason.endswith(f"; 2 degenerate trials excluded (trial 2: {LOOP}; trial 3)")
+    assert "among 2 of 2 completed trials" in result.reason  # counted without the loops
+
+
+def test_knee_front_leaves_out_degenerate_trials() -> None:
+    rows = looping_table()
+    result = pick(rows, "knee", 0.05)
+    assert result.number == 1 and not result.degenerate  # 1 dominates 0 once 2, 3 are out
+    assert "1-point Pareto front" in result.reason and "2 degenerate trials excluded" in result.reason
+    assert numbers(pareto_front(rows)) == [2]  # the plain front still shows everything
+
+
+def test_no_degenerate_trial_no_note() -> None:
+    rows = [TrialRow(0, -0.1, 0.01), TrialRow(1, -0.2, 0.01)]
+    assert "degenerate" not in pick(rows, "bounded_style", 0.05).reason
+
+
+def test_one_excluded_and_many_are_counted() -> None:
+    rows = [TrialRow(0, -0.1, 0.01), TrialRow(9, 0.0, 0.0, degenerate=True, why="x")]
+    assert pick(rows, "bounded_style", 0.05).reason.endswith("; 1 degenerate trial excluded (trial 9: x)")
+    rows += [TrialRow(n, 0.0, 0.0, degenerate=True) for n in (5, 6, 7, 8)]
+    assert pick(rows, "bounded_style", 0.05).reason.endswith(
+        "; 5 degenerate trials excluded (trial 5; trial 6; trial 7; 2 more)")
+
+
+@pytest.mark.parametrize("rule", ["bounded_style", "knee"])
+def test_all_degenerate_still_picks_but_flags(rule: str) -> None:
+    rows = [
+        TrialRow(0, style=-0.10, memorization=0.01, degenerate=True, why=LOOP),
+        TrialRow(1, style=-0.05, memorization=0.02, degenerate=True),
+        TrialRow(2, style=-0.01, memorization=0.50, state="FAIL"),  # not usable, not counted
+    ]
+    result = pick(rows, rule, 0.05)
+    plain = pick([replace(r, degenerate=False) for r in rows], rule, 0.05)
+    assert result.number == plain.number  # the rule itself, applied among the degenerate
+    assert result.degenerate is True and result.within_bound is False
+    assert result.reason.startswith(f"all 2 completed trials are degenerate (trial 0: {LOOP}; trial 1); ")
+    assert result.reason.endswith(plain.reason)
+
+
+def test_degenerate_rows_that_cannot_be_used_do_not_count() -> None:
+    rows = [TrialRow(0, -0.1, 0.01), TrialRow(1, NAN, 0.0, degenerate=True),
+            TrialRow(2, 0.0, 0.0, "PRUNED", degenerate=True)]
+    assert "degenerate" not in pick(rows, "bounded_style", 0.05).reason
