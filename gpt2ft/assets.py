@@ -1,5 +1,5 @@
 """What a study prepares once and every trial shares: the book and its tokens, the pretrained
-weights (kept on the CPU, copied per trial), the n-gram index of the training text, the book's
+weights (on the run's device, copied per trial), the n-gram index of the training text, the book's
 top-100 token set, the style classifier, and the reference values every trial is compared with.
 
 Measuring a model or a text is ``gpt2ft.measure``'s job; this module only builds the inputs.
@@ -22,7 +22,7 @@ from gpt2ft.config import Config
 from gpt2ft.data import Book, TokenData, encode, load_book, normalise_ws, tokenize_book
 from gpt2ft.errors import UserError
 from gpt2ft.gutenberg import other_novels_folder
-from gpt2ft.measure import chunks, matched_js, measure_model, measure_samples
+from gpt2ft.measure import chunks, matched_diversity, matched_js, measure_model, measure_samples
 from gpt2ft.model import Runtime, describe, load_model, load_tokenizer, n_params, resolve_runtime, seed_everything
 from gpt2ft.ngram_index import NgramIndex
 from gpt2ft.style import StyleClassifier, load_other_novels
@@ -85,8 +85,9 @@ def prepare(config: Config, corpus: Optional[str] = None, classifier: bool = Tru
     timings["data_seconds"] = time.perf_counter() - t
     t = time.perf_counter()
     seed_everything(config.train.seed)
-    model = load_model(config.model, tokenizer, config.data.block_size)
-    model.eval()
+    # On the run's device for good: trials copy it there, and it is the fixed judge of every
+    # sample's fluency (gpt2ft.fluency) between trials.
+    model = load_model(config.model, tokenizer, config.data.block_size).to(runtime.device).eval()
     timings["model_load_seconds"] = time.perf_counter() - t
     t = time.perf_counter()
     index = NgramIndex(data.train_ids, max_n=16)
@@ -137,12 +138,12 @@ def compute_references(assets: Assets, with_base: bool = True) -> References:
         for k, v in measure_samples(assets, seqs, seed=assets.config.train.seed).items():
             values[f"{prefix}_{k}"] = v
         values[f"{prefix}_style_js"] = matched_js(assets, seqs, leave_out=prefix == "book")
+        values.update({f"{prefix}_{k}": v for k, v in matched_diversity(assets, seqs).items()})
     if with_base:
-        model = assets.base_model.to(assets.runtime.device)
+        model = assets.base_model
         base, _, ids = measure_model(assets, model, assets.config.sample.n_samples, assets.config.train.seed)
         tc = assets.config.train
         base["heldout_loss"] = evaluate(model, d.heldout_windows, tc.batch_size, assets.runtime, tc.eval_batches)
-        model.to("cpu")  # trials copy the base weights from the CPU
         samples["base"] = ids
         values.update({f"base_{k}": v for k, v in base.items()})
     if assets.classifier is not None:

@@ -234,6 +234,14 @@ class StudyConfig:
     """The copying bound is this many times the references' memorization."""
     memorization_floor: float = 0.02
     """The copying bound is never below this."""
+    degenerate_factor: float = 1.5
+    """A trial's samples are degenerate (not eligible for the pick) when their ``distinct_2``
+    is below the book's divided by this, or their ``repetition_4`` above the book's times this
+    (and above ``repetition_floor``). Held-out book text scores distinct_2 ~0.89, repetition_4
+    ~0.004 at the samples' size; pretrained SmolLM2's own samples 0.81 / 0.10."""
+    repetition_floor: float = 0.15
+    """``repetition_4`` at or below this is never degenerate: it sits above the untouched
+    pretrained model's own (0.10), so sampling noise alone does not exclude a trial."""
     early_stop: bool = True
     """Early stopping on held-out loss: end a trial once its held-out loss has risen for two
     evaluations in a row (``train.early_stop_patience`` overrides the two). Not Optuna pruning:
@@ -256,6 +264,8 @@ class StudyConfig:
         _check(self.pick_rule in PICK_RULES,
                f"study.pick_rule must be one of {', '.join(PICK_RULES)}, got {self.pick_rule!r}.")
         _check(self.memorization_factor > 0, "study.memorization_factor must be > 0.")
+        _check(self.degenerate_factor >= 1, "study.degenerate_factor must be >= 1.")
+        _check(0 <= self.repetition_floor <= 1, "study.repetition_floor must be in [0, 1].")
         _check(0 <= self.memorization_floor <= 1, "study.memorization_floor must be in [0, 1].")
         _check(self.heartbeat_interval >= 1, "study.heartbeat_interval must be >= 1.")
         _check(self.grace_period > self.heartbeat_interval,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from gpt2ft import metrics as M
 from gpt2ft.data import encode, normalise_ws
+from gpt2ft.fluency import perplexity
 from gpt2ft.generate import greedy, sample
 
 if TYPE_CHECKING:  # assets imports this module; the type is only for signatures
@@ -22,7 +23,14 @@ if TYPE_CHECKING:  # assets imports this module; the type is only for signatures
 
 #: Sample metrics, in the order they are printed. ``*_se`` companions are logged beside them.
 SAMPLE_METRICS = ("top100_ratio", "memorization", "memorization_4", "memorization_16",
-                  "longest_copy", "style_js", "style_prob")
+                  "longest_copy", "style_js", "style_prob", "distinct_1", "distinct_2", "distinct_3",
+                  "repetition_4", "fluency_ppl")
+#: Diversity statistics; a reference text must be measured at the samples' size for them
+#: (distinct-n falls as a text grows), see :func:`matched_diversity`.
+DIVERSITY = {"distinct_1": lambda s: M.distinct_n(s, 1), "distinct_2": lambda s: M.distinct_n(s, 2),
+             "distinct_3": lambda s: M.distinct_n(s, 3), "repetition_4": lambda s: M.repetition_rate(s, 4)}
+#: At most this many sequences are judged for fluency (a reference text has hundreds).
+FLUENCY_PIECES = 50
 
 
 def renormalise(tokenizer, samples: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[str]]:
@@ -55,6 +63,9 @@ def measure_samples(assets: "Assets", samples: Sequence[Sequence[int]], texts: O
     if cfg.bootstrap:
         out["top100_ratio_se"] = M.bootstrap_se(samples, top, cfg.bootstrap, seed)
         out["memorization_se"] = M.bootstrap_se(samples, mem, cfg.bootstrap, seed)
+    out.update({name: fn(samples) for name, fn in DIVERSITY.items()})
+    out["fluency_ppl"], out["fluency_ppl_se"] = perplexity(
+        assets.base_model, chunks_of(samples, FLUENCY_PIECES), assets.runtime.device)
     if assets.classifier is not None and assets.classifier.usable:
         if texts is None:
             texts = [assets.tokenizer.decode(s) for s in samples]
@@ -88,13 +99,28 @@ def matched_js(assets: "Assets", seqs: Sequence[Sequence[int]], leave_out: bool,
     return sum(values) / len(values)
 
 
+def chunks_of(seqs: Sequence[Sequence[int]], limit: int) -> list[Sequence[int]]:
+    """At most ``limit`` of ``seqs``, evenly spread."""
+    if len(seqs) <= limit:
+        return list(seqs)
+    step = len(seqs) / limit
+    return [seqs[int(i * step)] for i in range(limit)]
+
+
+def matched_diversity(assets: "Assets", seqs: Sequence[Sequence[int]], draws: int = 20) -> dict[str, float]:
+    """Diversity of a reference text at the samples' size: mean and spread (``*_sd``) over
+    ``draws`` random sets of ``n_samples`` pieces, so it compares with one trial's samples."""
+    out: dict[str, float] = {}
+    for name, fn in DIVERSITY.items():
+        out[name], out[f"{name}_sd"] = M.matched_reference(seqs, assets.config.sample.n_samples, fn, draws,
+                                                           assets.config.train.seed)
+    return out
+
+
 def chunks(ids: Sequence[int], size: int, limit: Optional[int] = None) -> list[list[int]]:
     """Consecutive ``size``-token pieces of ``ids``, evenly spread when ``limit`` caps them."""
     pieces = [list(ids[i:i + size]) for i in range(0, len(ids) - size + 1, size)]
-    if limit is not None and len(pieces) > limit:
-        step = len(pieces) / limit
-        pieces = [pieces[int(i * step)] for i in range(limit)]
-    return pieces
+    return chunks_of(pieces, limit) if limit is not None else pieces
 
 
 def extraction(assets: "Assets", model) -> dict[str, float]:

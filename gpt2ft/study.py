@@ -54,14 +54,15 @@ def suggest(trial: optuna.Trial, space: StudyConfig) -> dict[str, Any]:
 
 def record_setup(study: optuna.Study, config: Config, assets: Assets) -> float:
     """Write what every worker and export reads from the study (config, corpus, references,
-    rule, bound); returns the memorization bound."""
+    rule, bound, the degenerate-text rule); returns the memorization bound."""
     refs = assets.references.values
     saved = config.to_dict()
     saved["study"]["storage"] = mask_url(saved["study"]["storage"])  # export writes this YAML out
     bound = memorization_bound(config, refs)
     for key, value in (("config_yaml", yaml.safe_dump(saved, sort_keys=False)), ("corpus", assets.book.source),
                        ("references", refs), ("pick_rule", config.study.pick_rule),
-                       ("memorization_bound", bound)):
+                       ("memorization_bound", bound), ("degenerate_factor", config.study.degenerate_factor),
+                       ("repetition_floor", config.study.repetition_floor)):
         study.set_user_attr(key, value)
     return bound
 
@@ -174,7 +175,8 @@ class StudyRunner:
         if self.parent is not None:
             finished = int(summary.table["state"].isin(["COMPLETE", "FAIL", "PRUNED"]).sum())
             tags = {"selected_trial": number, "selected_params": chosen.params, "pick_reason": summary.pick.reason,
-                    "pick_within_bound": str(summary.pick.within_bound).lower()}
+                    "pick_within_bound": str(summary.pick.within_bound).lower(),
+                    "pick_degenerate": str(summary.pick.degenerate).lower()}
             metrics = {"selected_trial": float(number),
                        **{f"selected_{k}": v for k, v in trial_metrics(self.study, chosen).items()}}
             self.tracker.mark_selected(self.parent, chosen.user_attrs.get("mlflow_run_id"), tags, metrics, finished)

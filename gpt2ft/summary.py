@@ -23,7 +23,7 @@ from gpt2ft import pick as P
 ONSET_METRICS = ("copying_onset_step", "copying_onset_epoch", "heldout_turn_step", "heldout_up_before_copying")
 #: Per-trial metrics carried into the table (beside params, state and the pick's columns).
 TABLE_METRICS = ("top100_ratio", "memorization", "heldout_loss", "train_loss", "style_prob",
-                 "longest_copy", "style_js")
+                 "longest_copy", "style_js", "distinct_2", "repetition_4", "fluency_ppl")
 
 
 @dataclass(frozen=True)
@@ -50,16 +50,26 @@ def trial_metrics(study: Any, trial: Any) -> dict[str, float]:
     return metrics
 
 
+def _degenerate(m: dict[str, float], refs: dict[str, float], attrs: dict[str, Any]) -> str:
+    """Why a trial's samples are degenerate ("" when they are not), by ``pick.degenerate_reason``
+    against the book's size-matched diversity and the study's recorded factor and floor."""
+    return P.degenerate_reason(m.get("distinct_2", math.nan), m.get("repetition_4", math.nan),
+                               refs.get("book_distinct_2", math.nan), refs.get("book_repetition_4", math.nan),
+                               attrs.get("degenerate_factor", P.DEGENERATE_FACTOR),
+                               attrs.get("repetition_floor", P.REPETITION_FLOOR))
+
+
 def _row(study: Any, trial: Any, book_ratio: float, bound: float) -> dict[str, Any]:
     m = trial_metrics(study, trial) if trial.state.name == "COMPLETE" else {}
     top, mem = float(m.get("top100_ratio", math.nan)), float(m.get("memorization", math.nan))
+    why = _degenerate(m, study.user_attrs.get("references", {}), study.user_attrs) if m else ""
     return {"number": trial.number, "state": trial.state.name, **trial.params,
             **{k: float(m.get(k, math.nan)) for k in TABLE_METRICS},
             "style_score": P.style_score(top, book_ratio),
             "seconds": trial.duration.total_seconds() if trial.duration else math.nan,
             "stopped_early": bool(trial.user_attrs.get("stopped_early", False)),
             "remeasured": f"final_trial_{trial.number}" in study.user_attrs,
-            "within_bound": bool(mem <= bound),
+            "within_bound": bool(mem <= bound), "degenerate": bool(why), "degenerate_why": why,
             **{k: float(m.get(k, math.nan)) for k in ONSET_METRICS},
             "best_heldout_epoch": float(m.get("best_epoch", math.nan)),
             "best_heldout_loss": float(m.get("best_heldout_loss", math.nan))}
@@ -77,8 +87,8 @@ def trajectories(study: Any) -> pd.DataFrame:
 
 def pick_rows(table: pd.DataFrame) -> list[P.TrialRow]:
     """The table as the pick sees it: style score to maximise, memorization to minimise."""
-    return [P.TrialRow(int(r.number), float(r.style_score), float(r.memorization), str(r.state))
-            for r in table.itertuples()]
+    return [P.TrialRow(int(r.number), float(r.style_score), float(r.memorization), str(r.state),
+                       degenerate=bool(r.degenerate), why=str(r.degenerate_why)) for r in table.itertuples()]
 
 
 def summarize(study: Any) -> Summary:
@@ -93,7 +103,7 @@ def summarize(study: Any) -> Summary:
     picked = P.pick(pick_rows(table), rule, bound) if len(table) else None
     front = {r.number for r in P.pareto_front(pick_rows(table))} if len(table) else set()
     table["on_front"] = table["number"].isin(front)
-    table["eligible"] = (table["state"] == "COMPLETE") & table["within_bound"]
+    table["eligible"] = (table["state"] == "COMPLETE") & table["within_bound"] & ~table["degenerate"]
     table["selected"] = table["number"] == (picked.number if picked else -1)
     return Summary(table, picked, refs, bound, rule)
 
@@ -103,4 +113,5 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
     seen: dict[str, None] = {}
     for r in rows:
         seen.update(dict.fromkeys(r))
-    return list(seen) or ["number", "state", *TABLE_METRICS, "style_score", "within_bound"]
+    return list(seen) or ["number", "state", *TABLE_METRICS, "style_score", "within_bound", "degenerate",
+                          "degenerate_why"]

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from gpt2ft import data, gutenberg, measure, style
+from gpt2ft import assets, data, gutenberg, style
 from gpt2ft.config import DataConfig
 from gpt2ft.errors import UserError
 from gpt2ft.gutenberg import OTHER_CORPORA_ENV, download, other_novels_folder, strip_gutenberg
@@ -106,7 +106,7 @@ def test_other_novels_folder_order_of_precedence(tmp_path, monkeypatch):
 
 
 def test_measure_asks_other_novels_folder(tmp_path, monkeypatch):
-    """measure._fit_classifier loads the novels from other_novels_folder's answer."""
+    """assets._fit_classifier loads the novels from other_novels_folder's answer."""
     (tmp_path / "other").mkdir()
     monkeypatch.delenv(OTHER_CORPORA_ENV, raising=False)
     seen = []
@@ -115,10 +115,10 @@ def test_measure_asks_other_novels_folder(tmp_path, monkeypatch):
         seen.append((folder, cache_dir))
         raise UserError("stop here.")
 
-    monkeypatch.setattr(style, "load_other_novels", fake_load)
-    cfg = DataConfig(cache_dir=str(tmp_path / "cache"))
-    assets = SimpleNamespace(config=SimpleNamespace(data=cfg), book=SimpleNamespace(source=str(tmp_path / "b.txt")))
-    measure._fit_classifier(assets)  # a UserError there only switches style_prob off
+    monkeypatch.setattr(assets, "load_other_novels", fake_load)
+    cfg = SimpleNamespace(data=DataConfig(cache_dir=str(tmp_path / "cache")))
+    book = SimpleNamespace(source=str(tmp_path / "b.txt"))
+    assert assets._fit_classifier(cfg, book, None) == (None, [])  # a UserError only switches style_prob off
     assert seen == [(tmp_path / "other", tmp_path / "cache")]
 
 

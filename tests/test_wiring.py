@@ -151,3 +151,22 @@ def test_knee_ties_within_tolerance_go_to_the_lower_trial_number():
             P.TrialRow(2, 0.00, 1.00)]
     assert P.pick(rows, "knee").number == 3
     assert math.isfinite(P.style_score(0.5, 0.55))
+
+
+def test_trial_table_marks_degenerate_text_and_the_pick_skips_it():
+    trials = [FakeTrial(0, {"top100_ratio": 0.55, "memorization": 0.0, "distinct_2": 0.20, "repetition_4": 0.6}),
+              FakeTrial(1, {"top100_ratio": 0.60, "memorization": 0.0, "distinct_2": 0.85, "repetition_4": 0.01})]
+    study = FakeStudy(trials, references={"book_top100_ratio": 0.55, "book_distinct_2": 0.89,
+                                          "book_repetition_4": 0.004},
+                      memorization_bound=0.02, pick_rule="bounded_style", degenerate_factor=1.5,
+                      repetition_floor=0.15)
+    summary = summarize(study)
+    table = summary.table.set_index("number")
+    assert table.loc[0, "degenerate"] and "distinct_2" in table.loc[0, "degenerate_why"]
+    assert not table.loc[0, "eligible"] and table.loc[1, "eligible"]
+    assert summary.pick.number == 1  # trial 0 reads exactly like the book, but loops
+    assert "degenerate" in summary.pick.reason
+    # The study's recorded factor is the one applied: at 5x the same text passes.
+    study.user_attrs["degenerate_factor"] = 5.0
+    study.user_attrs["repetition_floor"] = 0.7
+    assert summarize(study).pick.number == 0
