@@ -27,6 +27,7 @@ from gpt2ft.errors import UserError
 from gpt2ft.urls import mask_url, unreachable
 
 DEFAULT_STORE = Path("mlruns")
+UI_HOST = "http://127.0.0.1:5000"  # where `make ui` serves the store
 
 
 def resolve_uri(uri: Optional[str] = None) -> str:
@@ -146,6 +147,12 @@ class Tracker:
                             "server or database is reachable.") from None
         finally:
             fast_fail.stop()
+
+    def ui_url(self, host: str = UI_HOST, run_id: Optional[str] = None) -> str:
+        """Where a researcher looks: the experiment's runs table in MLflow's model-training mode
+        (MLflow 3 otherwise opens a GenAI traces page), or one run's page."""
+        page = f"runs/{run_id}" if run_id else "runs"
+        return f"{host}/#/experiments/{self.experiment_id}/{page}?workflowType=machine_learning"
 
     def start(self, name: str, parent: Optional[Run] = None, tags: Optional[dict[str, Any]] = None) -> Run:
         all_tags = {"mlflow.runName": name, **(tags or {})}
