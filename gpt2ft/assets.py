@@ -135,7 +135,7 @@ def compute_references(assets: Assets, with_base: bool = True) -> References:
     if assets.other_ids:
         samples["other"] = assets.other_ids
     for prefix, seqs in samples.items():
-        for k, v in measure_samples(assets, seqs, seed=assets.config.train.seed).items():
+        for k, v in measure_samples(assets, seqs, seed=assets.config.train.seed, fluency=prefix != "train").items():
             values[f"{prefix}_{k}"] = v
         values[f"{prefix}_style_js"] = matched_js(assets, seqs, leave_out=prefix == "book")
         values.update({f"{prefix}_{k}": v for k, v in matched_diversity(assets, seqs).items()})

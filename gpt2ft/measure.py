@@ -29,8 +29,9 @@ SAMPLE_METRICS = ("top100_ratio", "memorization", "memorization_4", "memorizatio
 #: (distinct-n falls as a text grows), see :func:`matched_diversity`.
 DIVERSITY = {"distinct_1": lambda s: M.distinct_n(s, 1), "distinct_2": lambda s: M.distinct_n(s, 2),
              "distinct_3": lambda s: M.distinct_n(s, 3), "repetition_4": lambda s: M.repetition_rate(s, 4)}
-#: At most this many sequences are judged for fluency (a reference text has hundreds).
-FLUENCY_PIECES = 50
+#: At most this many sequences are judged for fluency: a reference text has hundreds, and each
+#: is a forward pass of the base model (seconds on a CPU); 20 give an error bar of a few %.
+FLUENCY_PIECES = 20
 
 
 def renormalise(tokenizer, samples: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[str]]:
@@ -40,8 +41,9 @@ def renormalise(tokenizer, samples: Sequence[Sequence[int]]) -> tuple[list[list[
 
 
 def measure_samples(assets: "Assets", samples: Sequence[Sequence[int]], texts: Optional[Sequence[str]] = None,
-                    seed: int = 0) -> dict[str, float]:
-    """Every sample metric (with bootstrap standard errors) for normalised token sequences."""
+                    seed: int = 0, fluency: bool = True) -> dict[str, float]:
+    """Every sample metric (with bootstrap standard errors) for normalised token sequences;
+    ``fluency`` off skips the base model's forward pass (the training text needs none)."""
     cfg = assets.config.metrics
     idx = assets.index
     samples = [list(s) for s in samples]
@@ -64,8 +66,9 @@ def measure_samples(assets: "Assets", samples: Sequence[Sequence[int]], texts: O
         out["top100_ratio_se"] = M.bootstrap_se(samples, top, cfg.bootstrap, seed)
         out["memorization_se"] = M.bootstrap_se(samples, mem, cfg.bootstrap, seed)
     out.update({name: fn(samples) for name, fn in DIVERSITY.items()})
-    out["fluency_ppl"], out["fluency_ppl_se"] = perplexity(
-        assets.base_model, chunks_of(samples, FLUENCY_PIECES), assets.runtime.device)
+    if fluency:
+        out["fluency_ppl"], out["fluency_ppl_se"] = perplexity(
+            assets.base_model, chunks_of(samples, FLUENCY_PIECES), assets.runtime.device)
     if assets.classifier is not None and assets.classifier.usable:
         if texts is None:
             texts = [assets.tokenizer.decode(s) for s in samples]

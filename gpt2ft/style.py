@@ -156,6 +156,35 @@ def _shuffle_words(chunks: list[str], rng: random.Random) -> list[str]:
     return out
 
 
+def _split_chunks(book_train_text: str, book_heldout_text: str, other_texts: dict[str, str],
+                  chunk_words: int, heldout_fraction: float) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Book training / held-out chunks and other novels' training / held-out chunks (each
+    novel split by position); a part too short to give one chunk is a UserError."""
+    if not 0.0 < heldout_fraction < 1.0:
+        raise UserError(f"heldout_fraction must lie strictly between 0 and 1, got {heldout_fraction}.")
+    if not other_texts:
+        raise UserError(f"No reference novels were given; set {OTHER_CORPORA_ENV} to a folder of .txt novels.")
+    pos_train = split_chunks(book_train_text, chunk_words)
+    pos_held = split_chunks(book_heldout_text, chunk_words)
+    if not pos_train:
+        raise UserError(f"The book's training text has fewer than {chunk_words} words; "
+                        "check the corpus path and split.")
+    if not pos_held:
+        raise UserError(f"The book's held-out text has fewer than {chunk_words} words; "
+                        "hold out more of the book or lower chunk_words.")
+    neg_train: list[str] = []
+    neg_held: list[str] = []
+    for name in sorted(other_texts):
+        words = other_texts[name].split()
+        cut = int(round(len(words) * (1.0 - heldout_fraction)))
+        neg_train += split_chunks(" ".join(words[:cut]), chunk_words)
+        neg_held += split_chunks(" ".join(words[cut:]), chunk_words)
+    if not neg_train or not neg_held:
+        raise UserError(f"The reference novels are too short to give training and held-out chunks of "
+                        f"{chunk_words} words; use full-length novels in {OTHER_CORPORA_ENV}.")
+    return pos_train, pos_held, neg_train, neg_held
+
+
 @dataclass
 class StyleClassifier:
     """A fitted book-vs-other-novels classifier; build it with :meth:`fit`.
@@ -214,50 +243,15 @@ class StyleClassifier:
         Deterministic for a given ``seed``.  Raises ``UserError`` if any part is too short
         to yield a chunk of ``chunk_words`` words.
         """
-        if not 0.0 < heldout_fraction < 1.0:
-            raise UserError(
-                f"heldout_fraction must lie strictly between 0 and 1, got {heldout_fraction}."
-            )
-        if not other_texts:
-            raise UserError(
-                f"No reference novels were given; set {OTHER_CORPORA_ENV} to a folder of "
-                ".txt novels."
-            )
-        pos_train = split_chunks(book_train_text, chunk_words)
-        pos_held = split_chunks(book_heldout_text, chunk_words)
-        if not pos_train:
-            raise UserError(
-                f"The book's training text has fewer than {chunk_words} words; "
-                "check the corpus path and split."
-            )
-        if not pos_held:
-            raise UserError(
-                f"The book's held-out text has fewer than {chunk_words} words; "
-                "hold out more of the book or lower chunk_words."
-            )
-        neg_train: list[str] = []
-        neg_held: list[str] = []
-        for name in sorted(other_texts):
-            words = other_texts[name].split()
-            cut = int(round(len(words) * (1.0 - heldout_fraction)))
-            neg_train += split_chunks(" ".join(words[:cut]), chunk_words)
-            neg_held += split_chunks(" ".join(words[cut:]), chunk_words)
-        if not neg_train or not neg_held:
-            raise UserError(
-                f"The reference novels are too short to give training and held-out chunks of "
-                f"{chunk_words} words; use full-length novels in {OTHER_CORPORA_ENV}."
-            )
-
+        pos_train, pos_held, neg_train, neg_held = _split_chunks(
+            book_train_text, book_heldout_text, other_texts, chunk_words, heldout_fraction)
         rng = random.Random(seed)
         shuffled = _shuffle_words(pos_train, rng) if shuffled_negatives else []
         # Shuffle the order too so the solver sees no ordering artefacts; the seed makes
         # the whole fit repeatable.
-        x_train = pos_train + neg_train + shuffled
-        y_train = [1] * len(pos_train) + [0] * (len(neg_train) + len(shuffled))
-        order = list(range(len(x_train)))
-        rng.shuffle(order)
-        x_train = [x_train[i] for i in order]
-        y_train = [y_train[i] for i in order]
+        pairs = [(x, 1) for x in pos_train] + [(x, 0) for x in neg_train + shuffled]
+        rng.shuffle(pairs)
+        x_train, y_train = [x for x, _ in pairs], [y for _, y in pairs]
 
         pipeline = _build_pipeline(seed)
         pipeline.fit(x_train, y_train)
