@@ -212,6 +212,16 @@ class IntRange:
 
 
 @dataclass(frozen=True)
+class TrialParams:
+    lr: float
+    """Learning rate of the trial."""
+    epochs: int
+    """Epochs of the trial."""
+    batch_size: int
+    """Batch size of the trial."""
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     name: str = "gulliver"
     """Optuna study name (also the MLflow parent run's name)."""
@@ -227,6 +237,9 @@ class StudyConfig:
     """Epochs range."""
     batch_size: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
     """Batch sizes to choose from."""
+    enqueue: list[TrialParams] = field(default_factory=list)
+    """Trials to run first, before the sampler's own choices (each inside the search space):
+    a fixed design that spans the space, e.g. for a demo that must show both ends."""
     pick_rule: str = "bounded_style"
     """A rule of ``gpt2ft.pick.RULES``: ``bounded_style`` (best style within a copying bound) or
     ``knee`` (of the Pareto front)."""
@@ -261,6 +274,10 @@ class StudyConfig:
         _check(self.epochs.low >= 1, "study.epochs.low must be >= 1.")
         _check(len(self.batch_size) >= 1 and all(b >= 1 for b in self.batch_size),
                "study.batch_size must list batch sizes >= 1.")
+        for i, t in enumerate(self.enqueue):
+            _check(self.lr.low <= t.lr <= self.lr.high and self.epochs.low <= t.epochs <= self.epochs.high
+                   and t.batch_size in self.batch_size,
+                   f"study.enqueue[{i}] ({t.lr}, {t.epochs}, {t.batch_size}) lies outside the search space.")
         _check(self.pick_rule in PICK_RULES,
                f"study.pick_rule must be one of {', '.join(PICK_RULES)}, got {self.pick_rule!r}.")
         _check(self.memorization_factor > 0, "study.memorization_factor must be > 0.")

@@ -187,6 +187,8 @@ class StudyRunner:
         """Trials until ``n_trials`` are COMPLETE (this run and earlier ones together), then
         the front's re-measure and the final pick."""
         optuna.storages.fail_stale_trials(self.study)  # a killed run's trial stops beating
+        for params in self.config.study.enqueue:  # skip_if_exists: a resumed run adds none twice
+            self.study.enqueue_trial(dataclasses.asdict(params), skip_if_exists=True)
         done = len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         if done >= self.n_trials:
             print(f"[study] {done} of {self.n_trials} trials already complete; nothing to run.", file=sys.stderr)
