@@ -39,8 +39,12 @@ study-cpu: install
 references: install
 	$(BIN)/gpt2ft references --config $(CONFIG) $(ARGS)
 
+# MLflow 3 opens an experiment in its GenAI mode unless the URL asks for model training, so `make ui`
+# first prints each experiment's runs table in that mode; a missing store is said, not an error.
+UI_PORT ?= 5000
 ui: install
-	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db
+	-@$(BIN)/python scripts/ui_check.py --print-urls --store mlruns --port $(UI_PORT)
+	$(BIN)/mlflow ui --host 127.0.0.1 --port $(UI_PORT) --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db
 
 export: install
 	$(BIN)/gpt2ft export --out exports/selected $(ARGS)

@@ -4,11 +4,15 @@
 checks an existing store instead (it is never written to: the UI serves a copy of its database).
 
 Steps: start ``mlflow ui`` on a free port; assert through the REST API that the experiment, its
-runs (and the study's child runs) carry the expected metrics and plots; then render the runs
-table, a trial's page, its artifacts view and, for a study, the study run's page and plot in
-headless Chromium, asserting on the rendered DOM text and saving a screenshot of each page
-(default ``artifacts/ui/``) for a person to look at. Exit 0 with one line per check, 1 when a
-check fails, 2 for a bad argument.
+runs (and the study's child runs) carry the expected metrics and plots, and that a trial's
+trajectory metrics (memorization, top100_ratio) hold more than one step; then render the runs
+table, a trial's page, its "Model metrics" tab (a chart per trajectory metric), its artifacts
+view and, for a study, the study run's page and plot in headless Chromium, every page in
+MLflow's model-training mode (``?workflowType=machine_learning``, asserted from the sidebar
+text), asserting on the rendered DOM text and saving a screenshot of each page (default
+``artifacts/ui/``) for a person to look at. Exit 0 with one line per check, 1 when a check
+fails, 2 for a bad argument. ``--print-urls`` only prints each experiment's model-training URL
+(``make ui`` does, before it starts the server).
 """
 from __future__ import annotations
 
@@ -47,11 +51,19 @@ DEFAULT_OUT = ROOT / "artifacts" / "ui"
 STUDY = ["study", "--config", str(CONFIG), "--yes", "--quiet"]
 TRAIN = ["train", "--config", str(CONFIG), "--quiet"]
 STORE_COMMANDS = [STUDY]
+# The tiny config stops at max_steps 20, inside its first epoch (~90 steps), so its trials would
+# have no point between the base model (step 0) and the end. A shorter book slice (~18 steps an
+# epoch at batch 4), two epochs and no step cap give every trial a point after epoch 1: three
+# steps (0, end of epoch 1, end) in each trajectory chart.
+STORE_OVERRIDES = ("data.max_chars=12000", "train.max_steps=null", "study.epochs.low=2", "study.batch_size=[4]")
 
 # What every finished trial run must carry, under the names the tracking module logs.
 TRIAL_METRICS = ("train_loss", "heldout_loss", "top100_ratio", "memorization")
 TRIAL_ARTIFACTS = ("plots/loss.png", "plots/top100_frequencies.png", "plots/novelty.png", "samples.md")
 STUDY_ARTIFACTS = ("plots/style_vs_copying.png",)
+# Logged at step 0, after every epoch and at the end (gpt2ft.trajectory.POINT_METRICS): the
+# trial page's "Model metrics" tab must chart these, and their histories hold several steps.
+TRAJECTORY_METRICS = ("memorization", "top100_ratio")
 STUDY_TAG = "gpt2ft.kind"  # value "study" on the parent run
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -63,10 +75,26 @@ UI_HOST = "mlflow-ui-check"
 # also makes the table list child runs flat instead of folded under their parent.
 VIEW_KEY = "gpt2ft-ui-check"
 WINDOW = (1400, 900)
+# The "Model metrics" tab draws a chart only once its card scrolls into view, and sorts cards by
+# name: a window tall enough for every card (35 metrics, 3 a row, 360 px each) renders them all.
+TALL_WINDOW = (1400, 5200)
+# 35 charts in model-training mode took 20-45 s of virtual time here (GenAI mode: under 20 s).
+CHART_BUDGETS_MS = (45_000, 90_000)
 BUDGET_MS = 20_000      # virtual time per page; pending fetches pause it, so this is not wall time
 RETRY_BUDGET_MS = 45_000
 START_TIMEOUT_S = 60
-SCREENSHOTS = ("runs.png", "trial_run.png", "trial_artifacts.png", "study_run.png", "study_artifacts.png")
+SCREENSHOTS = ("runs.png", "trial_run.png", "trial_metrics.png", "trial_artifacts.png", "study_run.png",
+               "study_artifacts.png")
+
+# MLflow 3 opens an experiment in its GenAI mode (traces overview, "Evaluations") unless the URL
+# carries this parameter; gpt2ft.tracking.Tracker.ui_url adds it, and so does every page here.
+TRAINING_MODE = "workflowType=machine_learning"
+# What the sidebar and breadcrumb say in each mode (rendered 2026-11-27, MLflow 3.17.2): model
+# training lists Runs / Models / Traces / Model registry and a run's breadcrumb goes through
+# "Runs"; GenAI lists Overview ... "Evaluation runs" and the breadcrumb goes through "Evaluations".
+# Both modes show the toggle "GenAI Model training", so that text tells nothing.
+TRAINING_MARKS = ("Model registry",)
+GENAI_MARKS = ("Evaluation runs", "Evaluations")
 
 
 class CheckFailed(Exception):
@@ -148,7 +176,8 @@ def shows(text: str, s: str) -> bool:
     return re.search(rf"(?<![\w-]){re.escape(s)}(?![\w-])", text) is not None
 
 
-def render(chromium: str, url: str, png: Path, budget_ms: int = BUDGET_MS) -> Page:
+def render(chromium: str, url: str, png: Path, budget_ms: int = BUDGET_MS,
+           window: tuple[int, int] = WINDOW) -> Page:
     """Load ``url`` in a fresh headless profile; write a screenshot and return the final DOM."""
     png.parent.mkdir(parents=True, exist_ok=True)
     png.unlink(missing_ok=True)
@@ -156,7 +185,7 @@ def render(chromium: str, url: str, png: Path, budget_ms: int = BUDGET_MS) -> Pa
     with tempfile.TemporaryDirectory(prefix="ui-check-chromium-", ignore_cleanup_errors=True) as profile:
         cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={profile}", f"--window-size={WINDOW[0]},{WINDOW[1]}",
+               f"--user-data-dir={profile}", f"--window-size={window[0]},{window[1]}",
                f"--host-resolver-rules=MAP {UI_HOST} 127.0.0.1",
                f"--virtual-time-budget={budget_ms}", f"--screenshot={png}", "--dump-dom", url]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -176,10 +205,11 @@ def render(chromium: str, url: str, png: Path, budget_ms: int = BUDGET_MS) -> Pa
 
 
 def check_page(chromium: str, url: str, png: Path, expect: list[str],
-               extra: Optional[Callable[[Page], Optional[str]]] = None) -> Page:
+               extra: Optional[Callable[[Page], Optional[str]]] = None, window: tuple[int, int] = WINDOW,
+               budgets: tuple[int, int] = (BUDGET_MS, RETRY_BUDGET_MS)) -> Page:
     """Render ``url`` until its text holds every string in ``expect`` (one retry, longer budget)."""
-    for budget in (BUDGET_MS, RETRY_BUDGET_MS):
-        page = render(chromium, url, png, budget)
+    for budget in budgets:
+        page = render(chromium, url, png, budget, window)
         text = page.text
         missing = [s for s in expect if not shows(text, s)]
         problem = extra(page) if extra and not missing else None
@@ -192,13 +222,43 @@ def check_page(chromium: str, url: str, png: Path, expect: list[str],
                       f"Rendered text starts: {text[:300]!r}")
 
 
+def in_training_mode(url: str) -> str:
+    """``url`` with MLflow's model-training mode parameter added to its ``#/...`` route."""
+    if TRAINING_MODE in url:
+        return url
+    return url + ("&" if "?" in url.partition("#")[2] else "?") + TRAINING_MODE
+
+
+def ui_mode(text: str) -> str:
+    """Which mode a rendered page's text shows: "model training", "genai" or "unknown"
+    (neither sidebar rendered, e.g. the page did not load)."""
+    if any(shows(text, s) for s in GENAI_MARKS):
+        return "genai"
+    if all(shows(text, s) for s in TRAINING_MARKS):
+        return "model training"
+    return "unknown"
+
+
+def charted_metrics(dom: str) -> set[str]:
+    """Metric names of the chart cards in ``dom`` that hold a drawn plot (a card scrolled out of
+    view, or still loading, shows only a spinner and its title is not in the DOM yet)."""
+    cards = dom.split('data-testid="experiment-view-compare-runs-card"')[1:]
+    found = set()
+    for card in cards:
+        title = re.search(r'<h4[^>]*\btitle="([^"]+)"', card)
+        if title and "js-plotly-plot" in card:
+            found.add(html.unescape(title.group(1)))
+    return found
+
+
 # --------------------------------------------------------------------------------------------
 # The store and the server
 
 
 def make_store(folder: Path, corpus: Optional[str] = None, n_trials: Optional[int] = None,
                overrides: tuple[str, ...] = ()) -> Path:
-    """Run STORE_COMMANDS in ``folder`` (tiny config, plus ``--set`` ``overrides``); return ``folder``."""
+    """Run STORE_COMMANDS in ``folder`` (tiny config, STORE_OVERRIDES, then ``--set`` ``overrides``,
+    which win); return ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.setdefault("HF_HUB_OFFLINE", "1")
@@ -208,7 +268,7 @@ def make_store(folder: Path, corpus: Optional[str] = None, n_trials: Optional[in
     gpt2ft = [str(BIN / "gpt2ft")] if (BIN / "gpt2ft").exists() else [sys.executable, "-m", "gpt2ft.cli"]
     for args in STORE_COMMANDS:
         extra = ["--n-trials", str(n_trials)] if n_trials and args[0] == "study" else []
-        extra += [a for kv in overrides for a in ("--set", kv)]
+        extra += [a for kv in (*STORE_OVERRIDES, *overrides) for a in ("--set", kv)]
         cmd = gpt2ft + args + extra + ["--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}"]
         # cwd: MLflow puts the Default experiment's folder under the current directory.
         result = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=1800)
@@ -241,6 +301,39 @@ def snapshot(db: Path, folder: Path) -> Path:
         src.close()
         dst.close()
     return copy
+
+
+def study_urls(db: Path, host: str = "http://127.0.0.1:5000") -> list[str]:
+    """One line per active experiment with runs in the SQLite store ``db``: its name, run count
+    and the URL of its runs table in model-training mode (the form of Tracker.ui_url). Read
+    with sqlite3 alone, so `make ui` prints it in a blink and never writes to the store."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = con.execute("SELECT e.experiment_id, e.name, COUNT(r.run_uuid) FROM experiments e "
+                           "LEFT JOIN runs r ON r.experiment_id = e.experiment_id "
+                           "WHERE e.lifecycle_stage = 'active' GROUP BY e.experiment_id, e.name "
+                           "ORDER BY e.experiment_id").fetchall()
+    finally:
+        con.close()
+    return [f"{name} ({n} runs): {host}/#/experiments/{eid}/runs?{TRAINING_MODE}" for eid, name, n in rows if n]
+
+
+def print_urls(store: Path, port: int) -> int:
+    """`make ui`'s banner: the URLs of ``store``'s experiments, or why there are none; always 0,
+    so the server starts either way."""
+    db = store if store.suffix == ".db" else store / "mlflow.db"
+    if not db.is_file():
+        print(f"ui: no MLflow store at {db} yet (`make study` makes one); starting the UI anyway")
+        return 0
+    try:
+        lines = study_urls(db, f"http://127.0.0.1:{port}")
+    except sqlite3.Error as exc:  # e.g. a store mid-migration: the server may still open it
+        print(f"ui: could not read the experiments of {db} ({exc}); starting the UI anyway")
+        return 0
+    print("ui: open in MLflow's model-training mode:" if lines else f"ui: {db} holds no runs yet")
+    for line in lines:
+        print(f"  {line}")
+    return 0
 
 
 def free_port() -> int:
@@ -480,6 +573,29 @@ def check_api(ui: MlflowUI, experiment: Optional[str] = None) -> tuple[Found, st
     return found, summary
 
 
+def metric_steps(ui: MlflowUI, run_id: str, key: str) -> list[int]:
+    """The distinct steps at which ``key`` was logged to the run, in order (REST get-history)."""
+    steps, token = set(), None
+    while True:
+        query = {"run_id": run_id, "metric_key": key, "max_results": 25000, **({"page_token": token} if token else {})}
+        page = ui.api("metrics/get-history", query=query)
+        steps |= {int(m["step"]) for m in page.get("metrics", [])}
+        token = page.get("next_page_token")
+        if not token:
+            return sorted(steps)
+
+
+def check_trajectory(ui: MlflowUI, trial: Run) -> str:
+    """Each TRAJECTORY_METRICS of the trial run has more than one step (base, epochs, end)."""
+    steps = {k: metric_steps(ui, trial.id, k) for k in TRAJECTORY_METRICS}
+    flat = {k: v for k, v in steps.items() if len(v) < 2}
+    if flat:
+        raise CheckFailed(f"trial run {trial.name!r} ({trial.id}) has no trajectory: metrics/get-history "
+                          f"gives {flat} (expected step 0, a step per epoch and the end)")
+    return (f"trial {trial.name!r}: " + "; ".join(f"{k} at steps {v}" for k, v in steps.items())
+            + " (metrics/get-history)")
+
+
 def share_view(ui: MlflowUI, found: Found) -> str:
     """Write the shared runs-table view (metric columns, sorted by heldout_loss) to the served copy."""
     state = {"selectedColumns": ["attributes.`Duration`"] + [f"metrics.`{m}`" for m in TRIAL_METRICS],
@@ -487,7 +603,8 @@ def share_view(ui: MlflowUI, found: Found) -> str:
     ui.api("experiments/set-experiment-tag", {"experiment_id": found.experiment_id,
                                               "key": f"mlflow.sharedViewState.{VIEW_KEY}",
                                               "value": json.dumps(state)})
-    return f"{ui.browser_base}/#/experiments/{found.experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
+    return in_training_mode(f"{ui.browser_base}/#/experiments/{found.experiment_id}/runs"
+                            f"?viewStateShareKey={VIEW_KEY}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -513,13 +630,46 @@ def _lists_a_child(children: list[Run]) -> Callable[[Page], Optional[str]]:
     return check
 
 
+def _both(*checks: Optional[Callable[[Page], Optional[str]]]) -> Callable[[Page], Optional[str]]:
+    """The first problem any of ``checks`` finds (None ones skipped)."""
+    checks = tuple(c for c in checks if c)
+
+    def check(page: Page) -> Optional[str]:
+        return next((p for p in (c(page) for c in checks) if p), None)
+    check.what = " and ".join(c.what for c in checks)
+    return check
+
+
+def _training_mode(page: Page) -> Optional[str]:
+    """The page is in model-training mode: its sidebar lists TRAINING_MARKS, no GENAI_MARKS."""
+    mode = ui_mode(page.text)
+    if mode == "model training":
+        return None
+    return (f"the {mode} mode (expected the model-training sidebar {list(TRAINING_MARKS)} "
+            f"and none of {list(GENAI_MARKS)})")
+
+
+_training_mode.what = f"the model-training mode ({', '.join(TRAINING_MARKS)}; no {', '.join(GENAI_MARKS)})"
+
+
+def _charts(metrics: tuple[str, ...]) -> Callable[[Page], Optional[str]]:
+    """The "Model metrics" tab draws a chart for each of ``metrics``."""
+    def check(page: Page) -> Optional[str]:
+        drawn = charted_metrics(page.dom)
+        missing = [m for m in metrics if m not in drawn]
+        return f"no drawn chart of {missing} (charts drawn: {sorted(drawn)})" if missing else None
+    check.what = f"drawn charts of {', '.join(metrics)}"
+    return check
+
+
 def _num(v: float) -> Optional[str]:
     """How the UI prints a metric value (JavaScript's shortest round-trip form), where Python agrees."""
     return repr(v) if 1e-3 <= abs(v) < 1e15 else None
 
 
 def check_pages(ui: MlflowUI, found: Found, chromium: str, out: Path) -> list[str]:
-    """Render each page, assert on its text, keep its screenshot; one summary line per page."""
+    """Render each page in model-training mode, assert on its text and that mode, keep its
+    screenshot; one summary line per page."""
     eid, trial, parent = found.experiment_id, found.trial, found.parent
     base = f"{ui.browser_base}/#/experiments/{eid}/runs"
     loss = _num(trial.metrics["heldout_loss"])
@@ -528,6 +678,8 @@ def check_pages(ui: MlflowUI, found: Found, chromium: str, out: Path) -> list[st
          [trial.name, *TRIAL_METRICS, "matching runs"] + ([loss] if loss else []), None),
         ("trial run page", f"{base}/{trial.id}", "trial_run.png",
          [trial.name, "Metrics", *TRIAL_METRICS] + ([loss] if loss else []), None),
+        ("trial model metrics", f"{base}/{trial.id}/model-metrics", "trial_metrics.png",
+         [trial.name, "Model metrics"], _charts(TRAJECTORY_METRICS)),
         ("trial artifacts", f"{base}/{trial.id}/artifacts/{TRIAL_ARTIFACTS[0]}", "trial_artifacts.png",
          [trial.name, TRIAL_ARTIFACTS[0]] + [Path(a).name for a in TRIAL_ARTIFACTS], _shows_image(TRIAL_ARTIFACTS[0])),
     ]
@@ -541,9 +693,13 @@ def check_pages(ui: MlflowUI, found: Found, chromium: str, out: Path) -> list[st
     lines = []
     for what, url, png, expect, extra in pages:
         t = time.perf_counter()
-        check_page(chromium, url, out / png, expect, extra)
+        url, extra = in_training_mode(url), _both(_training_mode, extra)
+        if png == "trial_metrics.png":
+            check_page(chromium, url, out / png, expect, extra, TALL_WINDOW, CHART_BUDGETS_MS)
+        else:
+            check_page(chromium, url, out / png, expect, extra)
         lines.append(f"{what}: #{url.split('#', 1)[1]} shows {', '.join(repr(s) for s in expect)}"
-                     + (f" and {extra.what}" if extra else "") + f" ({time.perf_counter() - t:.1f} s) -> {png}")
+                     f" and {extra.what} ({time.perf_counter() - t:.1f} s) -> {png}")
     return lines
 
 
@@ -566,6 +722,8 @@ def run_checks(store: Path, out: Path = DEFAULT_OUT, experiment: Optional[str] =
             t = time.perf_counter()
             found, summary = check_api(ui, experiment)
             lines.append(f"REST API: {summary} ({time.perf_counter() - t:.1f} s)")
+            t = time.perf_counter()
+            lines.append(f"trajectory: {check_trajectory(ui, found.trial)} ({time.perf_counter() - t:.1f} s)")
             lines += check_pages(ui, found, chromium, out)
     return lines
 
@@ -580,7 +738,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "(default artifacts/ui/)")
     parser.add_argument("--corpus", help="the book, for making the store (else $GPT2FT_CORPUS, else "
                         f"{BOOK} when present)")
+    parser.add_argument("--print-urls", action="store_true", help="only print the model-training URL of "
+                        "each experiment in --store (default mlruns) and exit: `make ui`'s banner")
+    parser.add_argument("--port", type=int, default=5000, help="port of the UI the printed URLs point at")
     args = parser.parse_args(argv)
+    if args.print_urls:
+        return print_urls(args.store or Path("mlruns"), args.port)
     t0 = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="ui-check-store-") as tmp:
@@ -594,7 +757,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     from gpt2ft.config import load_config
                     experiment = load_config(CONFIG).tracking.experiment
                 print(f"ok   store: `gpt2ft {' / '.join(c[0] for c in STORE_COMMANDS)}` with {CONFIG.name} "
-                      f"in {time.perf_counter() - t:.0f} s", flush=True)
+                      f"--set {' '.join(STORE_OVERRIDES)} in {time.perf_counter() - t:.0f} s", flush=True)
             for line in run_checks(store, args.out, experiment):
                 print(f"ok   {line}", flush=True)
     except BadArgument as exc:
