@@ -60,7 +60,7 @@ STORE_OVERRIDES = ("data.max_chars=12000", "train.max_steps=null", "study.epochs
 # What every finished trial run must carry, under the names the tracking module logs.
 TRIAL_METRICS = ("train_loss", "heldout_loss", "top100_ratio", "memorization")
 TRIAL_ARTIFACTS = ("plots/loss.png", "plots/top100_frequencies.png", "plots/novelty.png", "samples.md")
-STUDY_ARTIFACTS = ("plots/style_vs_copying.png",)
+STUDY_ARTIFACTS = ("plots/style_vs_copying.png", "plots/copying_and_loss_by_epoch.png")
 # Logged at step 0, after every epoch and at the end (gpt2ft.trajectory.POINT_METRICS): the
 # trial page's "Model metrics" tab must chart these, and their histories hold several steps.
 TRAJECTORY_METRICS = ("memorization", "top100_ratio")
