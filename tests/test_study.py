@@ -41,7 +41,10 @@ def test_study_resume_and_export(workdir, book, monkeypatch, capsys):
     from gpt2ft.cli import main
 
     monkeypatch.setenv("GPT2FT_CORPUS", str(book))
-    assert main(["study", "--config", str(TINY), "--quiet"]) == 0
+    # The first trial is an enqueued one (a fixed design point), the others the sampler's.
+    assert main(["study", "--config", str(TINY), "--quiet",
+                 "--set", "study.enqueue=[{lr: 0.002, epochs: 1, batch_size: 2}]"]) == 0
+    assert _study(workdir).trials[0].params == {"lr": 0.002, "epochs": 1, "batch_size": 2}
 
     client = _client(workdir)
     runs = _runs(client)

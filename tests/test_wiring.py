@@ -170,3 +170,12 @@ def test_trial_table_marks_degenerate_text_and_the_pick_skips_it():
     study.user_attrs["degenerate_factor"] = 5.0
     study.user_attrs["repetition_floor"] = 0.7
     assert summarize(study).pick.number == 0
+
+
+def test_enqueued_trials_must_lie_in_the_search_space():
+    from gpt2ft.config import ConfigError, load_config
+
+    ok = load_config(None, ["study.enqueue=[{lr: 1e-4, epochs: 2, batch_size: 16}]"])
+    assert ok.study.enqueue[0].epochs == 2
+    with pytest.raises(ConfigError, match=r"enqueue\[0\].*outside the search space"):
+        load_config(None, ["study.enqueue=[{lr: 1e-4, epochs: 2, batch_size: 3}]"])
