@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,7 @@ def _load(folder: Path, config: Config, corpus_path: Path) -> Optional[Assets]:
     except Exception as exc:  # a truncated or foreign entry: rebuild rather than fail the study
         log.warning("setup cache %s is unreadable (%s: %s); computing the setup again",
                     folder, exc.__class__.__name__, exc)
+        shutil.rmtree(folder, ignore_errors=True)  # else _save would keep the broken entry
         return None
     # The same bytes may sit at another path now: record where this run read them.
     state["book"] = dataclasses.replace(state["book"], source=str(corpus_path))
