@@ -159,7 +159,9 @@ def cmd_study(args: argparse.Namespace) -> int:
         runner.run_trials(config.study.timeout)  # the parent run and the pick stay the supervisor's
         return 0
     runner.parent.log_metrics({"setup_seconds": ready.seconds, "setup_cache_hit": float(ready.hit)})
-    jobs = resolve_jobs(config.study.jobs, assets)
+    done = sum(t.state.name == "COMPLETE" for t in runner.study.get_trials(deepcopy=False))
+    # A worker costs a process start (imports: seconds): none for slots that are already filled.
+    jobs = max(1, min(resolve_jobs(config.study.jobs, assets), config.study.n_trials - done))
     t = time.perf_counter()
     _run_study(runner, args, jobs)
     print(f"\nstudy {config.study.name!r}: {time.perf_counter() - t:.0f} s in this run with {jobs} "

@@ -158,3 +158,13 @@ def test_jobs_2_killed_then_resumed_loses_nothing(workdir, book):
     assert [m.value for m in sorted(hits, key=lambda m: m.timestamp)] == [0.0, 1.0]
     miss, hit = (m.value for m in sorted(took, key=lambda m: m.timestamp))
     assert hit < miss / 2
+
+
+def test_study_jobs_is_a_positive_integer_or_auto():
+    from gpt2ft.config import ConfigError, load_config
+
+    assert load_config(TINY, ["study.jobs=auto"]).study.jobs == "auto"
+    assert load_config(TINY, ["study.jobs=3"]).study.jobs == "3"
+    for bad in ("0", "-1", "many", "1.5"):
+        with pytest.raises(ConfigError, match="study.jobs"):
+            load_config(TINY, [f"study.jobs={bad}"])
