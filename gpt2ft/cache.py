@@ -31,7 +31,7 @@ import transformers
 
 from gpt2ft.assets import Assets, compute_references, prepare
 from gpt2ft.config import Config
-from gpt2ft.data import resolve_corpus_path
+from gpt2ft.data import read_text, resolve_corpus_path
 from gpt2ft.fsutil import atomic_dir, write_json_atomic
 from gpt2ft.model import load_checkpoint, resolve_runtime, seed_everything
 
@@ -101,7 +101,8 @@ def cache_key(config: Config, corpus_sha256: str, others: str) -> str:
 def key_for(config: Config, corpus: Optional[str]) -> tuple[str, Path]:
     """The cache key of this config and corpus, and the corpus path it resolved to."""
     path = resolve_corpus_path(config.data, corpus)
-    return cache_key(config, file_sha256(path), others_fingerprint(config, path)), path
+    _text, digest = read_text(path)  # an unreadable corpus is a UserError here, as in load_book
+    return cache_key(config, digest, others_fingerprint(config, path)), path
 
 
 def setup(config: Config, corpus: Optional[str], store: Path,
