@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import pickle
 import shutil
 import time
@@ -33,6 +32,7 @@ from gpt2ft.assets import Assets, compute_references, prepare
 from gpt2ft.config import Config
 from gpt2ft.data import read_text, resolve_corpus_path
 from gpt2ft.fsutil import atomic_dir, write_json_atomic
+from gpt2ft.gutenberg import other_novels_folder
 from gpt2ft.model import load_checkpoint, resolve_runtime, seed_everything
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,9 @@ def relevant_config(config: Config) -> dict[str, Any]:
     """The config fields whose values change what setup computes (and nothing else)."""
     d = config.to_dict()
     data = {k: v for k, v in d["data"].items() if k not in ("corpus", "cache_dir")}  # bytes count, not paths
-    sample = {k: v for k, v in d["sample"].items() if k != "final_n_samples"}  # used after the trials only
+    # Sampling settings shape the base model's samples; the final re-measure and the trials'
+    # trajectories do not touch the setup.
+    sample = {k: v for k, v in d["sample"].items() if k not in ("final_n_samples", "trajectory", "every_steps")}
     return {"model": d["model"], "data": data, "sample": sample, "metrics": d["metrics"],
             "train": {k: d["train"][k] for k in TRAIN_FIELDS}}
 
@@ -74,20 +76,17 @@ def file_sha256(path: Path) -> str:
 
 
 def others_fingerprint(config: Config, corpus_path: Path) -> str:
-    """The other novels the classifier would read, as a hash of their names and bytes
-    (the same folder precedence as ``assets._fit_classifier`` and ``style.load_other_novels``)."""
+    """The other novels the classifier would read (the folder ``assets._fit_classifier``
+    finds), as a hash of their names and bytes."""
     if not config.metrics.style_classifier:
         return "off"
-    folder = config.data.other_corpora or os.environ.get("GPT2FT_OTHER_CORPORA")
-    candidates = [folder] if folder else [corpus_path.parent / "other", Path("..") / "shared" / "data" / "other"]
-    for cand in candidates:
-        path = Path(cand).expanduser()
-        if path.is_dir():
-            h = hashlib.sha256()
-            for f in sorted(path.glob("*.txt")):
-                h.update(f.name.encode() + b"\0" + file_sha256(f).encode())
-            return h.hexdigest()
-    return "download"  # Gutenberg's default novels, fetched once into a cache
+    folder = other_novels_folder(config.data.other_corpora, str(corpus_path))
+    if folder is None or not folder.is_dir():
+        return "download"  # Gutenberg's default novels, fetched once into a cache (or an error)
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*.txt")):
+        h.update(f.name.encode() + b"\0" + file_sha256(f).encode())
+    return h.hexdigest()
 
 
 def cache_key(config: Config, corpus_sha256: str, others: str) -> str:
@@ -152,8 +151,7 @@ def _load(folder: Path, config: Config, corpus_path: Path) -> Optional[Assets]:
             state = pickle.load(fh)
         runtime = resolve_runtime(config.train)
         seed_everything(config.train.seed)  # as prepare() leaves the RNGs
-        cpu = dataclasses.replace(runtime, device=torch.device("cpu"))
-        model = load_checkpoint(folder / "model", cpu)  # trials copy the base weights from the CPU
+        model = load_checkpoint(folder / "model", runtime)  # where prepare() keeps it: the run's device
     except Exception as exc:  # a truncated or foreign entry: rebuild rather than fail the study
         log.warning("setup cache %s is unreadable (%s: %s); computing the setup again",
                     folder, exc.__class__.__name__, exc)

@@ -26,7 +26,8 @@ def test_key_follows_corpus_bytes_and_setup_fields_only(tmp_path, book):
     assert _key(copy) == base  # the bytes count, not the path
     for irrelevant in ("study.n_trials=40", "study.lr.high=1e-2", "study.batch_size=[8]", "study.jobs=4",
                        "tracking.experiment=other", "train.lr=1e-5", "train.epochs=9", "train.max_steps=7",
-                       "sample.final_n_samples=99", "data.cache_dir=/tmp/x"):
+                       "sample.final_n_samples=99", "sample.trajectory=false", "data.cache_dir=/tmp/x",
+                       "study.degenerate_factor=2"):
         assert _key(book, irrelevant) == base, irrelevant
     for relevant in ("data.block_size=64", "data.max_chars=50000", "model.n_layer=3", "train.seed=1",
                      "train.batch_size=8", "sample.n_samples=5", "metrics.top_k=50", "metrics.style_classifier=true"):
@@ -72,7 +73,8 @@ def test_setup_round_trip_and_a_broken_entry(tmp_path, book, monkeypatch):
     assert a.top_ids == b.top_ids and b.index.contains(a.data.train_ids[100:108])
     assert all(torch.equal(p, q) for p, q in zip(a.base_model.state_dict().values(),
                                                  b.base_model.state_dict().values()))
-    assert next(b.base_model.parameters()).device.type == "cpu" and not b.base_model.training
+    assert next(b.base_model.parameters()).device == next(a.base_model.parameters()).device
+    assert not b.base_model.training
     assert b.book == dataclasses.replace(a.book, source=str(book))
     (tmp_path / "cache" / first.key / "setup.pkl").write_bytes(b"truncated")
     third = cache.setup(config, str(book), tmp_path)
