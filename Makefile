@@ -8,7 +8,7 @@ CONFIG  ?= experiments/gulliver.yaml
 TORCH   ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 ARGS    ?=
 
-.PHONY: install test lint train study study-cpu ui export references demo bench ui-check multiworker clean
+.PHONY: install test lint train study study-cpu ui export references demo bench bench-gpu ui-check multiworker clean
 
 $(BIN)/gpt2ft: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -54,6 +54,10 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/run.py $(ARGS)
+
+# The gulliver study on one GPU, --jobs 1 against --jobs N (bench/gpu_study.py; ARGS=--cpu-check anywhere).
+bench-gpu: install
+	$(BIN)/python bench/gpu_study.py $(ARGS)
 
 ui-check: install
 	$(BIN)/python scripts/ui_check.py $(ARGS)

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=int, help="total trials to reach (default study.n_trials)")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     p.add_argument("--yes", action="store_true", help="do not ask before a long CPU study")
+    p.add_argument("--jobs", help="worker processes running trials at once: N or auto (default study.jobs)")
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor of --jobs N
 
     p = sub.add_parser("export", help="write the selected trial's model to a folder")
     p.add_argument("--study-name", help="default: the most recent study in the storage")
@@ -121,30 +123,66 @@ def _banner(assets) -> None:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from gpt2ft.assets import compute_references, freeze_long_lived, prepare, run_tags
+    """Set up once (or load the setup cache), then run the trials here (``--jobs 1``), or in N
+    worker processes that load the same cache; the final re-measure, the artifacts and the
+    parent run's end happen here, once, after every worker."""
+    from gpt2ft.assets import freeze_long_lived, run_tags
+    from gpt2ft.cache import setup
     from gpt2ft.checkpoints import Checkpoints
     from gpt2ft.config import load_config
     from gpt2ft.coordination import default_storage, open_storage
-    from gpt2ft.study import StudyRunner, log_study_artifacts
-    from gpt2ft.summary import summarize
+    from gpt2ft.study import StudyRunner
     from gpt2ft.tracking import Tracker, store_folder
     from gpt2ft.urls import mask_url
+    from gpt2ft.workers import become_worker, resolve_jobs
 
+    worker = args.worker_index is not None
+    if worker:
+        become_worker()
     config = load_config(args.config, _study_overrides(args))
     tracker = Tracker(args.tracking_uri or config.tracking.uri, config.tracking.experiment)
     folder = store_folder(tracker.uri)
     storage_url = config.study.storage or default_storage(folder)
     open_storage(storage_url)  # fail fast on a bad URL, before the expensive loading
-    assets = prepare(config, args.corpus)
-    _refuse_long_cpu_study(assets, args.yes)
-    assets = assets.with_references(compute_references(assets))
+    check = None if worker else (lambda a: _refuse_long_cpu_study(a, args.yes))  # asked once, not per worker
+    ready = setup(config, args.corpus, folder, before_references=check)
+    print(f"gpt2ft: setup {ready.seconds:.1f} s ({'cache hit' if ready.hit else 'computed and cached'}: "
+          f"{folder / 'cache' / ready.key})", file=sys.stderr, flush=True)
+    assets = ready.assets
+    if not worker:
+        _banner(assets)
     freeze_long_lived()
     checkpoints = Checkpoints(folder / "checkpoints" / config.study.name, config.study.keep_checkpoints)
     runner = StudyRunner(config, storage_url, tracker, assets, checkpoints, progress=not args.quiet)
     runner.open_parent(run_tags(assets))
+    if worker:
+        runner.run_trials(config.study.timeout)  # the parent run and the pick stay the supervisor's
+        return 0
+    runner.parent.log_metrics({"setup_seconds": ready.seconds, "setup_cache_hit": float(ready.hit)})
+    done = sum(t.state.name == "COMPLETE" for t in runner.study.get_trials(deepcopy=False))
+    # A worker costs a process start (imports: seconds): none for slots that are already filled.
+    jobs = max(1, min(resolve_jobs(config.study.jobs, assets), config.study.n_trials - done))
     t = time.perf_counter()
+    _run_study(runner, args, jobs)
+    print(f"\nstudy {config.study.name!r}: {time.perf_counter() - t:.0f} s in this run with {jobs} "
+          f"worker{'s' if jobs > 1 else ''}; setup {ready.seconds:.1f} s; "
+          f"storage {mask_url(storage_url)}; MLflow {mask_url(tracker.uri)}")
+    _print_outcome(runner.study)
+    return 0
+
+
+def _run_study(runner, args: argparse.Namespace, jobs: int) -> None:
+    """The trials (here, or in ``jobs`` workers), the final pick and artifacts; the parent run
+    ends FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED."""
+    from gpt2ft.study import log_study_artifacts
+    from gpt2ft.workers import check_codes, supervise
+
     try:
-        runner.run(config.study.timeout)
+        if jobs == 1:
+            runner.run(runner.config.study.timeout)
+        else:
+            check_codes(supervise([_worker_argv(args, i) for i in range(jobs)]))
+            runner.finish()
         log_study_artifacts(runner)
     except KeyboardInterrupt:
         runner.parent.end("KILLED")
@@ -153,21 +191,36 @@ def cmd_study(args: argparse.Namespace) -> int:
         runner.parent.end("FAILED")
         raise
     runner.parent.end("FINISHED")
-    print(f"\nstudy {config.study.name!r}: {time.perf_counter() - t:.0f} s in this run; "
-          f"storage {mask_url(storage_url)}; MLflow {mask_url(tracker.uri)}")
-    summary = summarize(runner.study)
+
+
+def _worker_argv(args: argparse.Namespace, index: int) -> list[str]:
+    """The command line of worker ``index``: this study's options, one job, no questions."""
+    argv = ["study", "--jobs", "1", "--worker-index", str(index), "--yes", "--quiet"]
+    if args.config:
+        argv += ["--config", args.config]
+    for item in _study_overrides(args):
+        argv += ["--set", item]
+    for option in ("corpus", "tracking_uri"):
+        if getattr(args, option):
+            argv += [f"--{option.replace('_', '-')}", getattr(args, option)]
+    return argv
+
+
+def _print_outcome(study) -> None:
+    from gpt2ft.summary import summarize
+
+    summary = summarize(study)
     print_trials(summary)
     if summary.pick is not None:
         print(f"\nselected: trial {summary.pick.number} — {summary.pick.reason}")
         print_before_after(summary)
-    return 0
 
 
 def _study_overrides(args: argparse.Namespace) -> list[str]:
     """The study options as config overrides, so the config stays the one source."""
     overrides = list(args.overrides)
     for option, key in (("study_name", "name"), ("n_trials", "n_trials"), ("timeout", "timeout"),
-                        ("storage", "storage")):
+                        ("storage", "storage"), ("jobs", "jobs")):
         if getattr(args, option) not in (None, ""):
             overrides.append(f"study.{key}={getattr(args, option)}")
     return overrides

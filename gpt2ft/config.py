@@ -265,9 +265,15 @@ class StudyConfig:
     """Seconds between a running trial's heartbeats in the Optuna storage."""
     grace_period: int = 30
     """A trial whose heartbeat is older than this is taken for dead (killed worker) and failed."""
+    jobs: str = "1"
+    """Worker processes that run trials at once on this machine: an integer >= 1, or ``auto``
+    (as many as the GPU's free memory and the CPU cores allow; 1 without a GPU). A string
+    because ``auto`` is a value; ``jobs: 4`` in YAML reads as ``"4"``."""
 
     def __post_init__(self) -> None:
         _check(bool(self.name.strip()), "study.name must not be empty.")
+        _check(self.jobs == "auto" or (self.jobs.isdigit() and int(self.jobs) >= 1),
+               f"study.jobs must be an integer >= 1 or auto, got {self.jobs!r}.")
         _check(self.n_trials >= 1, "study.n_trials must be >= 1.")
         _check(self.timeout is None or self.timeout > 0, "study.timeout must be > 0.")
         _check(self.lr.low > 0 and self.lr.high < 1, "study.lr must lie within (0, 1).")

@@ -186,6 +186,16 @@ class StudyRunner:
     def run(self, timeout: Optional[float]) -> None:
         """Trials until ``n_trials`` are COMPLETE (this run and earlier ones together), then
         the front's re-measure and the final pick."""
+        self.run_trials(timeout)
+        self.finish()
+
+    def finish(self) -> None:
+        """The front's re-measure and the final pick: once per study run, after every worker."""
+        remeasure_front(self)
+        self.apply_pick()
+
+    def run_trials(self, timeout: Optional[float]) -> None:
+        """Trials until ``n_trials`` are COMPLETE (this worker and the others together)."""
         optuna.storages.fail_stale_trials(self.study)  # a killed run's trial stops beating
         for params in self.config.study.enqueue:  # skip_if_exists: a resumed run adds none twice
             self.study.enqueue_trial(dataclasses.asdict(params), skip_if_exists=True)
@@ -202,8 +212,6 @@ class StudyRunner:
                     self.objective, timeout=timeout, catch=(Exception,), gc_after_trial=True,
                     callbacks=[optuna.study.MaxTrialsCallback(self.n_trials, states=(TrialState.COMPLETE,)),
                                self.after_trial, tick])
-        remeasure_front(self)
-        self.apply_pick()
 
 
 def _refuse_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int, grace: int) -> None:

@@ -1,0 +1,162 @@
+"""The study's setup, computed once per (corpus bytes, relevant config) and kept on disk.
+
+Setup is the book, its tokens, the n-gram index, the style classifier, the base model's
+weights and every reference value (sampling the base model is the expensive part; loading
+SmolLM2's GGUF file alone takes ~30 s, a safetensors load ~1 s). It lives under the MLflow
+store folder, ``<store>/cache/<key>/``: ``setup.pkl`` (everything but the weights),
+``model/`` (the base weights as safetensors) and ``meta.json`` (what the key was made of).
+
+The key hashes :data:`CACHE_VERSION`, the corpus file's sha256, the library versions, a
+fingerprint of the other novels and only the config fields that change what setup computes
+(:func:`relevant_config`): a new ``study.n_trials``, search range, tracking URI or trial
+learning rate reuses the entry. The pickle is this program's own file in the user's own
+store, read back only from there.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import pickle
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import transformers
+
+from gpt2ft.assets import Assets, compute_references, prepare
+from gpt2ft.config import Config
+from gpt2ft.data import read_text, resolve_corpus_path
+from gpt2ft.fsutil import atomic_dir, write_json_atomic
+from gpt2ft.gutenberg import other_novels_folder
+from gpt2ft.model import load_checkpoint, resolve_runtime, seed_everything
+
+log = logging.getLogger(__name__)
+
+#: Bump when what setup computes, or how it is stored, changes: older entries are then ignored.
+CACHE_VERSION = 1
+#: train.* fields that setup uses: the seed (classifier, reference sampling), and the held-out
+#: loss of the base model (batch, eval batches, device, precision). The rest shape trials only.
+TRAIN_FIELDS = ("seed", "batch_size", "eval_batches", "device", "precision")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The assets (with references) and how they were obtained."""
+
+    assets: Assets
+    key: str
+    hit: bool
+    """True when the assets were read from the cache."""
+    seconds: float
+    """Wall time of loading (hit) or computing and writing (miss)."""
+
+
+def relevant_config(config: Config) -> dict[str, Any]:
+    """The config fields whose values change what setup computes (and nothing else)."""
+    d = config.to_dict()
+    data = {k: v for k, v in d["data"].items() if k not in ("corpus", "cache_dir")}  # bytes count, not paths
+    # Sampling settings shape the base model's samples; the final re-measure and the trials'
+    # trajectories do not touch the setup.
+    sample = {k: v for k, v in d["sample"].items() if k not in ("final_n_samples", "trajectory", "every_steps")}
+    return {"model": d["model"], "data": data, "sample": sample, "metrics": d["metrics"],
+            "train": {k: d["train"][k] for k in TRAIN_FIELDS}}
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def others_fingerprint(config: Config, corpus_path: Path) -> str:
+    """The other novels the classifier would read (the folder ``assets._fit_classifier``
+    finds), as a hash of their names and bytes."""
+    if not config.metrics.style_classifier:
+        return "off"
+    folder = other_novels_folder(config.data.other_corpora, str(corpus_path))
+    if folder is None or not folder.is_dir():
+        return "download"  # Gutenberg's default novels, fetched once into a cache (or an error)
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*.txt")):
+        h.update(f.name.encode() + b"\0" + file_sha256(f).encode())
+    return h.hexdigest()
+
+
+def cache_key(config: Config, corpus_sha256: str, others: str) -> str:
+    """16 hex digits naming one setup: version, corpus bytes, libraries, other novels, config."""
+    parts = {"version": CACHE_VERSION, "corpus_sha256": corpus_sha256, "others": others,
+             "torch": torch.__version__, "transformers": transformers.__version__,
+             "config": relevant_config(config)}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def key_for(config: Config, corpus: Optional[str]) -> tuple[str, Path]:
+    """The cache key of this config and corpus, and the corpus path it resolved to."""
+    path = resolve_corpus_path(config.data, corpus)
+    _text, digest = read_text(path)  # an unreadable corpus is a UserError here, as in load_book
+    return cache_key(config, digest, others_fingerprint(config, path)), path
+
+
+def setup(config: Config, corpus: Optional[str], store: Path,
+          before_references: Optional[Callable[[Assets], None]] = None) -> Setup:
+    """The study's assets with references, from ``<store>/cache/<key>`` or computed and saved
+    there. ``before_references`` sees the assets first (e.g. to refuse a study too long for a
+    CPU before the expensive sampling)."""
+    t0 = time.perf_counter()
+    key, path = key_for(config, corpus)
+    folder = Path(store) / "cache" / key
+    assets = _load(folder, config, path) if (folder / "meta.json").is_file() else None
+    if assets is not None:
+        if before_references is not None:
+            before_references(assets)
+        return Setup(assets, key, True, time.perf_counter() - t0)
+    assets = prepare(config, corpus)
+    if before_references is not None:
+        before_references(assets)
+    assets = assets.with_references(compute_references(assets))
+    _save(folder, key, assets)
+    return Setup(assets, key, False, time.perf_counter() - t0)
+
+
+def _save(folder: Path, key: str, assets: Assets) -> None:
+    """Write the entry aside and move it into place (a crash leaves no half entry)."""
+    if (folder / "meta.json").is_file():
+        return  # another process wrote the same setup meanwhile
+    state = {f.name: getattr(assets, f.name) for f in dataclasses.fields(assets)
+             if f.name not in ("config", "base_model", "runtime")}
+    with atomic_dir(folder) as tmp:
+        with open(tmp / "setup.pkl", "wb") as fh:
+            pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        assets.base_model.save_pretrained(tmp / "model")
+        write_json_atomic({"version": CACHE_VERSION, "key": key, "corpus_sha256": assets.book.sha256,
+                           "config": relevant_config(assets.config), "timings": assets.timings,
+                           "references_seconds": assets.references.seconds,
+                           "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, tmp / "meta.json")
+
+
+def _load(folder: Path, config: Config, corpus_path: Path) -> Optional[Assets]:
+    """The cached assets, or None (with a warning) when the entry cannot be read."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("version") != CACHE_VERSION:
+            return None
+        with open(folder / "setup.pkl", "rb") as fh:
+            state = pickle.load(fh)
+        runtime = resolve_runtime(config.train)
+        seed_everything(config.train.seed)  # as prepare() leaves the RNGs
+        model = load_checkpoint(folder / "model", runtime)  # where prepare() keeps it: the run's device
+    except Exception as exc:  # a truncated or foreign entry: rebuild rather than fail the study
+        log.warning("setup cache %s is unreadable (%s: %s); computing the setup again",
+                    folder, exc.__class__.__name__, exc)
+        shutil.rmtree(folder, ignore_errors=True)  # else _save would keep the broken entry
+        return None
+    # The same bytes may sit at another path now: record where this run read them.
+    state["book"] = dataclasses.replace(state["book"], source=str(corpus_path))
+    return Assets(config=config, base_model=model, runtime=runtime, **state)

@@ -1,0 +1,168 @@
+"""Several study workers on one machine: how many, starting them, and stopping them together.
+
+``gpt2ft study --jobs N`` is one supervising process and N worker processes. Processes, not
+threads: on a GPU a small model's step is bound by Python's kernel-launch time, which threads
+would share under one interpreter lock. The workers share the Optuna study and the MLflow
+parent run exactly as separate ``gpt2ft study`` commands on a database do; this module only
+starts them, prefixes their output with their index, passes Ctrl-C / SIGTERM on, and makes
+sure none outlives the supervisor (``PR_SET_PDEATHSIG`` on Linux, a watch on the parent pid
+everywhere).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import IO, Optional, Sequence
+
+import torch
+
+from gpt2ft.errors import UserError
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PARENT_ENV = "GPT2FT_SUPERVISOR_PID"
+CUDA_CONTEXT_BYTES = 600 * 2**20  # a CUDA context and the caching allocator's slack, per process
+MEMORY_SHARE = 0.85  # of the GPU's free memory that auto may plan for: fragmentation, sampling
+MAX_AUTO_JOBS = 8  # measured on an H200: 4 processes gave 3.2x one, 8 about 5x; more adds little
+STOP_SECONDS = 20.0  # after Ctrl-C, how long workers get to close their trials before SIGKILL
+
+
+def worker_bytes(n_params: int, n_layer: int, hidden: int, vocab: int, batch: int, block: int) -> int:
+    """GPU memory one worker needs to train this model at this batch: fp32 weights, grads and
+    AdamW's two moments (16 bytes a parameter), the base model every worker keeps on the device
+    (4 more: trials copy it, and it judges fluency), 16-bit activations without recomputation
+    (~34 bytes per token, layer and hidden unit, Korthikanti et al. 2022), the logits in bf16
+    and fp32 plus their gradient (~12 bytes per token and vocabulary entry), and a context."""
+    tokens = batch * block
+    return 20 * n_params + 34 * tokens * n_layer * hidden + 12 * tokens * vocab + CUDA_CONTEXT_BYTES
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def auto_jobs(per_worker: int, free_bytes: Optional[int], cores: int) -> int:
+    """Workers that fit: each needs ``per_worker`` bytes of the GPU's free memory (less
+    headroom) and a core of its own to launch kernels, one core left for the supervisor.
+    ``free_bytes`` None means no GPU: one worker (CPU threads already use every core)."""
+    if free_bytes is None:
+        return 1
+    by_memory = int(free_bytes * MEMORY_SHARE // max(per_worker, 1))
+    return max(1, min(by_memory, cores - 1, MAX_AUTO_JOBS))
+
+
+def resolve_jobs(value: str, assets) -> int:
+    """``study.jobs`` as a number: itself, or ``auto`` worked out for this model and the
+    largest batch of the search space on this machine."""
+    if value != "auto":
+        return int(value)
+    if assets.runtime.device.type != "cuda":
+        return 1
+    c, mc = assets.config, assets.base_model.config
+    n_params = sum(p.numel() for p in assets.base_model.parameters())
+    need = worker_bytes(n_params, mc.num_hidden_layers, mc.hidden_size, mc.vocab_size,
+                        max(c.study.batch_size), c.data.block_size)
+    free, _total = torch.cuda.mem_get_info(assets.runtime.device)
+    n = auto_jobs(need, free, cpu_cores())
+    print(f"gpt2ft: --jobs auto: {n} workers ({need / 2**30:.1f} GiB each planned, "
+          f"{free / 2**30:.1f} GiB free, {cpu_cores()} cores)", file=sys.stderr)
+    return n
+
+
+def become_worker() -> None:
+    """In a worker: die with the supervisor, and treat SIGTERM like Ctrl-C so the running
+    trial is closed (FAIL in Optuna, KILLED in MLflow) rather than left RUNNING."""
+    signal.signal(signal.SIGTERM, _interrupt_once)
+    signal.signal(signal.SIGINT, _interrupt_once)
+    parent = int(os.environ.get(PARENT_ENV, "0"))
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    # The supervisor may have died before prctl ran; and elsewhere there is no prctl at all.
+    if parent and os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+    if parent:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _interrupt_once(signum, frame) -> None:
+    """The first SIGINT/SIGTERM interrupts; later ones must not break the trial's clean-up
+    (the supervisor's SIGKILL after :data:`STOP_SECONDS` is the backstop)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _pump(index: int, stream: IO[bytes], out: IO[str]) -> None:
+    """Copy a worker's output line by line, each prefixed with its index."""
+    for raw in iter(stream.readline, b""):
+        out.write(f"[w{index}] {raw.decode(errors='replace')}")
+        out.flush()
+
+
+def supervise(argvs: Sequence[Sequence[str]], env: Optional[dict[str, str]] = None) -> list[int]:
+    """Run one worker process per argv (``python -m gpt2ft.cli ...``) until all exit; return
+    their exit codes. Ctrl-C or SIGTERM here is passed to every worker, which then gets
+    :data:`STOP_SECONDS` to close its trial before it is killed; the interrupt is re-raised."""
+    env = {**(env or os.environ), PARENT_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+    procs, pumps = [], []
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        for i, argv in enumerate(argvs):
+            # Its own process group: a terminal's Ctrl-C reaches the supervisor only, which passes
+            # exactly one SIGINT on; a supervisor killed outright takes them down by PDEATHSIG.
+            p = subprocess.Popen([sys.executable, "-m", "gpt2ft.cli", *argv], env=env, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, process_group=0)
+            procs.append(p)
+            pumps.append(threading.Thread(target=_pump, args=(i, p.stdout, sys.stderr), daemon=True))
+            pumps[-1].start()
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        _stop(procs)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for t in pumps:
+            t.join(timeout=5)
+    return codes
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """SIGINT to every live worker, then SIGKILL whoever is still there after the grace."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + STOP_SECONDS
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def check_codes(codes: Sequence[int]) -> None:
+    """A worker that failed (not one that stopped because the study was full) is an error."""
+    bad = [(i, c) for i, c in enumerate(codes) if c != 0]
+    if any(c == 2 for _, c in bad):
+        raise UserError(f"worker {bad[0][0]} stopped on a user error (exit 2); its message is above, "
+                        "prefixed with its index.")
+    if bad:
+        raise RuntimeError(f"workers exited with codes {dict(bad)}; their output is above.")
