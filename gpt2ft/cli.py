@@ -168,6 +168,7 @@ def cmd_study(args: argparse.Namespace) -> int:
           f"worker{'s' if jobs > 1 else ''}; setup {ready.seconds:.1f} s; "
           f"storage {mask_url(storage_url)}; MLflow {mask_url(tracker.uri)}")
     _print_outcome(runner.study)
+    print(f"\nbrowse it: `make ui`, then {tracker.ui_url()}")
     return 0
 
 
