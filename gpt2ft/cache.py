@@ -131,14 +131,19 @@ def _save(folder: Path, key: str, assets: Assets) -> None:
         return  # another process wrote the same setup meanwhile
     state = {f.name: getattr(assets, f.name) for f in dataclasses.fields(assets)
              if f.name not in ("config", "base_model", "runtime")}
-    with atomic_dir(folder) as tmp:
-        with open(tmp / "setup.pkl", "wb") as fh:
-            pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        assets.base_model.save_pretrained(tmp / "model")
-        write_json_atomic({"version": CACHE_VERSION, "key": key, "corpus_sha256": assets.book.sha256,
-                           "config": relevant_config(assets.config), "timings": assets.timings,
-                           "references_seconds": assets.references.seconds,
-                           "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, tmp / "meta.json")
+    try:
+        with atomic_dir(folder) as tmp:
+            with open(tmp / "setup.pkl", "wb") as fh:
+                pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            assets.base_model.save_pretrained(tmp / "model")
+            write_json_atomic({"version": CACHE_VERSION, "key": key, "corpus_sha256": assets.book.sha256,
+                               "config": relevant_config(assets.config), "timings": assets.timings,
+                               "references_seconds": assets.references.seconds,
+                               "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, tmp / "meta.json")
+    except OSError as exc:
+        # Workers started together compute the same entry and may move it into place at the same
+        # moment; the one that lands is as good as this one, and the study needs neither.
+        log.warning("setup cache %s not written (%s); the study goes on without it", folder, exc)
 
 
 def _load(folder: Path, config: Config, corpus_path: Path) -> Optional[Assets]:
