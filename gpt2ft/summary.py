@@ -50,11 +50,18 @@ def trial_metrics(study: Any, trial: Any) -> dict[str, float]:
     return metrics
 
 
+def _book_diversity(refs: dict[str, float], name: str) -> float:
+    """The book's size-matched diversity: from held-out text, else from the training text (the
+    same author's prose) when the held-out part is too short for one sample-sized draw."""
+    value = refs.get(f"book_{name}", math.nan)
+    return value if math.isfinite(value) else refs.get(f"train_{name}", math.nan)
+
+
 def _degenerate(m: dict[str, float], refs: dict[str, float], attrs: dict[str, Any]) -> str:
     """Why a trial's samples are degenerate ("" when they are not), by ``pick.degenerate_reason``
     against the book's size-matched diversity and the study's recorded factor and floor."""
     return P.degenerate_reason(m.get("distinct_2", math.nan), m.get("repetition_4", math.nan),
-                               refs.get("book_distinct_2", math.nan), refs.get("book_repetition_4", math.nan),
+                               _book_diversity(refs, "distinct_2"), _book_diversity(refs, "repetition_4"),
                                attrs.get("degenerate_factor", P.DEGENERATE_FACTOR),
                                attrs.get("repetition_floor", P.REPETITION_FLOOR))
 

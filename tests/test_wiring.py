@@ -179,3 +179,16 @@ def test_enqueued_trials_must_lie_in_the_search_space():
     assert ok.study.enqueue[0].epochs == 2
     with pytest.raises(ConfigError, match=r"enqueue\[0\].*outside the search space"):
         load_config(None, ["study.enqueue=[{lr: 1e-4, epochs: 2, batch_size: 3}]"])
+
+
+def test_degenerate_rule_falls_back_to_the_training_texts_diversity():
+    """A held-out part too short for one sample-sized draw leaves book_distinct_2 NaN; the
+    training text (the same prose) stands in, so the guard still judges distinct_2."""
+    trials = [FakeTrial(0, {"top100_ratio": 0.55, "memorization": 0.0, "distinct_2": 0.50, "repetition_4": 0.01})]
+    refs = {"book_top100_ratio": 0.55, "book_distinct_2": math.nan, "train_distinct_2": 0.89,
+            "train_repetition_4": 0.006}
+    study = FakeStudy(trials, references=refs, memorization_bound=0.02, pick_rule="bounded_style")
+    row = summarize(study).trial(0)
+    assert row["degenerate"] and "0.5" in row["degenerate_why"]
+    refs["train_distinct_2"] = math.nan  # nothing to judge by: not flagged
+    assert not summarize(study).trial(0)["degenerate"]
