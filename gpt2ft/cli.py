@@ -257,7 +257,8 @@ def print_trials(summary) -> None:
         return
     cols = [c for c in ("number", "state", "lr", "epochs", "batch_size", "top100_ratio", "memorization",
                         "longest_copy", "best_heldout_loss", "best_heldout_epoch", "copying_onset_epoch",
-                        "heldout_up_before_copying", "style_prob", "seconds", "within_bound", "selected")
+                        "heldout_up_before_copying", "style_prob", "distinct_2", "repetition_4", "fluency_ppl",
+                        "seconds", "within_bound", "degenerate", "selected")
             if c in df.columns]
     print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import html
 from collections import Counter
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from matplotlib.figure import Figure
 
 from gpt2ft import metrics as M
 from gpt2ft import plots
+from gpt2ft.fmt import fmt
 
 
 def _freqs(seqs: Sequence[Sequence[int]], ids: Sequence[int]) -> list[float]:
@@ -80,9 +81,15 @@ def highlighted_html(assets, ids: Sequence[int], n: int = 8) -> str:
     return "".join(out)
 
 
-def samples_page(assets, columns: dict[str, Sequence[Sequence[int]]], k: int = 3, n: int = 8) -> str:
-    """Samples side by side (base, selected, most-copying), copied spans highlighted."""
-    head = "".join(f"<th>{html.escape(name)}</th>" for name in columns)
+#: The headline numbers shown above each column of the samples page.
+PAGE_METRICS = ("top100_ratio", "memorization", "longest_copy", "distinct_2", "repetition_4", "fluency_ppl")
+
+
+def samples_page(assets, columns: dict[str, Sequence[Sequence[int]]], k: int = 3, n: int = 8,
+                 metrics: Optional[dict[str, dict[str, float]]] = None) -> str:
+    """Samples side by side (base, selected, most-copying), copied spans highlighted, each
+    column headed by its measured numbers (``metrics``: column name -> metric -> value)."""
+    head = "".join(f"<th>{html.escape(name)}{_numbers((metrics or {}).get(name, {}))}</th>" for name in columns)
     rows = []
     for i in range(k):
         cells = []
@@ -99,17 +106,22 @@ def samples_page(assets, columns: dict[str, Sequence[Sequence[int]]], k: int = 3
         f"<table><tr>{head}</tr>{''.join(rows)}</table></body></html>")
 
 
-def study_columns(summary, sample_ids: dict[int, Any]) -> dict[str, Sequence[Sequence[int]]]:
-    """Samples to show side by side: the selected trial and the most-copying one."""
-    named: dict[str, Sequence[Sequence[int]]] = {}
+def _numbers(values: dict[str, float]) -> str:
+    shown = [f"{k} {fmt(float(values[k]))}" for k in PAGE_METRICS if k in values]
+    return f"<br><small>{html.escape(', '.join(shown))}</small>" if shown else ""
+
+
+def study_columns(summary, sample_ids: dict[int, Any]) -> dict[str, int]:
+    """Trials to show side by side, by column name: the selected one and the most-copying one."""
+    named: dict[str, int] = {}
     done = summary.table[summary.table["state"] == "COMPLETE"]
     selected = summary.pick.number if summary.pick else None
     if selected is not None and sample_ids.get(selected):
-        named[f"selected (trial {selected})"] = sample_ids[selected]
+        named[f"selected (trial {selected})"] = selected
     if len(done):
         worst = int(done.sort_values(["memorization", "number"]).iloc[-1]["number"])
         if worst != selected and sample_ids.get(worst):
-            named[f"most copying (trial {worst})"] = sample_ids[worst]
+            named[f"most copying (trial {worst})"] = worst
     return named
 
 
@@ -124,8 +136,12 @@ def log_study_report(parent, summary, trajectories, assets, sample_ids: dict[int
     done = table[table["state"] == "COMPLETE"]
     if len(done):
         parent.log_figure(plots.params_vs_objectives(done, references=refs), "plots/params_vs_objectives.png")
-    named = study_columns(summary, sample_ids)
+    trials = study_columns(summary, sample_ids)
+    named = {name: sample_ids[number] for name, number in trials.items()}
     columns = {"base model": assets.references.samples.get("base", []), **named}
-    parent.log_text(samples_page(assets, columns), "samples.html")
+    refs = summary.references
+    numbers = {"base model": {k: refs[f"base_{k}"] for k in PAGE_METRICS if f"base_{k}" in refs},
+               **{name: summary.trial(number) for name, number in trials.items()}}
+    parent.log_text(samples_page(assets, columns, metrics=numbers), "samples.html")
     parent.log_dict(novelty_table(assets, named), "novelty_curve.json")
     parent.log_figure(novelty_figure(assets, named), "plots/novelty.png")

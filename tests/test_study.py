@@ -69,6 +69,8 @@ def test_study_resume_and_export(workdir, book, monkeypatch, capsys):
     parent_arts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert "plots/style_vs_copying.png" in parent_arts
     assert "samples.html" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    page = Path(client.download_artifacts(parent.info.run_id, "samples.html", str(workdir))).read_text()
+    assert "base model" in page and "distinct_2" in page and "fluency_ppl" in page
 
     # Running again with a larger n_trials continues the same study and the same parent run.
     assert main(["study", "--config", str(TINY), "--quiet", "--n-trials", "4"]) == 0
