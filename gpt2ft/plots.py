@@ -497,6 +497,15 @@ def _draw_trials(fig: Figure, ax: Axes, points: pd.DataFrame,
                 label="trial's path: base model → each epoch → final" if i == 0 else None)
 
 
+def _memorization_lines(draw: Callable[..., Any], book_mem: float | None, bound: float | None) -> None:
+    """The held-out book's memorization and the pick's bound, each only when known, drawn with
+    ``draw`` (``ax.axvline`` where memorization is x, ``ax.axhline`` where it is y)."""
+    if book_mem is not None:
+        draw(book_mem, color=_BOOK_COLOR, ls="-.", lw=1.2, label=f"held-out book text vs training ({book_mem:.3f})")
+    if bound is not None:
+        draw(bound, color=_SELECTED_COLOR, ls=":", lw=1.5, label=f"memorization bound of the pick ({bound:.3f})")
+
+
 def _reference_marks(ax: Axes, references: Mapping[str, Any]) -> None:
     """Book lines, the pick's bound and the base model, each only when known."""
     book_style = _ref(references, "book_top100_ratio")
@@ -507,12 +516,7 @@ def _reference_marks(ax: Axes, references: Mapping[str, Any]) -> None:
     if book_style is not None:
         ax.axhline(book_style, color=_BOOK_COLOR, ls="--", lw=1.2,
                    label=f"book's own top-100 ratio ({book_style:.3f})")
-    if book_mem is not None:
-        ax.axvline(book_mem, color=_BOOK_COLOR, ls="-.", lw=1.2,
-                   label=f"held-out book text vs training ({book_mem:.3f})")
-    if bound is not None:
-        ax.axvline(bound, color=_SELECTED_COLOR, ls=":", lw=1.5,
-                   label=f"memorization bound of the pick ({bound:.3f})")
+    _memorization_lines(ax.axvline, book_mem, bound)
     if base_style is not None and base_mem is not None:
         ax.scatter([base_mem], [base_style], marker="X", s=140, color=_BASE_COLOR,
                    edgecolor="black", zorder=4, label="base model before fine-tuning")
@@ -726,12 +730,7 @@ def copying_and_loss_by_epoch(
     for ax, metric in ((ax_mem, "memorization"), (ax_loss, "heldout_loss")):
         if not ax.get_lines():
             _no_data(ax, f"no {metric} measured by epoch")
-    if bound is not None:
-        ax_mem.axhline(bound, color=_SELECTED_COLOR, ls=":", lw=1.5,
-                       label=f"memorization bound of the pick ({bound:.3f})")
-    if book_mem is not None:
-        ax_mem.axhline(book_mem, color=_BOOK_COLOR, ls="-.", lw=1.2,
-                       label=f"held-out book text vs training ({book_mem:.3f})")
+    _memorization_lines(ax_mem.axhline, book_mem, bound)
     ax_mem.set_ylabel(LABELS["memorization"])
     ax_loss.set_ylabel(LABELS["heldout_loss"])
     ax_loss.set_xlabel(LABELS["epoch"])
