@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="do not ask before a long CPU study")
     p.add_argument("--jobs", help="worker processes running trials at once: N or auto (default study.jobs)")
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor of --jobs N
+    p.add_argument("--command-id", help=argparse.SUPPRESS)  # the supervisor's, shared by its workers
 
     p = sub.add_parser("export", help="write the selected trial's model to a folder")
     p.add_argument("--study-name", help="default: the most recent study in the storage")
@@ -153,7 +154,8 @@ def cmd_study(args: argparse.Namespace) -> int:
         _banner(assets)
     freeze_long_lived()
     checkpoints = Checkpoints(folder / "checkpoints" / config.study.name, config.study.keep_checkpoints)
-    runner = StudyRunner(config, storage_url, tracker, assets, checkpoints, progress=not args.quiet)
+    runner = StudyRunner(config, storage_url, tracker, assets, checkpoints, progress=not args.quiet,
+                         command_id=args.command_id)
     runner.open_parent(run_tags(assets))
     if worker:
         runner.run_trials(config.study.timeout)  # the parent run and the pick stay the supervisor's
@@ -182,7 +184,7 @@ def _run_study(runner, args: argparse.Namespace, jobs: int) -> None:
         if jobs == 1:
             runner.run(runner.config.study.timeout)
         else:
-            check_codes(supervise([_worker_argv(args, i) for i in range(jobs)]))
+            check_codes(supervise([_worker_argv(args, i, runner.command_id) for i in range(jobs)]))
             runner.finish()
         log_study_artifacts(runner)
     except KeyboardInterrupt:
@@ -194,9 +196,9 @@ def _run_study(runner, args: argparse.Namespace, jobs: int) -> None:
     runner.parent.end("FINISHED")
 
 
-def _worker_argv(args: argparse.Namespace, index: int) -> list[str]:
+def _worker_argv(args: argparse.Namespace, index: int, command_id: str) -> list[str]:
     """The command line of worker ``index``: this study's options, one job, no questions."""
-    argv = ["study", "--jobs", "1", "--worker-index", str(index), "--yes", "--quiet"]
+    argv = ["study", "--jobs", "1", "--worker-index", str(index), "--command-id", command_id, "--yes", "--quiet"]
     if args.config:
         argv += ["--config", args.config]
     for item in _study_overrides(args):

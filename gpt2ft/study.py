@@ -11,9 +11,11 @@ front and the balanced pick are ``gpt2ft.pick`` applied to the trial table of
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import math
 import sys
+import uuid
 import warnings
 from typing import Any, Optional
 
@@ -33,8 +35,9 @@ from gpt2ft.errors import UserError
 from gpt2ft.measure import measure_model
 from gpt2ft.model import free_accelerator
 from gpt2ft.summary import Summary, summarize, trajectories, trial_metrics
-from gpt2ft.trial import run_trial, trial_train_config
+from gpt2ft.trial import TrialResult, log_trial, run_trial, trial_train_config
 from gpt2ft.urls import mask_url
+from gpt2ft.writer import BackgroundWriter
 
 # Heartbeats, fail_stale_trials and the matplotlib plots are stable in use here but still
 # flagged experimental; the warning would repeat on every trial.
@@ -71,8 +74,11 @@ class StudyRunner:
     """Runs trials of one study in this process (one worker of possibly several)."""
 
     def __init__(self, config: Config, storage_url: str, tracker, assets: Assets, checkpoints: Checkpoints,
-                 progress: bool = True):
+                 progress: bool = True, command_id: Optional[str] = None):
         self.config, self.tracker, self.assets = config, tracker, assets
+        # One id per `gpt2ft study` command, shared by its workers: its trials' pending writes
+        # are its own, so it may redo them without waiting (replay_unlogged).
+        self.command_id = command_id or uuid.uuid4().hex
         self.checkpoints, self.progress, self.storage_url = checkpoints, progress, storage_url
         self.n_trials = config.study.n_trials
         self.storage = C.open_storage(storage_url, on_failed=self._on_stale_trial,
@@ -86,6 +92,7 @@ class StudyRunner:
                             f"({exc.__class__.__name__}); check --storage.") from None
         self.study.set_metric_names(list(OBJECTIVES))
         self.parent = None
+        self.writer = BackgroundWriter()
 
     def open_parent(self, tags: dict[str, Any]) -> None:
         """Join the study's MLflow parent run, or create it (one worker only) with the setup."""
@@ -130,26 +137,26 @@ class StudyRunner:
         tcfg = trial_train_config(self.config, params)
         tags = {"optuna.trial": trial.number, "optuna.study": self.study.study_name, "selected": "false",
                 "gpt2ft.kind": "trial"}
-        with self.tracker.run(f"trial-{trial.number}", parent=self.parent, tags=tags) as run:
+        # The run stays RUNNING until the background writer has stored the trial's samples,
+        # tables and plots; FINISHED then means "everything logged" (see replay_unlogged).
+        with self.tracker.run(f"trial-{trial.number}", parent=self.parent, tags=tags, end_on_success=False) as run:
             trial.set_user_attr("mlflow_run_id", run.id)
+            trial.set_user_attr("command_id", self.command_id)
             run.log_params({**{f"trial.{k}": v for k, v in params.items()},
                             **{f"train.{k}": v for k, v in dataclasses.asdict(tcfg).items()}})
 
             def keep(model, _fit) -> None:
                 self.checkpoints.save(trial.number, model, self.assets.tokenizer)
 
-            res = run_trial(self.assets, tcfg, run, progress=self.progress, after_fit=keep)
+            res = run_trial(self.assets, tcfg, run, progress=self.progress, after_fit=keep, defer_log=True)
             m = res.metrics
             book = self.study.user_attrs.get("references", {}).get("book_top100_ratio", math.nan)
             style = P.style_score(m["top100_ratio"], book)
-            for key, value in (("metrics", {k: float(v) for k, v in m.items()}), ("history", res.fit.history),
-                               ("stopped_early", res.fit.stopped_early), ("sample_texts", res.texts),
-                               ("sample_ids", res.ids), ("trajectory", res.trajectory)):
+            for key, value in res.record().items():  # durable before any deferred write
                 trial.set_user_attr(key, value)
             if self.checkpoints.path(trial.number).is_dir():
                 trial.set_user_attr("checkpoint", str(self.checkpoints.path(trial.number)))
-            run.set_tags({"stopped_early": str(res.fit.stopped_early).lower()})
-            run.log_metrics({"style_score": style})
+        self.writer.submit(lambda: _finish_run(run, res, style, res.log_job), name=f"trial {trial.number}")
         if not (math.isfinite(style) and math.isfinite(m["memorization"])):
             raise RuntimeError("metrics are not finite (no samples to measure)")
         return style, m["memorization"]
@@ -191,6 +198,8 @@ class StudyRunner:
 
     def finish(self) -> None:
         """The front's re-measure and the final pick: once per study run, after every worker."""
+        self.writer.drain()
+        replay_unlogged(self)
         remeasure_front(self)
         self.apply_pick()
 
@@ -212,6 +221,44 @@ class StudyRunner:
                     self.objective, timeout=timeout, catch=(Exception,), gc_after_trial=True,
                     callbacks=[optuna.study.MaxTrialsCallback(self.n_trials, states=(TrialState.COMPLETE,)),
                                self.after_trial, tick])
+        # Not in a `finally`: a stopped process leaves its pending writes to the next run's replay.
+        self.writer.drain()
+
+
+def _finish_run(run, res: TrialResult, style: float, log_job) -> None:
+    """A trial's deferred writes, then its run's end: FINISHED only once all are stored."""
+    if log_job is not None:
+        log_job()
+    run.set_tags({"stopped_early": str(res.fit.stopped_early).lower()})
+    run.log_metrics({"style_score": style})
+    run.end("FINISHED")
+
+
+def replay_unlogged(runner: StudyRunner) -> int:
+    """Redo the writes of COMPLETE trials whose MLflow run is still RUNNING: their process died
+    (or their write failed) after the trial was recorded in Optuna and before its samples,
+    tables and plots were stored. Called after this command's workers are done; a run of another
+    command (a second machine on the same storage) is left alone while that command may still
+    be writing it: completed less than ``study.grace_period`` seconds ago.
+    Returns how many runs were redone."""
+    study, tracker = runner.study, runner.tracker
+    book = study.user_attrs.get("references", {}).get("book_top100_ratio", math.nan)
+    now, redone = datetime.datetime.now(), 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if not run_id or tracker.status(run_id) != "RUNNING":
+            continue
+        age = (now - t.datetime_complete).total_seconds() if t.datetime_complete else math.inf
+        if age < runner.config.study.grace_period and t.user_attrs.get("command_id") != runner.command_id:
+            continue
+        res = TrialResult.from_record(t.user_attrs)
+        run = tracker.handle(run_id)
+        _finish_run(run, res, P.style_score(res.metrics.get("top100_ratio", math.nan), book),
+                    lambda: log_trial(run, runner.assets, res))
+        print(f"[study] trial {t.number}: its samples, tables and plots were not stored (process "
+              "stopped or write failed); written now", file=sys.stderr)
+        redone += 1
+    return redone
 
 
 def _refuse_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int, grace: int) -> None:

@@ -171,9 +171,12 @@ class Tracker:
         return Run(self.client, run_id)
 
     @contextmanager
-    def run(self, name: str, parent: Optional[Run] = None,
-            tags: Optional[dict[str, Any]] = None) -> Iterator[Run]:
-        """A run that always ends: FINISHED, FAILED with the reason as a tag, or KILLED."""
+    def run(self, name: str, parent: Optional[Run] = None, tags: Optional[dict[str, Any]] = None,
+            end_on_success: bool = True) -> Iterator[Run]:
+        """A run that always ends: FINISHED, FAILED with the reason as a tag, or KILLED.
+
+        With ``end_on_success=False`` a run whose block succeeded stays RUNNING: the caller
+        ends it once its deferred writes are stored, so FINISHED means "everything logged"."""
         r = self.start(name, parent, tags)
         try:
             yield r
@@ -187,7 +190,8 @@ class Tracker:
             r.end(status)
             raise
         else:
-            r.end("FINISHED")
+            if end_on_success:
+                r.end("FINISHED")
 
     def runs(self, filter_string: str = "", max_results: int = 1000) -> list[Any]:
         return self.client.search_runs([self.experiment_id], filter_string=filter_string,
@@ -211,6 +215,10 @@ class Tracker:
             self.client.set_tag(run_id, "selected", "true")
         parent.set_tags({**tags, "selected_run_id": run_id or ""})
         parent.log_metrics(metrics, step)
+
+    def status(self, run_id: str) -> str:
+        """RUNNING, FINISHED, FAILED or KILLED."""
+        return self.client.get_run(run_id).info.status
 
     def fail_run(self, run_id: str, reason: str) -> None:
         """Close a run left RUNNING by a killed process as FAILED, with the reason as a tag."""

@@ -35,6 +35,29 @@ class TrialResult:
     model: Any = None
     trajectory: list[dict[str, float]] = field(default_factory=list)
     """Measurements along training: the base model (step 0), interior points, the end."""
+    log_job: Optional[Callable[[], None]] = None
+    """With ``run_trial(defer_log=True)``: the trial's MLflow writes, for the caller to run later."""
+
+    def record(self) -> dict[str, Any]:
+        """What a study stores durably for the trial (Optuna user attributes, JSON): enough to
+        redo its MLflow writes (``from_record``) if the process dies before they are stored."""
+        f = self.fit
+        return {"metrics": {k: float(v) for k, v in self.metrics.items()}, "history": f.history,
+                "stopped_early": f.stopped_early, "sample_texts": self.texts, "sample_ids": self.ids,
+                "trajectory": self.trajectory,
+                "fit_curves": {"train_curve": f.train_curve, "heldout_curve": f.heldout_curve,
+                               "steps": f.steps, "steps_per_epoch": f.steps_per_epoch}}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "TrialResult":
+        curves = record.get("fit_curves", {})
+        fit = FitResult(history=record.get("history", []), steps=int(curves.get("steps", 0)),
+                        train_curve=[tuple(p) for p in curves.get("train_curve", [])],
+                        heldout_curve=[tuple(p) for p in curves.get("heldout_curve", [])],
+                        steps_per_epoch=int(curves.get("steps_per_epoch", 0)),
+                        stopped_early=bool(record.get("stopped_early", False)))
+        return cls(dict(record.get("metrics", {})), fit, list(record.get("sample_texts", [])),
+                   [list(i) for i in record.get("sample_ids", [])], trajectory=list(record.get("trajectory", [])))
 
 
 def trial_train_config(config: Config, params: dict[str, Any]) -> TrainConfig:
@@ -98,9 +121,14 @@ def _fit_metrics(result: FitResult) -> dict[str, float]:
 
 def run_trial(assets: Assets, train_cfg: TrainConfig, run=None, keep_model: bool = False,
               progress: bool = True, plots: bool = True,
-              after_fit: Optional[Callable[[Any, FitResult], None]] = None) -> TrialResult:
+              after_fit: Optional[Callable[[Any, FitResult], None]] = None, defer_log: bool = False) -> TrialResult:
     """Fine-tune a fresh copy of the base model with ``train_cfg``, measuring its samples along
-    the way (``sample.trajectory``) and at the end; log everything to ``run``."""
+    the way (``sample.trajectory``) and at the end; log everything to ``run``.
+
+    With ``defer_log`` the final writes (metrics, samples, tables, plots) are not made but
+    returned as ``log_job``, so a study can run them off the trial's critical path; the
+    seconds that matter (``trial_seconds``, ``measure_share``) are then those of the trial
+    without them, and the job logs its own ``log_seconds``."""
     t0 = time.perf_counter()
     seed_everything(train_cfg.seed)
     model = assets.fresh_model()
@@ -124,13 +152,14 @@ def run_trial(assets: Assets, train_cfg: TrainConfig, run=None, keep_model: bool
                    "measure_seconds": t_measure, "trajectory_seconds": tracer.seconds}
         out = TrialResult(metrics, result, texts, ids, seconds, model if keep_model else None, path)
         if run is not None:
-            t = time.perf_counter()
-            log_trial(run, assets, out, plots)
-            seconds["log_seconds"] = time.perf_counter() - t
+            out.log_job = lambda: log_trial(run, assets, out, plots)
+            if not defer_log:
+                out.log_job()
+                out.log_job = None
         seconds["trial_seconds"] = time.perf_counter() - t0
         seconds["measure_share"] = (t_measure + tracer.seconds) / seconds["trial_seconds"]
         if run is not None:
-            run.log_metrics({**seconds}, result.steps)
+            run.log_metrics({k: v for k, v in seconds.items() if k != "log_seconds"}, result.steps)
         return out
     finally:
         if not keep_model:
@@ -144,7 +173,8 @@ def samples_markdown(texts: list[str], title: str) -> str:
 
 
 def log_trial(run, assets: Assets, res: TrialResult, plots: bool = True) -> None:
-    """Final metrics, samples and the trial's plots."""
+    """Final metrics, samples and the trial's plots; ``log_seconds`` says what they cost."""
+    t = time.perf_counter()
     # train_loss/heldout_loss were logged step by step during fit; logging them again here
     # would add a duplicate point to those curves.
     run.log_metrics({k: v for k, v in res.metrics.items() if k not in ("train_loss", "heldout_loss")},
@@ -161,6 +191,8 @@ def log_trial(run, assets: Assets, res: TrialResult, plots: bool = True) -> None
     if plots:
         for name, fig in report.trial_figures(assets, res).items():
             run.log_figure(fig, f"plots/{name}.png")
+    res.seconds["log_seconds"] = time.perf_counter() - t
+    run.log_metrics({"log_seconds": res.seconds["log_seconds"]}, res.fit.steps)
 
 
 def longest_copy_text(assets: Assets, ids: list[list[int]]) -> str:

@@ -40,10 +40,19 @@ def _study(workdir: Path, name: str = "tiny"):
 def test_study_resume_and_export(workdir, book, monkeypatch, capsys):
     from gpt2ft.cli import main
 
+    from gpt2ft.writer import BackgroundWriter
+
     monkeypatch.setenv("GPT2FT_CORPUS", str(book))
+    # Trial 1's deferred writes are lost, as when a process dies before its writer gets to
+    # them: the study must redo them from Optuna's record before it finishes.
+    submit = BackgroundWriter.submit
+    monkeypatch.setattr(BackgroundWriter, "submit",
+                        lambda self, job, name="job": None if name == "trial 1" else submit(self, job, name))
     # The first trial is an enqueued one (a fixed design point), the others the sampler's.
     assert main(["study", "--config", str(TINY), "--quiet",
                  "--set", "study.enqueue=[{lr: 0.002, epochs: 1, batch_size: 2}]"]) == 0
+    assert "trial 1: its samples, tables and plots were not stored" in capsys.readouterr().err
+    monkeypatch.setattr(BackgroundWriter, "submit", submit)
     assert _study(workdir).trials[0].params == {"lr": 0.002, "epochs": 1, "batch_size": 2}
 
     client = _client(workdir)
@@ -56,8 +65,12 @@ def test_study_resume_and_export(workdir, book, monkeypatch, capsys):
     for child in children:
         assert child.info.status == "FINISHED"
         assert TRIAL_METRICS <= set(child.data.metrics), TRIAL_METRICS - set(child.data.metrics)
+        assert {"log_seconds", "style_score"} <= set(child.data.metrics)
+        assert child.data.tags["stopped_early"] in ("true", "false")
         arts = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
         assert {"plots/loss.png", "plots/top100_frequencies.png", "plots/novelty.png"} <= arts
+        assert {"samples.md", "history.json", "trajectory.json"} <= {
+            a.path for a in client.list_artifacts(child.info.run_id)}
     assert PARENT_METRICS <= set(parent.data.metrics), PARENT_METRICS - set(parent.data.metrics)
     assert parent.data.metrics["train_memorization"] == 1.0
     selected = [c for c in children if c.data.tags.get("selected") == "true"]
