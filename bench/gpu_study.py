@@ -206,11 +206,30 @@ def summarize(res: dict[str, Any], peak: Optional[float], common: set[int]) -> d
     same = [t for t in trials if t["number"] in common]
     for k in TIMES:
         out[f"mean_{k}"] = sum(t[k] or 0 for t in same) / len(same) if same else None
+    # A trial's critical path outside optimizer steps (its writes run in the background writer).
+    shares = [1 - t["step_seconds"] / t["trial_seconds"] for t in same if t["step_seconds"] and t["trial_seconds"]]
+    out["outside_steps_share"] = sum(shares) / len(shares) if shares else None
     return out
 
 
+#: The issue's targets for the 30-trial study on one H100/H200.
+TARGETS = {"wall_seconds": ("<=", 180.0), "gpu_busy_share": (">=", 0.80), "mfu": (">=", 0.35),
+           "outside_steps_share": ("<=", 0.10)}
+
+
+def verdicts(figures: dict[str, Any]) -> str:
+    """One line per target: the figure, the target, met or not (or not measured)."""
+    lines = []
+    for key, (op, goal) in TARGETS.items():
+        value = figures.get(key)
+        met = None if value is None else (value <= goal if op == "<=" else value >= goal)
+        lines.append(f"{key:<22}{B.fmt(value):>12}  target {op} {goal:<8}"
+                     f"{'not measured' if met is None else ('met' if met else 'MISSED')}")
+    return "\n".join(lines)
+
+
 ROWS = ("workers", "wall_seconds", "trials_complete", "trials_per_minute", "gpu_busy_share", "step_share",
-        "tokens_per_second", "mfu", "peak_gpu_mib_per_worker", *(f"mean_{k}" for k in TIMES))
+        "tokens_per_second", "mfu", "peak_gpu_mib_per_worker", *(f"mean_{k}" for k in TIMES), "outside_steps_share")
 
 
 def table(one: dict[str, Any], many: dict[str, Any], n: int) -> str:
@@ -261,6 +280,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, default=str))
     print(table(results["jobs_1"], results[f"jobs_{many['workers']}"], many["workers"]))
+    print(f"\ntargets (--jobs {many['workers']}, {n_trials} trials):\n" + verdicts(results[f"jobs_{many['workers']}"]))
     print(f"\nmeans over the {len(common)} trial numbers both ran; JSON: {path} "
           f"({time.perf_counter() - t0:.0f} s in all)")
     return 0

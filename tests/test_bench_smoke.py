@@ -116,3 +116,19 @@ def test_bare_loop_is_the_one_loop_of_both_benches():
     assert all(p.grad is None for p in model.parameters())  # zero_grad(set_to_none) after each step
     for name in ("gpu", "run"):  # neither bench keeps a loop of its own
         assert "loss.backward()" not in (BENCH / f"{name}.py").read_text()
+
+
+def test_gpu_study_targets_and_outside_share():
+    G = load("gpu_study")
+    trials = [{"number": n, "tokens": 100, "step_seconds": s, "trial_seconds": w,
+               **{k: 1.0 for k in ("eval_seconds", "measure_seconds", "log_seconds")}}
+              for n, s, w in ((0, 9.0, 10.0), (1, 7.0, 10.0), (2, 1.0, 10.0))]
+    res = {"trials": trials, "wall_seconds": 120.0, "workers": 4, "gpu_busy_share": 0.85,
+           "n_params": 1000, "peak_mib_by_pid": {}}
+    fig = G.summarize(res, None, {0, 1})  # trial 2 is not common to both studies: left out
+    assert fig["outside_steps_share"] == pytest.approx(0.2)
+    lines = G.verdicts(fig).splitlines()
+    assert [line.split()[0] for line in lines] == list(G.TARGETS)
+    assert lines[0].endswith("met") and lines[1].endswith("met")
+    assert lines[2].endswith("not measured")  # no peak: no MFU
+    assert lines[3].endswith("MISSED")        # 0.2 > 0.10
