@@ -145,10 +145,18 @@ class StudyRunner:
             run.log_params({**{f"trial.{k}": v for k, v in params.items()},
                             **{f"train.{k}": v for k, v in dataclasses.asdict(tcfg).items()}})
 
+            saving = []
+
             def keep(model, _fit) -> None:
-                self.checkpoints.save(trial.number, model, self.assets.tokenizer)
+                # Saved by the writer while this thread samples and measures the same weights
+                # (sampling only reads them); waited for below, before Optuna records the trial.
+                saving.append(self.writer.submit(lambda: self.checkpoints.save(trial.number, model,
+                                                                               self.assets.tokenizer),
+                                                 name=f"checkpoint {trial.number}"))
 
             res = run_trial(self.assets, tcfg, run, progress=self.progress, after_fit=keep, defer_log=True)
+            for future in saving:
+                future.result()  # a checkpoint that could not be written fails the trial, as before
             m = res.metrics
             book = self.study.user_attrs.get("references", {}).get("book_top100_ratio", math.nan)
             style = P.style_score(m["top100_ratio"], book)

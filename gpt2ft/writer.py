@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+from concurrent.futures import Future
 from typing import Callable, Optional
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,9 @@ MAX_PENDING = 2
 
 class BackgroundWriter:
     """A FIFO of jobs run by one daemon thread. ``submit`` returns at once (it blocks only
-    while ``MAX_PENDING`` jobs wait); ``drain`` waits until every submitted job has ended.
-    A job that raises is logged and counted, never re-raised into the trial loop."""
+    while ``MAX_PENDING`` jobs wait) with the job's ``Future``; ``drain`` waits until every
+    submitted job has ended. A job that raises is logged and counted, and re-raised only to
+    whoever asks its future for the result."""
 
     def __init__(self, max_pending: int = MAX_PENDING):
         self._jobs: queue.Queue = queue.Queue(maxsize=max_pending)
@@ -39,15 +41,17 @@ class BackgroundWriter:
         self.blocked_seconds = 0.0
         """Time ``submit`` waited for room: the writer's share of the critical path."""
 
-    def submit(self, job: Callable[[], None], name: str = "job") -> None:
+    def submit(self, job: Callable[[], None], name: str = "job") -> Future:
         if self._thread is None or not self._thread.is_alive():
             # Daemon: a process that is told to stop does not wait for its pending writes
             # (they are redone on the next run), and an idle writer never keeps it alive.
             self._thread = threading.Thread(target=self._loop, name="gpt2ft-writer", daemon=True)
             self._thread.start()
         t = time.perf_counter()
-        self._jobs.put((name, job))
+        future: Future = Future()
+        self._jobs.put((name, job, future))
         self.blocked_seconds += time.perf_counter() - t
+        return future
 
     def drain(self) -> None:
         """Wait for every job submitted so far."""
@@ -56,15 +60,15 @@ class BackgroundWriter:
 
     def _loop(self) -> None:
         while True:
-            name, job = self._jobs.get()
+            name, job, future = self._jobs.get()
             t = time.perf_counter()
             try:
-                job()
+                future.set_result(job())
                 self.done += 1
             except Exception as exc:  # a failed write must not end the study
                 self.failed.append(name)
-                log.warning("background write %s failed (%s: %s); it is redone when the study finishes",
-                            name, exc.__class__.__name__, exc)
+                future.set_exception(exc)
+                log.warning("background write %s failed (%s: %s)", name, exc.__class__.__name__, exc)
             finally:
                 self.busy_seconds += time.perf_counter() - t
                 self._jobs.task_done()

@@ -40,10 +40,13 @@ def test_jobs_run_in_order_off_the_callers_thread_and_drain_waits_for_them():
 def test_a_failing_job_is_counted_and_the_next_still_runs():
     w = BackgroundWriter()
     ran = []
-    w.submit(lambda: 1 / 0, name="trial 7")
-    w.submit(lambda: ran.append(True), name="trial 8")
+    bad = w.submit(lambda: 1 / 0, name="trial 7")
+    good = w.submit(lambda: ran.append(True) or "saved", name="trial 8")
     w.drain()
     assert w.failed == ["trial 7"] and ran == [True] and w.done == 1
+    with pytest.raises(ZeroDivisionError):  # whoever waits for the job learns why it failed
+        bad.result()
+    assert good.result() == "saved"
 
 
 def test_a_full_queue_holds_the_caller_back():
