@@ -7,7 +7,9 @@ random windows of the block size stand in for the book), through ``gpt2ft.train.
 
 * ``compile_s``: the first fresh copy's first ``--first`` steps minus those of a fresh eager
   copy in the same (warm) process: the compile a study worker pays once per batch size;
-* ``reuse_s``: the same for a *second* fresh copy (about 0 when the compiled step is reused);
+* ``reuse_s``: the same for a *second* fresh copy (about 0 when the compiled step is reused),
+  and ``graphs_first``/``graphs_second``: dynamo's count of compiled graphs after each copy's
+  first steps (equal when the second copy compiled nothing);
 * ``step_ms``: the steady time per step (median of ``--rounds`` windows of ``--steps`` steps,
   the modes' windows interleaved so a neighbour's load falls on each alike);
 * ``break_even``: compile_s / (eager step - compiled step) steps; inf when there is no gain;
@@ -105,6 +107,13 @@ def build_model(cfg):
     return AutoModelForCausalLM.from_config(conf, attn_implementation="sdpa")
 
 
+def graphs() -> int:
+    """Graphs dynamo has compiled in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 class Stepper:
     """Fresh copies of one base model, stepped through ``gpt2ft.train._step``."""
 
@@ -161,10 +170,11 @@ class Stepper:
         states, out = {}, {}
         for mode in modes:  # eager first: the compiles must not warm anything for it
             states[mode] = self.fresh(mode, batch)
-            out[mode] = {"first_s": self.run(states[mode], 0, a.first)}
+            out[mode] = {"first_s": self.run(states[mode], 0, a.first), "graphs_first": graphs()}
         for mode in modes:
             second = self.fresh(mode, batch)
             out[mode]["second_s"] = self.run(second, 0, a.first)
+            out[mode]["graphs_second"] = graphs()  # the same as after the first copy: reused
             del second
         steady: dict[str, list[float]] = {m: [] for m in modes}
         for r, order in enumerate(B.rotations(modes, a.rounds)):
@@ -238,7 +248,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             if mode != "eager":
                 per[mode] = derive(r, per["eager"], b, len(plan["batches"]))
             print(f"batch {b:>3} {mode:<15} first {r['first_s']:.2f} s, second copy {r['second_s']:.2f} s, "
-                  f"step {r['step_s'] * 1e3:.1f} ms", flush=True)
+                  f"step {r['step_s'] * 1e3:.1f} ms, graphs {r['graphs_first']} -> {r['graphs_second']}",
+                  flush=True)
         per["eager"].update(zip(("trial_steps", "study_steps"), study_steps(b, len(plan["batches"]))))
         results[str(b)] = per
     print()
