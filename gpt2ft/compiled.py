@@ -13,7 +13,7 @@ on eager steps: a study must not die of an optimisation.
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from transformers.loss.loss_utils import ForCausalLMLoss
@@ -42,23 +42,34 @@ def compiled_loss(mode: str, shape: tuple[int, ...], device: torch.device) -> Ca
     return _COMPILED[key]
 
 
-def training_loss(model, x: torch.Tensor, mode: str, full_batch: bool) -> torch.Tensor:
-    """The loss of batch ``x`` for a training step: compiled when ``mode`` is not ``off`` and
-    ``x`` is a full batch, else eager. Call it inside the run's autocast context."""
-    if mode == "off" or not full_batch or mode in _BROKEN:
-        return model(input_ids=x, labels=x).loss
-    if mode == "reduce-overhead" and x.device.type == "cuda":
-        # CUDA graphs reuse their output memory: mark each step so the last loss is not
-        # overwritten while the logger still holds it.
-        torch.compiler.cudagraph_mark_step_begin()
-    try:
-        return compiled_loss(mode, tuple(x.shape), x.device)(model, x)
-    except Exception as exc:  # any backend failure: warn once, train on eagerly
-        _BROKEN.add(mode)
-        warnings.warn(f"torch.compile (mode {mode}) failed, training runs eager from here: "
-                      f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                      RuntimeWarning, stacklevel=2)
-        return model(input_ids=x, labels=x).loss
+def forward_backward(model, x: torch.Tensor, mode: str, full_batch: bool,
+                     autocast: Callable[[], Any]) -> torch.Tensor:
+    """Forward, loss (inside ``autocast()``) and backward of a training step on batch ``x``;
+    returns the loss. Compiled when ``mode`` is not ``off`` and ``x`` is a full batch, else eager.
+
+    AOTAutograd compiles the backward at its first call, so a failure can come from either
+    half; gradients are empty before a step (``fit`` zeroes them after each), so on a failure
+    they are cleared and the step runs again eagerly."""
+    if mode != "off" and full_batch and mode not in _BROKEN:
+        if mode == "reduce-overhead" and x.device.type == "cuda":
+            # CUDA graphs reuse their output memory: mark each step so the last loss is not
+            # overwritten while the logger still holds it.
+            torch.compiler.cudagraph_mark_step_begin()
+        try:
+            with autocast():
+                loss = compiled_loss(mode, tuple(x.shape), x.device)(model, x)
+            loss.backward()
+            return loss
+        except Exception as exc:  # any backend failure: warn once, train on eagerly
+            _BROKEN.add(mode)
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            warnings.warn(f"torch.compile (mode {mode}) failed, training runs eager from here: "
+                          f"{exc.__class__.__name__}: {first_line}", RuntimeWarning, stacklevel=2)
+            model.zero_grad(set_to_none=True)
+    with autocast():
+        loss = model(input_ids=x, labels=x).loss
+    loss.backward()
+    return loss
 
 
 def reset() -> None:

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
-from gpt2ft.compiled import training_loss
+from gpt2ft.compiled import forward_backward
 from gpt2ft.config import TrainConfig
 from gpt2ft.data import TokenData
 from gpt2ft.errors import UserError
@@ -145,9 +145,7 @@ def _heldout(model, data: TokenData, cfg: TrainConfig, runtime: Runtime, res: Fi
 def _step(model, opt, sched, x: torch.Tensor, cfg: TrainConfig, runtime: Runtime) -> torch.Tensor:
     """One optimizer step on batch ``x``; returns the (device) loss. The forward and loss are
     compiled per ``cfg.compile`` (gpt2ft/compiled.py); evaluation and sampling stay eager."""
-    with runtime.autocast():
-        loss = training_loss(model, x, cfg.compile, full_batch=x.shape[0] == cfg.batch_size)
-    loss.backward()
+    loss = forward_backward(model, x, cfg.compile, x.shape[0] == cfg.batch_size, runtime.autocast)
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step()

@@ -75,13 +75,24 @@ def test_fresh_copies_reuse_one_compile(base, counter):
     assert counter.frame_count == 2  # a new batch shape is a new graph, once
 
 
-def test_compile_failure_falls_back_to_eager_with_one_warning(base, monkeypatch):
+def broken(*args, **kwargs):
+    raise RuntimeError("no C++ compiler found")
+
+
+def backward_fails():
+    """A backend whose forward compiles and whose backward (compiled at its first call) fails."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    return aot_autograd(fw_compiler=lambda gm, inputs: gm.forward, bw_compiler=broken)
+
+
+@pytest.mark.parametrize("where", ["torch.compile", "backward"])
+def test_compile_failure_falls_back_to_eager_with_one_warning(base, monkeypatch, where):
     compiled.reset()
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("no C++ compiler found")
-
-    monkeypatch.setattr(torch, "compile", broken)
+    if where == "torch.compile":
+        monkeypatch.setattr(torch, "compile", broken)
+    else:
+        monkeypatch.setattr(compiled, "BACKEND", backward_fails())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = train(copy.deepcopy(base), "default", steps=4)
@@ -89,4 +100,5 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(base, monkeypatch)
     ours = [w for w in caught if "torch.compile" in str(w.message)]
     assert len(ours) == 1 and "no C++ compiler" in str(ours[0].message)
     assert res.steps == 4
+    # the failed step ran again eagerly on clean gradients: the same losses as eager throughout
     assert res.train_curve == train(copy.deepcopy(base), "off", steps=4).train_curve
