@@ -8,8 +8,8 @@ random windows of the block size stand in for the book), through ``gpt2ft.train.
 * ``compile_s``: the first fresh copy's first ``--first`` steps minus those of a fresh eager
   copy in the same (warm) process: the compile a study worker pays once per batch size;
 * ``reuse_s``: the same for a *second* fresh copy (about 0 when the compiled step is reused),
-  and ``graphs_first``/``graphs_second``: dynamo's count of compiled graphs after each copy's
-  first steps (equal when the second copy compiled nothing);
+  and ``new_graphs_first``/``new_graphs_second``: the graphs dynamo compiled during each copy's
+  first steps (0 for the second copy when it reused the first one's);
 * ``step_ms``: the steady time per step (median of ``--rounds`` windows of ``--steps`` steps,
   the modes' windows interleaved so a neighbour's load falls on each alike);
 * ``break_even``: compile_s / (eager step - compiled step) steps; inf when there is no gain;
@@ -169,12 +169,12 @@ class Stepper:
         a = self.args
         states, out = {}, {}
         for mode in modes:  # eager first: the compiles must not warm anything for it
-            states[mode] = self.fresh(mode, batch)
-            out[mode] = {"first_s": self.run(states[mode], 0, a.first), "graphs_first": graphs()}
+            states[mode], before = self.fresh(mode, batch), graphs()
+            out[mode] = {"first_s": self.run(states[mode], 0, a.first), "new_graphs_first": graphs() - before}
         for mode in modes:
-            second = self.fresh(mode, batch)
+            second, before = self.fresh(mode, batch), graphs()
             out[mode]["second_s"] = self.run(second, 0, a.first)
-            out[mode]["graphs_second"] = graphs()  # the same as after the first copy: reused
+            out[mode]["new_graphs_second"] = graphs() - before  # 0 when the second copy reused the graph
             del second
         steady: dict[str, list[float]] = {m: [] for m in modes}
         for r, order in enumerate(B.rotations(modes, a.rounds)):
@@ -248,7 +248,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             if mode != "eager":
                 per[mode] = derive(r, per["eager"], b, len(plan["batches"]))
             print(f"batch {b:>3} {mode:<15} first {r['first_s']:.2f} s, second copy {r['second_s']:.2f} s, "
-                  f"step {r['step_s'] * 1e3:.1f} ms, graphs {r['graphs_first']} -> {r['graphs_second']}",
+                  f"step {r['step_s'] * 1e3:.1f} ms, new graphs {r['new_graphs_first']} then {r['new_graphs_second']}",
                   flush=True)
         per["eager"].update(zip(("trial_steps", "study_steps"), study_steps(b, len(plan["batches"]))))
         results[str(b)] = per
