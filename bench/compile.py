@@ -37,6 +37,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -263,6 +264,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                              else HERE / "compile.json"))
     path.write_text(json.dumps(out, indent=2, default=str) + "\n")
     print(f"results in {path} ({out['seconds']:.0f} s)")
+    if not args.warm_cache:
+        shutil.rmtree(os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
     return out
 
 
