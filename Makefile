@@ -8,7 +8,7 @@ CONFIG  ?= experiments/gulliver.yaml
 TORCH   ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 ARGS    ?=
 
-.PHONY: install test lint train study study-cpu ui export references demo bench bench-gpu ui-check multiworker clean
+.PHONY: install test lint train study study-cpu ui export references demo bench bench-gpu bench-compile ui-check multiworker clean
 
 $(BIN)/gpt2ft: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -59,6 +59,10 @@ bench: install
 bench-gpu: install
 	$(BIN)/python bench/gpu_study.py $(ARGS)
 
+# train.compile's cost and gain per batch size (bench/compile.py; CUDA: GPT-2 124M x 256, else a tiny CPU model).
+bench-compile: install
+	$(BIN)/python bench/compile.py $(ARGS)
+
 ui-check: install
 	$(BIN)/python scripts/ui_check.py $(ARGS)
 
@@ -66,4 +70,4 @@ multiworker: install
 	bash scripts/multiworker.sh $(ARGS)
 
 clean:
-	rm -rf mlruns exports bench/results.json .pytest_cache
+	rm -rf mlruns exports bench/results.json bench/compile.json .pytest_cache

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
+from gpt2ft.compiled import forward_backward
 from gpt2ft.config import TrainConfig
 from gpt2ft.data import TokenData
 from gpt2ft.errors import UserError
@@ -142,10 +143,9 @@ def _heldout(model, data: TokenData, cfg: TrainConfig, runtime: Runtime, res: Fi
 
 
 def _step(model, opt, sched, x: torch.Tensor, cfg: TrainConfig, runtime: Runtime) -> torch.Tensor:
-    """One optimizer step on batch ``x``; returns the (device) loss."""
-    with runtime.autocast():
-        loss = model(input_ids=x, labels=x).loss
-    loss.backward()
+    """One optimizer step on batch ``x``; returns the (device) loss. The forward and loss are
+    compiled per ``cfg.compile`` (gpt2ft/compiled.py); evaluation and sampling stay eager."""
+    loss = forward_backward(model, x, cfg.compile, x.shape[0] == cfg.batch_size, runtime.autocast)
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step()

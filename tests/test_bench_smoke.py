@@ -132,3 +132,16 @@ def test_gpu_study_targets_and_outside_share():
     assert lines[0].endswith("met") and lines[1].endswith("met")
     assert lines[2].endswith("not measured")  # no peak: no MFU
     assert lines[3].endswith("MISSED")        # 0.2 > 0.10
+
+
+def test_compile_bench_arithmetic():
+    c = load("compile")
+    # gulliver at batch 16: 29 steps an epoch, 5.5 epochs on average, 30 trials over 4 batch sizes.
+    assert c.study_steps(16, 4) == (29 * 5.5, 29 * 5.5 * 30 / 4)
+    eager = {"step_s": 0.030, "second_s": 0.06}
+    r = c.derive({"first_s": 20.06, "second_s": 0.07, "step_s": 0.020}, eager, 16, 4)
+    assert r["compile_s"] == pytest.approx(20.0) and r["reuse_s"] == pytest.approx(0.01)
+    assert r["break_even_steps"] == pytest.approx(2000)
+    assert r["study_saving_s"] == pytest.approx(29 * 5.5 * 7.5 * 0.01 - 20.0)
+    slower = c.derive({"first_s": 20.0, "second_s": 0.1, "step_s": 0.031}, eager, 16, 4)
+    assert slower["break_even_steps"] == float("inf")

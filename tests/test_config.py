@@ -204,3 +204,19 @@ def test_flat_keys_are_dotted():
         assert not isinstance(value, dict), key
     sections = {k.split(".")[0] for k in flat}
     assert sections == {f.name for f in dataclasses.fields(Config)}
+
+
+@pytest.mark.parametrize("value, expect", [("off", "off"), ("default", "default"),
+                                           ("reduce-overhead", "reduce-overhead")])
+def test_train_compile_modes_load(value, expect):
+    # A bare `off` is a YAML boolean; it must still mean the mode "off".
+    assert load_config(GULLIVER, [f"train.compile={value}"]).train.compile == expect
+
+
+@pytest.mark.parametrize("value", ["on", "max-autotune", "true"])
+def test_train_compile_bad_value_is_one_sentence(value):
+    with pytest.raises(ConfigError) as info:
+        load_config(GULLIVER, [f"train.compile={value}"])
+    message = str(info.value)
+    assert message.startswith("train.compile must be off, default or reduce-overhead")
+    assert message.count(". ") == 0 and message.endswith(".")
