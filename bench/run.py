@@ -28,7 +28,11 @@ one intra-op thread by default (``--threads``; see its help). Sections, in this 
    ``TrialResult.seconds["trial_seconds"]`` outside optimizer steps and its parts, model
    load time vs per-trial copy time, and memory over 10 trials: VmRSS after each trial (raw,
    and after ``malloc_trim`` = live memory) and VmHWM reset before each trial (that trial's
-   peak), growth judged by the fitted trend over trials 2..n. When the share misses its
+   peak), growth judged by the fitted trend over trials 2..n. Trial 1 warms up; the first
+   half of the rest store their MLflow writes and plots inside the trial, the second half
+   defer them to the study's background writer (``gpt2ft.writer``), which overlaps them with
+   the next trial: the share outside steps of each, side by side (the long-lived objects
+   frozen out of the GC in both, as the study does). When the share misses its
    target (or with ``--profile``) two more trials run under cProfile: as gpt2ft runs, and
    with ``gc.freeze()`` after ``prepare`` (``bench/trial_*.prof``).
 
@@ -375,7 +379,7 @@ def malloc_trim() -> bool:
 
 def bench_trials(args, corpus: Path, results: dict[str, Any], deadline: float) -> list[dict[str, Any]]:
     from gpt2ft.config import load_config
-    from gpt2ft.assets import compute_references, prepare
+    from gpt2ft.assets import compute_references, freeze_long_lived, prepare
     from gpt2ft.tracking import Tracker
     from gpt2ft.trial import run_trial
     from gpt2ft.writer import BackgroundWriter
@@ -421,8 +425,10 @@ def bench_trials(args, corpus: Path, results: dict[str, Any], deadline: float) -
                     "steps": res.fit.steps, "rss_after_mib": raw["VmRSS"],
                     "rss_after_trim_mib": live["VmRSS"], "peak_rss_mib": raw["VmHWM"]}
 
-        # Trial 1 warms up; then half the trials log inside the trial, half defer it.
+        # Trial 1 warms up; then half the trials log inside the trial, half defer it. Both
+        # halves with the study's long-lived objects frozen out of the GC, as the study runs.
         first_deferred = 2 + max(args.trials - 1, 1) // 2
+        freeze_long_lived()
         for i in range(1, args.trials + 1):
             rec = one(i, deferred=i >= first_deferred)
             trials.append(rec)
@@ -437,6 +443,7 @@ def bench_trials(args, corpus: Path, results: dict[str, Any], deadline: float) -
         t = time.perf_counter()
         writer.drain()
         drain_s = time.perf_counter() - t
+        gc.unfreeze()
         inline = [r for r in trials[1:] if not r["deferred_log"]] or trials[:1]
         deferred_recs = [r for r in trials if r["deferred_log"]]
         later = inline
