@@ -30,7 +30,7 @@ one intra-op thread by default (``--threads``; see its help). Sections, in this 
    and after ``malloc_trim`` = live memory) and VmHWM reset before each trial (that trial's
    peak), growth judged by the fitted trend over trials 2..n. Trial 1 warms up; the first
    half of the rest store their MLflow writes and plots inside the trial, the second half
-   defer them to the study's background writer (``gpt2ft.writer``), which overlaps them with
+   defer them to the study's writer process (``gpt2ft.writer``), which overlaps them with
    the next trial: the share outside steps of each, side by side (the long-lived objects
    frozen out of the GC in both, as the study does). When the share misses its
    target (or with ``--profile``) two more trials run under cProfile: as gpt2ft runs, and
@@ -382,6 +382,7 @@ def bench_trials(args, corpus: Path, results: dict[str, Any], deadline: float) -
     from gpt2ft.assets import compute_references, freeze_long_lived, prepare
     from gpt2ft.tracking import Tracker
     from gpt2ft.trial import run_trial
+    from gpt2ft import logops
     from gpt2ft.writer import BackgroundWriter
 
     overrides = [f"train.max_steps={args.trial_steps}"]
@@ -414,7 +415,8 @@ def bench_trials(args, corpus: Path, results: dict[str, Any], deadline: float) -
                 if profiler is not None:
                     profiler.disable()
             if deferred:
-                writer.submit(lambda: (res.log_job(), run.end()), name=f"trial {i}")
+                writer.submit_remote(logops.apply_remote, tracker.uri, run.id, [*res.log_ops, ("end", "FINISHED")],
+                                     res.fit.steps, name=f"trial {i}")
             wall = time.perf_counter() - t0
             raw = proc_status()
             malloc_trim()
@@ -441,7 +443,7 @@ def bench_trials(args, corpus: Path, results: dict[str, Any], deadline: float) -
                 log(f"  stopping after {i} trials to stay within --budget")
                 break
         t = time.perf_counter()
-        writer.drain()
+        writer.close()
         drain_s = time.perf_counter() - t
         gc.unfreeze()
         inline = [r for r in trials[1:] if not r["deferred_log"]] or trials[:1]
@@ -522,6 +524,8 @@ def bench_trials(args, corpus: Path, results: dict[str, Any], deadline: float) -
         rows.append(B.row("profiled trial: wall share outside steps (as is vs gc.freeze)", wa,
                           "after gc.freeze()", wb, wa / wb, "info"))
     rows += memory_rows(trials, hwm_reset, results)
+    if time.perf_counter() + 60 <= deadline:
+        rows += gil_rows(results)
     return rows
 
 
@@ -567,6 +571,59 @@ def trend(values: Sequence[float]) -> tuple[float, float]:
     resid = [y - (my + slope * (x - mx)) for x, y in zip(xs, values)]
     se = (sum(r * r for r in resid) / max(n - 2, 1) / sxx) ** 0.5
     return slope, se
+
+
+def _busy_python(stop) -> None:
+    """Pure-Python work that holds the GIL, like rendering a plot or an ORM write."""
+    while not stop.is_set():
+        sum(i * i for i in range(1000))
+
+
+def gil_rows(results: dict[str, Any], steps: int = 6, rounds: int = 2) -> list[dict[str, Any]]:
+    """Why the study's writes run in a process: a small model's training steps alone, beside a
+    GIL-bound Python thread, and beside a process doing the same work (one torch thread, so a
+    core is free for the other either way and what differs is only the GIL)."""
+    import multiprocessing
+    import threading
+
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2)).train()
+    windows = torch.randint(0, model.config.vocab_size, (4 * steps, 32))
+
+    def per_step() -> float:
+        t = time.perf_counter()
+        B.bare_loop(model, windows, torch.arange(4 * steps), batch=4, steps=steps, lr=1e-4)
+        return (time.perf_counter() - t) / steps
+
+    per_step()
+    ctx = multiprocessing.get_context("spawn")
+    times: dict[str, list[float]] = {"alone": [], "thread": [], "process": []}
+    for _ in range(rounds):
+        times["alone"].append(per_step())
+        stop = threading.Event()
+        th = threading.Thread(target=_busy_python, args=(stop,))
+        th.start()
+        times["thread"].append(per_step())
+        stop.set()
+        th.join()
+        pstop = ctx.Event()
+        proc = ctx.Process(target=_busy_python, args=(pstop,))
+        proc.start()
+        time.sleep(1.0)  # past the child's start-up
+        times["process"].append(per_step())
+        pstop.set()
+        proc.join()
+    med = {k: B.median(v) for k, v in times.items()}
+    results["gil"] = {"seconds_per_step": times, "steps": steps}
+    log(f"  GIL: step alone {med['alone'] * 1e3:.0f} ms, beside a Python thread {med['thread'] * 1e3:.0f} ms, "
+        f"beside a process {med['process'] * 1e3:.0f} ms")
+    return [B.row("training step beside a GIL-bound thread, s", med["thread"], "alone, s", med["alone"],
+                  med["thread"] / med["alone"], "info (why writes run in a process)"),
+            B.row("training step beside a busy process, s", med["process"], "alone, s", med["alone"],
+                  med["process"] / med["alone"], "info")]
 
 
 def memory_rows(trials: list[dict[str, Any]], hwm_reset: bool, results: dict[str, Any]) -> list[dict[str, Any]]:

@@ -21,32 +21,47 @@ def _freqs(seqs: Sequence[Sequence[int]], ids: Sequence[int]) -> list[float]:
     return [c[i] / total for i in ids]
 
 
-def top100_figure(assets, tuned_ids: Sequence[Sequence[int]]) -> Figure:
+def top100_data(assets, tuned_ids: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """``plots.top100_frequencies``'s arguments: the book's top-100 tokens by rank, their
+    strings, and their frequencies in the book, the base model's and the tuned samples."""
     book = Counter(assets.data.train_ids)
     ranked = sorted(assets.top_ids, key=lambda i: (-book[i], i))
     total = len(assets.data.train_ids)
-    labels = [assets.tokenizer.decode([i]) for i in ranked]
     base = assets.references.samples.get("base", [])
-    return plots.top100_frequencies(ranked, labels, [book[i] / total for i in ranked],
-                                    _freqs(base, ranked), _freqs(tuned_ids, ranked))
+    return {"top_ids": ranked, "labels": [assets.tokenizer.decode([i]) for i in ranked],
+            "book_freq": [book[i] / total for i in ranked], "base_freq": _freqs(base, ranked),
+            "tuned_freq": _freqs(tuned_ids, ranked)}
 
 
-def novelty_figure(assets, named: dict[str, Sequence[Sequence[int]]]) -> Figure:
+def novelty_data(assets, named: dict[str, Sequence[Sequence[int]]]) -> dict[str, Any]:
+    """``plots.novelty_curves``'s arguments: the held-out book's, the base model's and each
+    named sample set's novelty curve."""
     curves = {"held-out book": M.novelty_curve(assets.references.samples.get("book", []), assets.index)}
     if "base" in assets.references.samples:
         curves["base model"] = M.novelty_curve(assets.references.samples["base"], assets.index)
     for name, ids in named.items():
         curves[name] = M.novelty_curve(ids, assets.index)
-    return plots.novelty_curves(curves)
+    return {"curves": curves}
+
+
+def novelty_figure(assets, named: dict[str, Sequence[Sequence[int]]]) -> Figure:
+    return plots.novelty_curves(**novelty_data(assets, named))
+
+
+def trial_figure_specs(assets, res) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Per trial: loss curves, top-100 frequencies, novelty curve, each as the name of its
+    ``plots`` function and plain-data arguments, so another process can draw it."""
+    return {
+        "loss": ("loss_curves", {"train": res.fit.train_curve, "heldout": res.fit.heldout_curve,
+                                 "steps_per_epoch": res.fit.steps_per_epoch}),
+        "top100_frequencies": ("top100_frequencies", top100_data(assets, res.ids)),
+        "novelty": ("novelty_curves", novelty_data(assets, {"fine-tuned": res.ids})),
+    }
 
 
 def trial_figures(assets, res) -> dict[str, Figure]:
     """Per trial: loss curves, top-100 frequencies, novelty curve."""
-    return {
-        "loss": plots.loss_curves(res.fit.train_curve, res.fit.heldout_curve, res.fit.steps_per_epoch),
-        "top100_frequencies": top100_figure(assets, res.ids),
-        "novelty": novelty_figure(assets, {"fine-tuned": res.ids}),
-    }
+    return {name: getattr(plots, fn)(**kw) for name, (fn, kw) in trial_figure_specs(assets, res).items()}
 
 
 def novelty_table(assets, named: dict[str, Sequence[Sequence[int]]]) -> dict[str, Any]:

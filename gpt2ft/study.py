@@ -26,6 +26,7 @@ from optuna.visualization.matplotlib import plot_param_importances
 from tqdm.auto import tqdm
 
 from gpt2ft import coordination as C
+from gpt2ft import logops
 from gpt2ft import pick as P
 from gpt2ft import report
 from gpt2ft.assets import Assets, memorization_bound
@@ -35,7 +36,7 @@ from gpt2ft.errors import UserError
 from gpt2ft.measure import measure_model
 from gpt2ft.model import free_accelerator
 from gpt2ft.summary import Summary, summarize, trajectories, trial_metrics
-from gpt2ft.trial import TrialResult, log_trial, run_trial, trial_train_config
+from gpt2ft.trial import TrialResult, run_trial, trial_ops, trial_train_config
 from gpt2ft.urls import mask_url
 from gpt2ft.writer import BackgroundWriter
 
@@ -164,7 +165,8 @@ class StudyRunner:
                 trial.set_user_attr(key, value)
             if self.checkpoints.path(trial.number).is_dir():
                 trial.set_user_attr("checkpoint", str(self.checkpoints.path(trial.number)))
-        self.writer.submit(lambda: _finish_run(run, res, style, res.log_job), name=f"trial {trial.number}")
+        self.writer.submit_remote(logops.apply_remote, self.tracker.uri, run.id, res.log_ops + _run_end(res, style),
+                                  res.fit.steps, name=f"trial {trial.number}")
         if not (math.isfinite(style) and math.isfinite(m["memorization"])):
             raise RuntimeError("metrics are not finite (no samples to measure)")
         return style, m["memorization"]
@@ -230,16 +232,14 @@ class StudyRunner:
                     callbacks=[optuna.study.MaxTrialsCallback(self.n_trials, states=(TrialState.COMPLETE,)),
                                self.after_trial, tick])
         # Not in a `finally`: a stopped process leaves its pending writes to the next run's replay.
-        self.writer.drain()
+        self.writer.close()
 
 
-def _finish_run(run, res: TrialResult, style: float, log_job) -> None:
-    """A trial's deferred writes, then its run's end: FINISHED only once all are stored."""
-    if log_job is not None:
-        log_job()
-    run.set_tags({"stopped_early": str(res.fit.stopped_early).lower()})
-    run.log_metrics({"style_score": style})
-    run.end("FINISHED")
+def _run_end(res: TrialResult, style: float) -> list[logops.Op]:
+    """After a trial's own writes: its study tags and objective, then the run's end (FINISHED
+    only once everything before it is stored)."""
+    return [("tags", {"stopped_early": str(res.fit.stopped_early).lower()}),
+            ("metrics", {"style_score": style}, 0), ("end", "FINISHED")]
 
 
 def replay_unlogged(runner: StudyRunner) -> int:
@@ -260,9 +260,8 @@ def replay_unlogged(runner: StudyRunner) -> int:
         if age < runner.config.study.grace_period and t.user_attrs.get("command_id") != runner.command_id:
             continue
         res = TrialResult.from_record(t.user_attrs)
-        run = tracker.handle(run_id)
-        _finish_run(run, res, P.style_score(res.metrics.get("top100_ratio", math.nan), book),
-                    lambda: log_trial(run, runner.assets, res))
+        style = P.style_score(res.metrics.get("top100_ratio", math.nan), book)
+        logops.apply(tracker.handle(run_id), trial_ops(runner.assets, res) + _run_end(res, style), res.fit.steps)
         print(f"[study] trial {t.number}: its samples, tables and plots were not stored (process "
               "stopped or write failed); written now", file=sys.stderr)
         redone += 1

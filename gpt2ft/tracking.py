@@ -17,11 +17,8 @@ from unittest import mock
 
 import matplotlib.pyplot as plt
 import mlflow
-import torch
-import transformers
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
-from transformers import pipeline
 
 from gpt2ft.errors import UserError
 from gpt2ft.urls import mask_url, unreachable
@@ -65,6 +62,11 @@ def _prepare_store(uri: str) -> Optional[str]:
         raise UserError(f"the MLflow store {db} is not writable; fix its permissions or pass "
                         "--tracking-uri to a writable place.")
     return (db.parent / "artifacts").resolve().as_uri()
+
+
+def client_for(uri: str) -> MlflowClient:
+    """A client for a store another process opened and checked (the study's writer process)."""
+    return MlflowClient(tracking_uri=uri)
 
 
 class Run:
@@ -231,6 +233,11 @@ class Tracker:
 def log_pipeline_model(tracking_uri: str, run_id: str | None, folder: Path, name: str) -> str:
     """Log ``folder`` as an MLflow transformers model on ``run_id``, register it as ``name``
     and point the ``champion`` alias at the new version. Returns the version."""
+    # Imported here: the study's writer process loads this module to log, not to export.
+    import torch
+    import transformers
+    from transformers import pipeline
+
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri)
     pipe = pipeline("text-generation", model=str(folder))

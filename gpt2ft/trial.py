@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from gpt2ft import report
+from gpt2ft import logops, report
 from gpt2ft import trajectory as T
 from gpt2ft.assets import Assets, memorization_bound
 from gpt2ft.config import Config, TrainConfig
@@ -35,8 +35,9 @@ class TrialResult:
     model: Any = None
     trajectory: list[dict[str, float]] = field(default_factory=list)
     """Measurements along training: the base model (step 0), interior points, the end."""
-    log_job: Optional[Callable[[], None]] = None
-    """With ``run_trial(defer_log=True)``: the trial's MLflow writes, for the caller to run later."""
+    log_ops: Optional[list] = None
+    """With ``run_trial(defer_log=True)``: the trial's MLflow writes (``gpt2ft.logops``), for
+    the caller to apply later, in another process."""
 
     def record(self) -> dict[str, Any]:
         """What a study stores durably for the trial (Optuna user attributes, JSON): enough to
@@ -152,10 +153,11 @@ def run_trial(assets: Assets, train_cfg: TrainConfig, run=None, keep_model: bool
                    "measure_seconds": t_measure, "trajectory_seconds": tracer.seconds}
         out = TrialResult(metrics, result, texts, ids, seconds, model if keep_model else None, path)
         if run is not None:
-            out.log_job = lambda: log_trial(run, assets, out, plots)
-            if not defer_log:
-                out.log_job()
-                out.log_job = None
+            ops = trial_ops(assets, out, plots)
+            if defer_log:
+                out.log_ops = ops
+            else:
+                seconds["log_seconds"] = logops.apply(run, ops, result.steps)
         seconds["trial_seconds"] = time.perf_counter() - t0
         seconds["measure_share"] = (t_measure + tracer.seconds) / seconds["trial_seconds"]
         if run is not None:
@@ -172,27 +174,24 @@ def samples_markdown(texts: list[str], title: str) -> str:
     return f"# {title}\n\n{body}\n"
 
 
-def log_trial(run, assets: Assets, res: TrialResult, plots: bool = True) -> None:
-    """Final metrics, samples and the trial's plots; ``log_seconds`` says what they cost."""
-    t = time.perf_counter()
+def trial_ops(assets: Assets, res: TrialResult, plots: bool = True) -> list[logops.Op]:
+    """The trial's final MLflow writes as data: metrics, samples, tables and the plots' specs."""
     # train_loss/heldout_loss were logged step by step during fit; logging them again here
     # would add a duplicate point to those curves.
-    run.log_metrics({k: v for k, v in res.metrics.items() if k not in ("train_loss", "heldout_loss")},
-                    res.fit.steps)
-    run.log_text(samples_markdown(res.texts, "Samples after fine-tuning"), "samples.md")
-    run.log_dict({"history": res.fit.history, "train_curve": res.fit.train_curve,
-                  "heldout_curve": res.fit.heldout_curve, "stopped_early": res.fit.stopped_early},
-                 "history.json")
-    run.log_dict(res.trajectory, "trajectory.json")
+    ops: list[logops.Op] = [
+        ("metrics", {k: v for k, v in res.metrics.items() if k not in ("train_loss", "heldout_loss")}, res.fit.steps),
+        ("text", samples_markdown(res.texts, "Samples after fine-tuning"), "samples.md"),
+        ("dict", {"history": res.fit.history, "train_curve": res.fit.train_curve,
+                  "heldout_curve": res.fit.heldout_curve, "stopped_early": res.fit.stopped_early}, "history.json"),
+        ("dict", res.trajectory, "trajectory.json")]
     copied = longest_copy_text(assets, res.ids)
     if copied:
-        run.log_text(copied, "longest_copy.txt")
-    run.log_dict(report.novelty_table(assets, {"fine-tuned": res.ids}), "novelty_curve.json")
+        ops.append(("text", copied, "longest_copy.txt"))
+    ops.append(("dict", report.novelty_table(assets, {"fine-tuned": res.ids}), "novelty_curve.json"))
     if plots:
-        for name, fig in report.trial_figures(assets, res).items():
-            run.log_figure(fig, f"plots/{name}.png")
-    res.seconds["log_seconds"] = time.perf_counter() - t
-    run.log_metrics({"log_seconds": res.seconds["log_seconds"]}, res.fit.steps)
+        specs = report.trial_figure_specs(assets, res)
+        ops += [("figure", fn, kw, f"plots/{name}.png") for name, (fn, kw) in specs.items()]
+    return ops
 
 
 def longest_copy_text(assets: Assets, ids: list[list[int]]) -> str:

@@ -45,14 +45,15 @@ def test_study_resume_and_export(workdir, book, monkeypatch, capsys):
     monkeypatch.setenv("GPT2FT_CORPUS", str(book))
     # Trial 1's deferred writes are lost, as when a process dies before its writer gets to
     # them: the study must redo them from Optuna's record before it finishes.
-    submit = BackgroundWriter.submit
-    monkeypatch.setattr(BackgroundWriter, "submit",
-                        lambda self, job, name="job": None if name == "trial 1" else submit(self, job, name))
+    submit = BackgroundWriter.submit_remote
+    monkeypatch.setattr(BackgroundWriter, "submit_remote",
+                        lambda self, fn, *args, name="job": None if name == "trial 1" else submit(self, fn, *args,
+                                                                                                  name=name))
     # The first trial is an enqueued one (a fixed design point), the others the sampler's.
     assert main(["study", "--config", str(TINY), "--quiet",
                  "--set", "study.enqueue=[{lr: 0.002, epochs: 1, batch_size: 2}]"]) == 0
     assert "trial 1: its samples, tables and plots were not stored" in capsys.readouterr().err
-    monkeypatch.setattr(BackgroundWriter, "submit", submit)
+    monkeypatch.setattr(BackgroundWriter, "submit_remote", submit)
     assert _study(workdir).trials[0].params == {"lr": 0.002, "epochs": 1, "batch_size": 2}
 
     client = _client(workdir)

@@ -3,8 +3,14 @@ writes a process left undone (died, or a write failed) from what Optuna recorded
 from __future__ import annotations
 
 import datetime as dt
+import math
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -62,6 +68,20 @@ def test_a_full_queue_holds_the_caller_back():
     assert w.done == 3
 
 
+def test_remote_jobs_run_in_another_process_and_failures_reach_their_future():
+    w = BackgroundWriter()
+    try:
+        pid = w.submit_remote(os.getpid, name="pid")
+        bad = w.submit_remote(math.sqrt, -1.0, name="trial 3")
+        w.drain()
+        assert pid.result() != os.getpid()
+        with pytest.raises(ValueError):
+            bad.result()
+        assert w.failed == ["trial 3"] and w.done == 1
+    finally:
+        w.close()
+
+
 def _record(number: int) -> dict:
     res = TrialResult({"top100_ratio": 0.5 + number / 100, "memorization": 0.0},
                       FitResult(history=[{"epoch": 1, "step": 3, "train_loss": 2.0, "heldout_loss": 2.5}],
@@ -88,6 +108,9 @@ class _Tracker:
             def log_metrics(self, metrics, step=0):
                 tracker.logged.append((run_id, "metrics", metrics))
 
+            def log_text(self, text, path):
+                tracker.logged.append((run_id, "text", path))
+
             def end(self, status="FINISHED"):
                 tracker.statuses[run_id] = status
         return Handle()
@@ -107,7 +130,12 @@ def test_replay_redoes_unfinished_runs_of_complete_trials_but_not_a_live_writers
               for n, (who, when, _) in cases.items()]
     tracker = _Tracker({f"run{n}": status for n, (_, _, status) in cases.items()})
     rendered = []
-    monkeypatch.setattr(S, "log_trial", lambda run, assets, res: rendered.append((res.ids, res.fit.heldout_curve)))
+
+    def ops(assets, res):
+        rendered.append((res.ids, res.fit.heldout_curve))
+        return [("text", "samples", "samples.md")]
+
+    monkeypatch.setattr(S, "trial_ops", ops)
     runner = SimpleNamespace(
         study=SimpleNamespace(get_trials=lambda deepcopy, states: trials,
                               user_attrs={"references": {"book_top100_ratio": 0.55}}),
@@ -117,11 +145,39 @@ def test_replay_redoes_unfinished_runs_of_complete_trials_but_not_a_live_writers
     assert tracker.statuses == {"run0": "FINISHED", "run1": "RUNNING", "run2": "FINISHED", "run3": "FINISHED"}
     # What was rendered is the record's own content, and the style objective is recomputed from it.
     assert rendered == [([[1, 2, 0]], [(0, 3.0), (3, 2.5)]), ([[1, 2, 2]], [(0, 3.0), (3, 2.5)])]
-    styles = {rid: m["style_score"] for rid, kind, m in tracker.logged if kind == "metrics"}
+    styles = {rid: m["style_score"] for rid, kind, m in tracker.logged if kind == "metrics" and "style_score" in m}
     assert styles == pytest.approx({"run0": -0.05, "run2": -0.03})
+    # The trial's own writes come first, then the study's, then the end (FINISHED means all stored).
+    run0 = [(kind, sorted(x) if isinstance(x, dict) else x) for rid, kind, x in tracker.logged if rid == "run0"]
+    assert run0 == [("text", "samples.md"), ("tags", ["stopped_early"]), ("metrics", ["style_score"]),
+                    ("metrics", ["log_seconds"])]
 
 
 def test_a_trials_record_round_trips():
     rec = _record(4)
     again = TrialResult.from_record(rec).record()
     assert again == rec
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_writer_process_ends_with_its_killed_parent(tmp_path):
+    """A study killed with SIGKILL must not leave its writer process behind: the writer reads
+    its jobs from the parent's pipe and ends at its EOF."""
+    script = tmp_path / "parent.py"
+    script.write_text("import os, time\nfrom gpt2ft.writer import BackgroundWriter\n"
+                      "w = BackgroundWriter()\nw.submit_remote(time.sleep, 0.01).result()\n"
+                      "print(os.getpid(), flush=True)\ntime.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(parent.stdout.readline())
+        children = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        assert len(children) == 1
+        os.kill(pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 20
+        while Path(f"/proc/{children[0]}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        status = Path(f"/proc/{children[0]}/status")
+        assert not status.exists() or "zombie" in status.read_text()
+    finally:
+        parent.kill()
