@@ -280,8 +280,16 @@ class StudyConfig:
     (as many as the GPU's free memory and the CPU cores allow; 1 without a GPU). A string
     because ``auto`` is a value; ``jobs: 4`` in YAML reads as ``"4"``."""
 
+    writer: str = "auto"
+    """Where a trial's final MLflow writes and plots are made: ``process`` (a writer process,
+    while the next trial trains), ``inline`` (inside the trial) or ``auto``: the process for a
+    study of 5 trials or more (``gpt2ft.study.WRITER_PROCESS_MIN_TRIALS``), since starting it
+    costs ~4 s of CPU (imports), about what two tiny trials' writes take."""
+
     def __post_init__(self) -> None:
         _check(bool(self.name.strip()), "study.name must not be empty.")
+        _check(self.writer in ("auto", "process", "inline"),
+               f"study.writer must be auto, process or inline, got {self.writer!r}.")
         _check(self.jobs == "auto" or (self.jobs.isdigit() and int(self.jobs) >= 1),
                f"study.jobs must be an integer >= 1 or auto, got {self.jobs!r}.")
         _check(self.n_trials >= 1, "study.n_trials must be >= 1.")

@@ -45,6 +45,8 @@ from gpt2ft.writer import BackgroundWriter
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 log = logging.getLogger(__name__)
 OBJECTIVES = ("style_score", "memorization")
+#: ``study.writer: auto`` starts the writer process for studies of this many trials or more.
+WRITER_PROCESS_MIN_TRIALS = 5
 
 
 def suggest(trial: optuna.Trial, space: StudyConfig) -> dict[str, Any]:
@@ -94,6 +96,8 @@ class StudyRunner:
         self.study.set_metric_names(list(OBJECTIVES))
         self.parent = None
         self.writer = BackgroundWriter()
+        writer = config.study.writer
+        self.remote_writes = writer == "process" or (writer == "auto" and self.n_trials >= WRITER_PROCESS_MIN_TRIALS)
 
     def open_parent(self, tags: dict[str, Any]) -> None:
         """Join the study's MLflow parent run, or create it (one worker only) with the setup."""
@@ -165,8 +169,12 @@ class StudyRunner:
                 trial.set_user_attr(key, value)
             if self.checkpoints.path(trial.number).is_dir():
                 trial.set_user_attr("checkpoint", str(self.checkpoints.path(trial.number)))
-        self.writer.submit_remote(logops.apply_remote, self.tracker.uri, run.id, res.log_ops + _run_end(res, style),
-                                  res.fit.steps, name=f"trial {trial.number}")
+        ops = res.log_ops + _run_end(res, style)
+        if self.remote_writes:
+            self.writer.submit_remote(logops.apply_remote, self.tracker.uri, run.id, ops, res.fit.steps,
+                                      name=f"trial {trial.number}")
+        else:
+            logops.apply(run, ops, res.fit.steps)
         if not (math.isfinite(style) and math.isfinite(m["memorization"])):
             raise RuntimeError("metrics are not finite (no samples to measure)")
         return style, m["memorization"]

@@ -116,7 +116,7 @@ def test_jobs_2_killed_then_resumed_loses_nothing(workdir, book):
 
     cmd = [sys.executable, "-m", "gpt2ft.cli", "study", "--config", str(TINY), "--quiet", "--jobs", "2",
            "--n-trials", "3", "--corpus", str(book), "--set", "train.max_steps=3", "--set", "train.eval_batches=1",
-           "--set", "study.heartbeat_interval=1", "--set", "study.grace_period=2"]
+           "--set", "study.heartbeat_interval=1", "--set", "study.grace_period=2", "--set", "study.writer=process"]
     url = f"sqlite:///{workdir}/mlruns/optuna.db"
     first = subprocess.Popen(cmd, cwd=workdir, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
@@ -170,3 +170,12 @@ def test_study_jobs_is_a_positive_integer_or_auto():
     for bad in ("0", "-1", "many", "1.5"):
         with pytest.raises(ConfigError, match="study.jobs"):
             load_config(TINY, [f"study.jobs={bad}"])
+
+
+def test_study_writer_is_auto_process_or_inline():
+    from gpt2ft.config import ConfigError, load_config
+
+    assert load_config(TINY).study.writer == "auto"
+    assert load_config(TINY, ["study.writer=inline"]).study.writer == "inline"
+    with pytest.raises(ConfigError, match="study.writer"):
+        load_config(TINY, ["study.writer=thread"])

@@ -50,7 +50,7 @@ def test_study_resume_and_export(workdir, book, monkeypatch, capsys):
                         lambda self, fn, *args, name="job": None if name == "trial 1" else submit(self, fn, *args,
                                                                                                   name=name))
     # The first trial is an enqueued one (a fixed design point), the others the sampler's.
-    assert main(["study", "--config", str(TINY), "--quiet",
+    assert main(["study", "--config", str(TINY), "--quiet", "--set", "study.writer=process",
                  "--set", "study.enqueue=[{lr: 0.002, epochs: 1, batch_size: 2}]"]) == 0
     assert "trial 1: its samples, tables and plots were not stored" in capsys.readouterr().err
     monkeypatch.setattr(BackgroundWriter, "submit_remote", submit)
