@@ -8,7 +8,6 @@ import html
 from collections import Counter
 from typing import Any, Optional, Sequence
 
-from matplotlib.figure import Figure
 
 from gpt2ft import metrics as M
 from gpt2ft import plots
@@ -44,32 +43,23 @@ def novelty_data(assets, named: dict[str, Sequence[Sequence[int]]]) -> dict[str,
     return {"curves": curves}
 
 
-def novelty_figure(assets, named: dict[str, Sequence[Sequence[int]]]) -> Figure:
-    return plots.novelty_curves(**novelty_data(assets, named))
+def novelty_table(data: dict[str, Any]) -> dict[str, Any]:
+    """``novelty_data``'s curves (all but the base model's) as the MLflow table artifact:
+    {"n": [1..16], source: [share at n]}."""
+    out = {k: v for k, v in data["curves"].items() if k != "base model"}
+    return {"n": list(range(1, 17)), **{k: [v[n] for n in range(1, 17)] for k, v in out.items()}}
 
 
-def trial_figure_specs(assets, res) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Per trial: loss curves, top-100 frequencies, novelty curve, each as the name of its
-    ``plots`` function and plain-data arguments, so another process can draw it."""
+def trial_figure_specs(assets, res, novelty: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Per trial: loss curves, top-100 frequencies, novelty curve (``novelty_data``, computed
+    once by the caller for the figure and the table), each as the name of its ``plots``
+    function and plain-data arguments, so another process can draw it."""
     return {
         "loss": ("loss_curves", {"train": res.fit.train_curve, "heldout": res.fit.heldout_curve,
                                  "steps_per_epoch": res.fit.steps_per_epoch}),
         "top100_frequencies": ("top100_frequencies", top100_data(assets, res.ids)),
-        "novelty": ("novelty_curves", novelty_data(assets, {"fine-tuned": res.ids})),
+        "novelty": ("novelty_curves", novelty),
     }
-
-
-def trial_figures(assets, res) -> dict[str, Figure]:
-    """Per trial: loss curves, top-100 frequencies, novelty curve."""
-    return {name: getattr(plots, fn)(**kw) for name, (fn, kw) in trial_figure_specs(assets, res).items()}
-
-
-def novelty_table(assets, named: dict[str, Sequence[Sequence[int]]]) -> dict[str, Any]:
-    """{source: {n: share}} for the MLflow table artifact."""
-    out = {"held-out book": M.novelty_curve(assets.references.samples.get("book", []), assets.index)}
-    for name, ids in named.items():
-        out[name] = M.novelty_curve(ids, assets.index)
-    return {"n": list(range(1, 17)), **{k: [v[n] for n in range(1, 17)] for k, v in out.items()}}
 
 
 def highlighted_html(assets, ids: Sequence[int], n: int = 8) -> str:
@@ -158,5 +148,6 @@ def log_study_report(parent, summary, trajectories, assets, sample_ids: dict[int
     numbers = {"base model": {k: refs[f"base_{k}"] for k in PAGE_METRICS if f"base_{k}" in refs},
                **{name: summary.trial(number) for name, number in trials.items()}}
     parent.log_text(samples_page(assets, columns, metrics=numbers), "samples.html")
-    parent.log_dict(novelty_table(assets, named), "novelty_curve.json")
-    parent.log_figure(novelty_figure(assets, named), "plots/novelty.png")
+    novelty = novelty_data(assets, named)
+    parent.log_dict(novelty_table(novelty), "novelty_curve.json")
+    parent.log_figure(plots.novelty_curves(**novelty), "plots/novelty.png")

@@ -127,9 +127,9 @@ def run_trial(assets: Assets, train_cfg: TrainConfig, run=None, keep_model: bool
     the way (``sample.trajectory``) and at the end; log everything to ``run``.
 
     With ``defer_log`` the final writes (metrics, samples, tables, plots) are not made but
-    returned as ``log_job``, so a study can run them off the trial's critical path; the
+    returned as ``log_ops``, so a study can apply them off the trial's critical path; the
     seconds that matter (``trial_seconds``, ``measure_share``) are then those of the trial
-    without them, and the job logs its own ``log_seconds``."""
+    without them, and applying them logs their own ``log_seconds``."""
     t0 = time.perf_counter()
     seed_everything(train_cfg.seed)
     model = assets.fresh_model()
@@ -187,9 +187,10 @@ def trial_ops(assets: Assets, res: TrialResult, plots: bool = True) -> list[logo
     copied = longest_copy_text(assets, res.ids)
     if copied:
         ops.append(("text", copied, "longest_copy.txt"))
-    ops.append(("dict", report.novelty_table(assets, {"fine-tuned": res.ids}), "novelty_curve.json"))
+    novelty = report.novelty_data(assets, {"fine-tuned": res.ids})
+    ops.append(("dict", report.novelty_table(novelty), "novelty_curve.json"))
     if plots:
-        specs = report.trial_figure_specs(assets, res)
+        specs = report.trial_figure_specs(assets, res, novelty)
         ops += [("figure", fn, kw, f"plots/{name}.png") for name, (fn, kw) in specs.items()]
     return ops
 
