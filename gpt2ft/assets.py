@@ -22,6 +22,7 @@ from gpt2ft.config import Config
 from gpt2ft.data import Book, TokenData, encode, load_book, normalise_ws, tokenize_book
 from gpt2ft.errors import UserError
 from gpt2ft.gutenberg import other_novels_folder
+from gpt2ft.judges import Bounds, heldout_bound, reference_bound
 from gpt2ft.measure import chunks, matched_diversity, matched_js, measure_model, measure_samples
 from gpt2ft.model import Runtime, describe, load_model, load_tokenizer, n_params, resolve_runtime, seed_everything
 from gpt2ft.ngram_index import NgramIndex
@@ -81,7 +82,7 @@ def prepare(config: Config, corpus: Optional[str] = None, classifier: bool = Tru
     runtime = resolve_runtime(config.train)
     book = load_book(config.data, corpus)
     tokenizer = load_tokenizer(config.model, config.data.cache_dir)
-    data = tokenize_book(book, tokenizer, config.data.block_size)
+    data = tokenize_book(book, tokenizer, config.data.block_size, config.data.heldout_windows)
     timings["data_seconds"] = time.perf_counter() - t
     t = time.perf_counter()
     seed_everything(config.train.seed)
@@ -91,7 +92,7 @@ def prepare(config: Config, corpus: Optional[str] = None, classifier: bool = Tru
     timings["model_load_seconds"] = time.perf_counter() - t
     t = time.perf_counter()
     index = NgramIndex(data.train_ids, max_n=16)
-    top_ids = M.top_k_ids(data.train_ids, config.metrics.top_k)
+    top_ids = book_top_ids(book, tokenizer, data, config.metrics.top_k)
     timings["index_seconds"] = time.perf_counter() - t
     clf, other_ids = None, []
     if classifier and config.metrics.style_classifier:
@@ -116,7 +117,10 @@ def _fit_classifier(config: Config, book: Book, tokenizer) -> tuple[Optional[Sty
     for text in others.values():
         ids = encode(tokenizer, normalise_ws(text[:60_000])).tolist()
         other_ids.extend(chunks(ids, CHUNK_TOKENS, 20))
-    clf = StyleClassifier.fit(book.train_text, book.heldout_text, others, seed=config.train.seed)
+    # The whole book outside its held-out segments, not the training slice: a judge of style must
+    # not shrink with data.max_chars (on 6,400 characters it could not tell Swift from others).
+    clf = StyleClassifier.fit(book.train_text + "\n\n" + book.unused_text, book.heldout_text, others,
+                              seed=config.train.seed)
     if not clf.usable:
         # A classifier that cannot tell held-out Swift from other novels would report noise
         # as style; its accuracy is still reported, its probabilities are not used.
@@ -146,9 +150,40 @@ def compute_references(assets: Assets, with_base: bool = True) -> References:
         base["heldout_loss"] = evaluate(model, d.heldout_windows, tc.batch_size, assets.runtime, tc.eval_batches)
         samples["base"] = ids
         values.update({f"base_{k}": v for k, v in base.items()})
+    values["book_extractable_rate"] = book_extraction_rate(assets)
+    values["heldout_windows"] = float(d.heldout_windows.shape[0])
     if assets.classifier is not None:
         values["style_classifier_accuracy"] = assets.classifier.heldout_accuracy
     return References(values, samples, time.perf_counter() - t0)
+
+
+def book_top_ids(book: Book, tokenizer, data: TokenData, k: int) -> frozenset[int]:
+    """The book's ``k`` most frequent tokens, over the whole book (training slice, held-out part and
+    the rest): a property of the book, the same whatever slice a study trains on."""
+    rest = encode(tokenizer, normalise_ws(book.unused_text)).tolist() if book.unused_text else []
+    return M.top_k_ids(data.train_ids + data.heldout_ids + rest, k)
+
+
+def book_extraction_rate(assets: Assets) -> float:
+    """``book_extractable_rate``: the share of held-out prompts-plus-continuations (cut as
+    ``measure.extraction`` cuts its prompts) that occur whole in the training text, i.e. what a
+    model would "extract" from held-out prompts by knowing the training text alone."""
+    cfg = assets.config.metrics
+    if cfg.extraction_prompts == 0:
+        return math.nan
+    pieces = chunks(assets.data.heldout_windows.flatten().tolist(), 2 * cfg.extraction_tokens,
+                    cfg.extraction_prompts)
+    return M.verbatim_rate(pieces, assets.data.train_windows.flatten().tolist())
+
+
+def study_bounds(config: Config, refs: dict[str, float]) -> Bounds:
+    """The three copying judges' bounds from the references and the study's factors, floors and
+    margin (``gpt2ft.judges``)."""
+    s = config.study
+    return Bounds(memorization_bound(config, refs),
+                  reference_bound(refs.get("book_extractable_rate", math.nan),
+                                  refs.get("base_extractable_rate", math.nan), s.extraction_factor, s.extraction_floor),
+                  heldout_bound(refs.get("base_heldout_loss", math.nan), s.heldout_margin))
 
 
 def memorization_bound(config: Config, refs: dict[str, float]) -> float:

@@ -49,11 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor of --jobs N
     p.add_argument("--command-id", help=argparse.SUPPRESS)  # the supervisor's, shared by its workers
 
-    p = sub.add_parser("export", help="write the selected trial's model to a folder")
+    p = sub.add_parser("export", help="write the selected candidate's model (a trial at one step) to a folder")
     p.add_argument("--study-name", help="default: the most recent study in the storage")
     p.add_argument("--storage", help="Optuna storage URL (default sqlite next to the MLflow store)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI")
     p.add_argument("--corpus", help="path of the book, for retraining")
+    p.add_argument("--trial", type=int, help="export this trial instead of the selected candidate")
+    p.add_argument("--step", type=int, help="with --trial: the candidate's step (default: the trial's end)")
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--no-register", action="store_true", help="skip the MLflow model registry")
     p.add_argument("--quiet", action="store_true")
@@ -214,9 +216,13 @@ def _print_outcome(study) -> None:
 
     summary = summarize(study)
     print_trials(summary)
-    if summary.pick is not None:
-        print(f"\nselected: trial {summary.pick.number} — {summary.pick.reason}")
+    print_candidates(summary)
+    if summary.selected is not None:
+        conf = f" (pick_confidence {summary.confidence:.2f})" if math.isfinite(summary.confidence) else ""
+        print(f"\nselected: trial {summary.pick.number} at step {summary.pick.step}{conf} — {summary.pick.reason}")
         print_before_after(summary)
+    elif summary.pick is not None:
+        print(f"\nselected: none — {summary.pick.reason}")
 
 
 def _study_overrides(args: argparse.Namespace) -> list[str]:
@@ -265,12 +271,26 @@ def print_trials(summary) -> None:
     print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
+def print_candidates(summary) -> None:
+    """Every measured point: its numbers, whether it is eligible and why not."""
+    c = summary.candidates
+    if c.empty:
+        return
+    cols = [k for k in ("number", "step", "epoch", "top100_ratio", "memorization", "extractable_rate", "heldout_loss",
+                        "fluency_ppl", "distinct_2", "n_samples", "eligible", "selected", "why_not") if k in c.columns]
+    print(f"\ncandidates (bounds: memorization <= {summary.bounds.memorization:.3g}, extractable_rate <= "
+          f"{summary.bounds.extraction:.3g}, heldout_loss <= {summary.bounds.heldout_loss:.4g}):")
+    print(c[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
 def print_before_after(summary) -> None:
-    """Base model (before) against the selected trial (after), beside the book itself."""
-    refs, number = summary.references, summary.pick.number
-    after = summary.trial(number)
-    print(f"\n{'metric':<18}{'before (base)':>15}{'after (trial ' + str(number) + ')':>18}{'book (held-out)':>17}")
-    for k in ("top100_ratio", "heldout_loss", "memorization", "style_js", "style_prob"):
+    """Base model (before) against the selected candidate (after), beside the book itself."""
+    refs, (number, step) = summary.references, summary.selected
+    after = summary.candidate(number, step)
+    head = f"after ({number}@{step})"
+    print(f"\n{'metric':<18}{'before (base)':>15}{head:>18}{'book (held-out)':>17}")
+    for k in ("top100_ratio", "heldout_loss", "memorization", "extractable_rate", "fluency_ppl", "style_js",
+              "style_prob"):
         if k in after or f"base_{k}" in refs:
             print(f"{k:<18}{refs.get('base_' + k, math.nan):>15.4f}{after.get(k, math.nan):>18.4f}"
                   f"{refs.get('book_' + k, math.nan):>17.4f}")

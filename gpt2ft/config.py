@@ -70,7 +70,12 @@ class DataConfig:
     segment_chars: int = 2000
     """Approximate size of one segment (whole paragraphs, never split)."""
     max_chars: Optional[int] = None
-    """Use only the first N characters of the book body (small CPU runs and tests)."""
+    """Train on only the first N characters of the book's training part (small CPU runs and
+    tests). It limits the training text alone: the held-out windows, the book's references and
+    the style classifier always come from the whole book."""
+    heldout_windows: int = 32
+    """Held-out loss is measured on this many windows of the book's held-out part, spread evenly
+    over the whole book and the same for every trial and point (all of them when fewer)."""
     other_corpora: Optional[str] = None
     """Folder of other novels for the style classifier; else $GPT2FT_OTHER_CORPORA."""
 
@@ -79,6 +84,7 @@ class DataConfig:
         _check(self.heldout_every >= 2, "data.heldout_every must be >= 2.")
         _check(self.segment_chars >= 100, "data.segment_chars must be >= 100.")
         _check(self.max_chars is None or self.max_chars >= 1000, "data.max_chars must be >= 1000.")
+        _check(self.heldout_windows >= 1, "data.heldout_windows must be >= 1.")
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,8 @@ class TrainConfig:
     eval_every: int = 0
     """Also evaluate ``heldout_loss`` every N steps (0: at step 0 and after each epoch only)."""
     eval_batches: Optional[int] = None
-    """Evaluate on at most this many held-out batches (None: all of them)."""
+    """Evaluate on at most this many held-out batches (None: all of ``data.heldout_windows``). A
+    cap makes the windows depend on the batch size, so studies leave it unset; benchmarks cap it."""
     early_stop_patience: int = 0
     """Stop when held-out loss has risen for this many evaluations in a row (0 = never)."""
     seed: int = 0
@@ -265,12 +272,30 @@ class StudyConfig:
     repetition_floor: float = 0.15
     """``repetition_4`` at or below this is never degenerate: it sits above the untouched
     pretrained model's own (0.10), so sampling noise alone does not exclude a trial."""
+    fluency_factor: float = 2.0
+    """Samples are degenerate (incoherent) when their perplexity under the base model is above
+    the held-out book's times this. Under SmolLM2 held-out Gulliver scores ~57, other novels ~61,
+    the base model's own samples ~11, phrase-shuffled book text ~209, word salad ~990."""
+    extraction_factor: float = 3.0
+    """The extraction bound is this many times the references' ``extractable_rate`` (held-out book
+    text's chance rate, the base model's rate)."""
+    extraction_floor: float = 0.05
+    """The extraction bound is never below this: with 32 prompts one reproduced continuation
+    (0.031) is tolerated, two are not; with fewer than 20 prompts none is."""
+    heldout_margin: float = 0.1
+    """A candidate whose held-out loss is above the base model's by more than this (nats per token)
+    predicts unseen text of the book worse than before fine-tuning and is not eligible. 0.1 is
+    about the base model's own gap between held-out Gulliver and other novels (0.08)."""
+    checkpoints_per_trial: int = 2
+    """At most this many interior checkpoints of one trial are kept while it trains (its best
+    eligible points); after each trial only the pick's contenders keep theirs."""
     early_stop: bool = True
     """Early stopping on held-out loss: end a trial once its held-out loss has risen for two
     evaluations in a row (``train.early_stop_patience`` overrides the two). Not Optuna pruning:
     every trial still runs to its own end point and is compared on its final measurement."""
     keep_checkpoints: bool = True
-    """Save each trial's weights; only the Pareto front's and the pick's are kept."""
+    """Save the weights of candidates that could be picked; only the pick's contenders (the pick
+    and those within two standard errors of its style) keep theirs."""
     heartbeat_interval: int = 10
     """Seconds between a running trial's heartbeats in the Optuna storage."""
     grace_period: int = 30
@@ -288,6 +313,10 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.name.strip()), "study.name must not be empty.")
+        _check(self.fluency_factor > 1 and self.extraction_factor > 0 and self.heldout_margin >= 0,
+               "study.fluency_factor must be > 1, study.extraction_factor > 0 and study.heldout_margin >= 0.")
+        _check(0 <= self.extraction_floor <= 1, "study.extraction_floor must be between 0 and 1.")
+        _check(self.checkpoints_per_trial >= 1, "study.checkpoints_per_trial must be >= 1.")
         _check(self.writer in ("auto", "process", "inline"),
                f"study.writer must be auto, process or inline, got {self.writer!r}.")
         _check(self.jobs == "auto" or (self.jobs.isdigit() and int(self.jobs) >= 1),

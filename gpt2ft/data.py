@@ -1,9 +1,10 @@
 """The book: where it comes from, how it is cleaned, split and cut into training windows.
 
-Split first, tokenize second: the book body is cut into contiguous segments of whole
+Split first, tokenize second: the whole book body is cut into contiguous segments of whole
 paragraphs and every k-th segment is held out, so the held-out part never overlaps the
 training part and both cover all four voyages (a single held-out tail would be the
-Houyhnhnms only).
+Houyhnhnms only). ``data.max_chars`` then keeps only the first N characters of the training
+part: a slice limits what the model trains on, never the held-out text that judges it.
 """
 from __future__ import annotations
 
@@ -34,9 +35,13 @@ class Book:
     body_sha256: str
     """sha256 of the cleaned text that was split (what training and metrics saw)."""
     train_text: str
+    """What the model trains on: the training segments, cut at ``data.max_chars``."""
     heldout_text: str
+    """The held-out segments of the whole book (every ``data.heldout_every``-th)."""
     n_segments: int
     heldout_segments: tuple[int, ...]
+    unused_text: str = ""
+    """Training segments beyond ``data.max_chars``: the book, neither trained on nor held out."""
 
 
 @dataclass
@@ -46,7 +51,8 @@ class TokenData:
     train_windows: torch.Tensor
     """(N, block) training windows; labels are the windows themselves."""
     heldout_windows: torch.Tensor
-    """(M, block) held-out windows for ``heldout_loss``."""
+    """(M, block) held-out windows for ``heldout_loss``: ``data.heldout_windows`` of them, evenly
+    spread over the whole book's held-out part."""
     train_ids: list[int]
     """Whitespace-normalised training text, tokenized: the reference for copying metrics."""
     heldout_ids: list[int]
@@ -122,26 +128,30 @@ def load_book(cfg: DataConfig, explicit_path: Optional[str] = None) -> Book:
     text, digest = read_text(path)
     body = strip_gutenberg(text, str(path), strict=True)  # the licence must not be trained on
     paras = paragraphs(body)
-    if cfg.max_chars is not None:
-        kept, total = [], 0
-        for p in paras:
-            if total >= cfg.max_chars:
-                break
-            kept.append(p)
-            total += len(p)
-        paras = kept
     segments, held = split_segments(paras, cfg.segment_chars, cfg.heldout_every)
     if len(segments) < 2 or not held:
         raise UserError(f"{path} is too short: the book body must give at least {cfg.heldout_every} "
                         f"segments of {cfg.segment_chars} characters; use the whole book.")
     held_set = set(held)
-    train = "\n\n".join("\n\n".join(s) for i, s in enumerate(segments) if i not in held_set)
+    train, unused = _cut([p for i, s in enumerate(segments) if i not in held_set for p in s], cfg.max_chars)
     heldout = "\n\n".join("\n\n".join(s) for i, s in enumerate(segments) if i in held_set)
     cleaned = "\n\n".join(paras)
     return Book(source=str(path), sha256=digest,
                 body_sha256=hashlib.sha256(cleaned.encode("utf-8")).hexdigest(),
-                train_text=train, heldout_text=heldout, n_segments=len(segments),
-                heldout_segments=tuple(held))
+                train_text="\n\n".join(train), heldout_text=heldout, n_segments=len(segments),
+                heldout_segments=tuple(held), unused_text="\n\n".join(unused))
+
+
+def _cut(paras: list[str], max_chars: Optional[int]) -> tuple[list[str], list[str]]:
+    """The first whole paragraphs reaching ``max_chars`` characters, and the rest."""
+    if max_chars is None:
+        return paras, []
+    total = 0
+    for i, p in enumerate(paras):
+        if total >= max_chars:
+            return paras[:i], paras[i:]
+        total += len(p)
+    return paras, []
 
 
 def encode(tokenizer, text: str) -> torch.Tensor:
@@ -159,15 +169,25 @@ def windows(ids: torch.Tensor, block: int) -> torch.Tensor:
     return ids[: n * block].view(n, block).clone()
 
 
-def tokenize_book(book: Book, tokenizer, block_size: int) -> TokenData:
-    """Training/held-out windows and the whitespace-normalised id lists the metrics use."""
+def spread(windows_: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` rows of ``windows_`` evenly spread from first to last (all of them when fewer): a
+    fixed sample, the same for every trial, that covers the whole held-out book."""
+    total = windows_.shape[0]
+    if total <= n:
+        return windows_
+    return windows_[[int(i * total / n) for i in range(n)]].clone()
+
+
+def tokenize_book(book: Book, tokenizer, block_size: int, heldout_windows: int = 32) -> TokenData:
+    """Training windows, ``heldout_windows`` held-out windows spread over the book, and the
+    whitespace-normalised id lists the metrics use."""
     # Long texts exceed the tokenizer's model_max_length; that warning is about feeding the
     # model, not about tokenizing, so silence it by lifting the limit for this call.
     old = getattr(tokenizer, "model_max_length", None)
     tokenizer.model_max_length = 10**12
     try:
         train_w = windows(encode(tokenizer, book.train_text), block_size)
-        held_w = windows(encode(tokenizer, book.heldout_text), block_size)
+        held_w = spread(windows(encode(tokenizer, book.heldout_text), block_size), heldout_windows)
         train_ids = encode(tokenizer, normalise_ws(book.train_text)).tolist()
         heldout_ids = encode(tokenizer, normalise_ws(book.heldout_text)).tolist()
     finally:

@@ -192,6 +192,26 @@ def extractable_rate(continuations: Samples, truths: Samples) -> float:
     return _ratio(exact, len(truths))
 
 
+def verbatim_rate(pieces: Samples, text: Sequence[int]) -> float:
+    """Share of ``pieces`` found verbatim (as one contiguous run) somewhere in ``text``.
+
+    The chance reference of :func:`extractable_rate`: a held-out piece of the book that also
+    occurs whole in the training text (a repeated heading, a formula) would be "extracted" by a
+    model that never memorized anything, so the extraction bound allows for it. nan when there
+    are no pieces; pieces of any lengths.
+    """
+    if not pieces:
+        return math.nan
+    seen: dict[int, set[tuple[int, ...]]] = {}
+    hits = 0
+    for p in pieces:
+        n = len(p)
+        if n not in seen:
+            seen[n] = {tuple(text[i:i + n]) for i in range(len(text) - n + 1)} if n else set()
+        hits += tuple(int(t) for t in p) in seen[n]
+    return _ratio(hits, len(pieces))
+
+
 # -------------------------------------------------------------------- diversity
 
 

@@ -1,11 +1,17 @@
-"""Choose the "balanced" trial of a study: the one whose samples read most like the book
-while copying the training text no more than ordinary prose of the same book does.
+"""Choose the "balanced" candidate of a study: the model whose samples read most like the book
+while no judge of copying objects to it.
 
-Everything here is a pure function over a small table of trials (``TrialRow``), so the
-rule can be tested on hand-made tables and re-applied to a finished study offline,
-without Optuna, MLflow or a model.
+A *candidate* is one measured point of a trial: every epoch end (or ``sample.every_steps``
+point) and the trial's end. The best-balanced model of a study is often *inside* a trial -- the
+epoch before copying set in -- so the pick sees every point, not only trial ends.
 
-Two numbers describe each trial:
+Everything here is a pure function over a small table of candidates (``TrialRow``), so the rule
+can be tested on hand-made tables and re-applied to a finished study offline, without Optuna,
+MLflow or a model. Who may be chosen is :mod:`gpt2ft.judges`' business: a candidate is
+*eligible* when its sampled memorization, its ``extractable_rate`` and its held-out loss are all
+within their bounds and its samples are not degenerate.
+
+Two numbers rank the eligible candidates:
 
 * ``style`` -- a score to MAXIMISE (see :func:`style_score`: by default the negated
   distance of the sampled ``top100_ratio`` from the book's own value);
@@ -15,37 +21,41 @@ Two numbers describe each trial:
 Rules (``pick(rows, rule=...)``):
 
 ``"bounded_style"`` (default)
-    Best style among trials whose memorization is at most a bound derived from human
-    references (:func:`memorization_bound`). A bound, rather than a weighted sum, because
-    the two metrics are in incomparable units and the research question is "how close to
-    the book can we get *without* copying more than the book itself would?".
+    Best style among the eligible candidates. Bounds, rather than a weighted sum, because the
+    metrics are in incomparable units and the research question is "how close to the book can
+    we get *without* copying more than the book itself would?".
 ``"knee"``
-    The knee of the Pareto front: the trade-off point that gains most over the straight
-    line between the front's two extremes. Needs no references; useful as a second opinion.
+    The knee of the eligible candidates' Pareto front: the trade-off point that gains most over
+    the straight line between the front's two extremes; a second opinion.
 
-Both rules first set aside *degenerate* trials (``TrialRow.degenerate``, decided by
-:func:`degenerate_reason`): a model that loops on one book-like phrase can match the
-book's word mix and copy nothing, so style and memorization alone would let it win.
-Diversity (``distinct_2``, ``repetition_4``) against the book's own values at the same
-size catches it.
+When no candidate is eligible there is **no champion**: the result names the least-bad
+candidate and what fails it, with ``eligible=False``; callers select nothing.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
+
+from gpt2ft.judges import (DEGENERATE_FACTOR, FLUENCY_FACTOR, REPETITION_FLOOR, Bounds, copying_failures,
+                           degenerate_reason, reference_bound)
 
 __all__ = [
     "DEGENERATE_FACTOR",
+    "FLUENCY_FACTOR",
     "REPETITION_FLOOR",
     "RULES",
+    "Bounds",
     "PickResult",
     "TrialRow",
+    "contenders",
     "degenerate_reason",
+    "ineligible_reason",
     "memorization_bound",
     "pareto_front",
     "pick",
+    "runner_up",
     "state_name",
     "style_score",
 ]
@@ -54,24 +64,20 @@ __all__ = [
 RULES: tuple[str, ...] = ("bounded_style", "knee")
 
 _KNEE_TIE_TOL = 1e-9
-
-#: Default tolerance of :func:`degenerate_reason` (see its docstring for the numbers).
-DEGENERATE_FACTOR = 1.5
-#: Default absolute ``repetition_4`` above which text is degenerate whatever the book does.
-REPETITION_FLOOR = 0.15
-#: How many degenerate trials a reason names before it only counts the rest.
-_WHY_SHOWN = 3
+#: How many excluded candidates a reason names per judge before it only counts the rest.
+_WHY_SHOWN = 6
 
 
 @dataclass(frozen=True)
 class TrialRow:
-    """One trial as the pick sees it.
+    """One candidate as the pick sees it: trial ``number`` measured at ``step``.
 
-    ``style`` is the score to maximise (use :func:`style_score`), ``memorization`` the
-    share of sampled 8-grams copied verbatim from training (to minimise). ``state`` is the
-    Optuna state name (``trial.state.name``; the enum itself or any case also works);
-    only COMPLETE rows are ever picked. ``degenerate`` rows (see :func:`degenerate_reason`,
-    whose text goes in ``why``) are picked only when every usable row is degenerate.
+    ``style`` is the score to maximise (use :func:`style_score`) and ``style_se`` its standard
+    error; ``memorization`` the share of sampled 8-grams copied from training (to minimise);
+    ``extraction`` the ``extractable_rate`` and ``heldout_loss`` the loss on the book's held-out
+    windows (NaN: not measured, no evidence). ``state`` is the Optuna state name of the trial
+    (the enum itself or any case also works); only COMPLETE rows are ever picked. ``degenerate``
+    rows (see :func:`degenerate_reason`, whose text goes in ``why``) are never eligible.
     """
 
     number: int
@@ -80,17 +86,27 @@ class TrialRow:
     state: str = "COMPLETE"
     degenerate: bool = False
     why: str = ""
+    step: int = 0
+    extraction: float = math.nan
+    heldout_loss: float = math.nan
+    style_se: float = math.nan
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.number, self.step)
+
+    @property
+    def label(self) -> str:
+        return f"trial {self.number} at step {self.step}"
 
 
 @dataclass(frozen=True)
 class PickResult:
-    """The chosen trial, the rule that chose it, and a one-sentence human-readable reason.
+    """The chosen candidate, the rule that chose it, and a human-readable reason.
 
-    ``within_bound`` is False when the ``bounded_style`` rule found no trial under the
-    memorization bound and fell back to the least-copying trial; for ``knee`` it says
-    whether the knee happens to respect the bound that was passed in. ``degenerate`` is True
-    only when every usable trial was degenerate and the rule had to choose among them; then
-    ``within_bound`` is False too, so a caller that checks only it still sees a warning.
+    ``eligible`` False means no candidate passed every judge: ``number``/``step`` then name the
+    least-bad candidate, which must not be crowned (no champion). ``within_bound`` says whether
+    the candidate respects the memorization bound; ``degenerate`` whether its samples are.
     """
 
     number: int
@@ -98,6 +114,12 @@ class PickResult:
     reason: str
     within_bound: bool
     degenerate: bool = False
+    step: int = 0
+    eligible: bool = True
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.number, self.step)
 
 
 def style_score(
@@ -131,79 +153,19 @@ def memorization_bound(
     factor: float = 3.0,
     floor: float = 0.02,
 ) -> float:
-    """Largest memorization a trial may have and still count as "not copying".
-
-    ``max(factor * book_memorization, factor * base_memorization, floor)``.
-
-    Why these terms:
+    """Largest memorization a candidate may have and still count as "not copying":
+    ``max(factor * book_memorization, factor * base_memorization, floor)``
+    (:func:`gpt2ft.judges.reference_bound`).
 
     * ``book_memorization`` -- share of 8-grams of *held-out* text of the same book that
-      also occur in the training text (about 0.01). That is how much genuine Swift prose
-      overlaps with training purely by chance (names, stock phrases); a sample may overlap
-      as much, times a tolerance ``factor``.
-    * ``base_memorization`` -- the same measurement on the model before fine-tuning: any
-      overlap the base model already had is not caused by fine-tuning, so the bound never
-      sits below what we started from (times the same tolerance).
-    * ``floor`` -- samples are only ~1,000 tokens per trial, so a handful of chance 8-gram
-      matches moves the share by ~0.005; a floor stops that noise from rejecting every
-      trial when the references are tiny or zero.
-
-    Non-finite references (a measurement that failed) are ignored rather than poisoning the
-    bound; with none finite the bound is ``floor``.
+      also occur in the training text (about 0.01): how much genuine Swift prose overlaps
+      with training purely by chance (names, stock phrases);
+    * ``base_memorization`` -- the same measurement on the model before fine-tuning: overlap
+      it already had is not caused by fine-tuning;
+    * ``floor`` -- samples are only ~1,000 tokens, so a handful of chance 8-gram matches moves
+      the share by ~0.005; a floor stops that noise from rejecting every candidate.
     """
-    candidates = [float(floor)]
-    for ref in (book_memorization, base_memorization):
-        if ref is not None and math.isfinite(ref):
-            candidates.append(float(factor) * float(ref))
-    return max(candidates)
-
-
-def degenerate_reason(
-    distinct_2: float,
-    repetition_4: float,
-    book_distinct_2: float,
-    book_repetition_4: float,
-    factor: float = DEGENERATE_FACTOR,
-    floor: float = REPETITION_FLOOR,
-) -> str:
-    """Why a trial's samples are degenerate (repetitive far beyond the book), or ``""``.
-
-    Degenerate when either
-
-    * ``distinct_2 < book_distinct_2 / factor`` (strictly: exactly at the line is fine), or
-    * ``repetition_4 > max(factor * book_repetition_4, floor)`` (strictly, likewise).
-
-    The book values must be measured at the samples' size (``metrics.matched_reference``
-    over held-out pieces of the samples' length, as many as there are samples): both
-    metrics depend on the amount of text.
-
-    Why these defaults (10 pieces of 100 tokens, mean +- spread over 50 draws, measured
-    on shared/data): held-out Gulliver scores distinct_2 0.888 +- 0.013 and repetition_4
-    0.004 +- 0.004 (SmolLM2's tokenizer; GPT-2's gives 0.888 and 0.002); six other novels
-    0.82-0.91 and 0.003-0.028 (GPT-2's); ten samples of SmolLM2-135M before fine-tuning
-    (top-k 50, temperature 1, seed 0) 0.81 and 0.10. ``factor`` 1.5 puts the distinct_2
-    line at 0.59: twenty spreads below the book, well below every human text and the base
-    model, yet above text of which a third or more loops. ``factor * book_repetition_4`` is
-    ~0.006, below what the base model already does, so in practice ``floor`` decides
-    repetition: 0.15 lies above the base model's 0.10 and five times above the most
-    repetitive novel, and is reached when one sample in six or seven is a loop. The two
-    tests complement each other: a few looping samples raise repetition_4 long before they
-    pull pooled distinct_2 down.
-
-    A nan sample metric is never flagged (no evidence). A nan book reference switches off
-    the relative part of its test: distinct_2 cannot be judged without the book, while
-    repetition_4 is still judged against ``floor`` (as :func:`memorization_bound` ignores a
-    failed reference). The text reads like ``"distinct_2 0.21 < 0.59"``.
-    """
-    reasons = []
-    d2, book_d2 = float(distinct_2), float(book_distinct_2)
-    if math.isfinite(d2) and math.isfinite(book_d2) and d2 < book_d2 / factor:
-        reasons.append(f"distinct_2 {d2:.3g} < {book_d2 / factor:.3g}")
-    rep4, book_rep4 = float(repetition_4), float(book_repetition_4)
-    line = max(factor * book_rep4, floor) if math.isfinite(book_rep4) else float(floor)
-    if math.isfinite(rep4) and rep4 > line:
-        reasons.append(f"repetition_4 {rep4:.3g} > {line:.3g}")
-    return ", ".join(reasons)
+    return reference_bound(book_memorization, base_memorization, factor, floor)
 
 
 def state_name(state: object) -> str:
@@ -239,14 +201,14 @@ def _dominates(a: TrialRow, b: TrialRow) -> bool:
 
 def pareto_front(rows: Iterable[TrialRow]) -> list[TrialRow]:
     """Non-dominated COMPLETE rows with finite metrics (maximise style, minimise
-    memorization), sorted by trial number.
+    memorization), sorted by (trial number, step).
 
     Rows with identical metrics do not dominate each other, so duplicates both stay.
-    O(n^2), which is fine for the tens-to-hundreds of trials of a study.
+    O(n^2), which is fine for the hundreds of candidates of a study.
     """
     usable = _usable(rows)
     front = [r for r in usable if not any(_dominates(o, r) for o in usable)]
-    return sorted(front, key=lambda r: r.number)
+    return sorted(front, key=lambda r: r.key)
 
 
 def _normalise(values: Sequence[float]) -> list[float]:
@@ -257,30 +219,26 @@ def _normalise(values: Sequence[float]) -> list[float]:
     return [(v - lo) / (hi - lo) for v in values]
 
 
-def _pick_bounded_style(usable: list[TrialRow], bound: float) -> PickResult:
-    within = [r for r in usable if r.memorization <= bound]
-    if within:
-        # Highest style; then less copying; then the earlier trial (deterministic).
-        best = min(within, key=lambda r: (-r.style, r.memorization, r.number))
-        reason = (
-            f"trial {best.number} has the best style score ({best.style:.4g}) among "
-            f"{len(within)} of {len(usable)} completed trials with memorization "
-            f"<= {bound:.4g} (its memorization: {best.memorization:.4g})"
-        )
-        return PickResult(best.number, "bounded_style", reason, True)
-    # Every trial copies more than the bound: report the least-copying one rather than
-    # nothing, so a run still has a model to show, but flag it loudly.
-    best = min(usable, key=lambda r: (r.memorization, -r.style, r.number))
-    reason = (
-        f"no completed trial has memorization <= {bound:.4g} (all {len(usable)} copy more); "
-        f"fell back to trial {best.number}, the lowest memorization ({best.memorization:.4g}), "
-        f"style score {best.style:.4g}"
-    )
-    return PickResult(best.number, "bounded_style", reason, False)
+def _failures(row: TrialRow, bounds: Bounds) -> list[tuple[str, str]]:
+    """Every judge ``row`` fails, as (judge, text): the degenerate guard, then the copying judges."""
+    out = [("degenerate", row.why or "degenerate")] if row.degenerate else []
+    return out + copying_failures(row.memorization, row.extraction, row.heldout_loss, bounds)
 
 
-def _pick_knee(usable: list[TrialRow], bound: float) -> PickResult:
-    front = pareto_front(usable)
+def ineligible_reason(row: TrialRow, bounds: Bounds) -> str:
+    """Why ``row`` may not be picked (``"memorization 0.031 > 0.02; heldout_loss 5.1 > 3.9"``),
+    or ``""`` when every judge lets it through."""
+    return "; ".join(f"{judge}: {text}" if judge == "degenerate" else text for judge, text in _failures(row, bounds))
+
+
+def _pick_bounded_style(eligible: list[TrialRow]) -> tuple[TrialRow, str]:
+    # Highest style; then less copying; then the earlier trial and step (deterministic).
+    best = min(eligible, key=lambda r: (-r.style, r.memorization, r.key))
+    return best, f"best style score ({best.style:.4g}; memorization {best.memorization:.4g})"
+
+
+def _pick_knee(eligible: list[TrialRow]) -> tuple[TrialRow, str]:
+    front = pareto_front(eligible)
     styles = _normalise([r.style for r in front])
     # Memorization is inverted below by subtraction: low copying is good.
     mems = _normalise([r.memorization for r in front])
@@ -288,78 +246,110 @@ def _pick_knee(usable: list[TrialRow], bound: float) -> PickResult:
     # best-style extreme to (mem 1, style 1), so the line joining them is style = mem and a
     # point's signed distance to it is (style_n - mem_n) / sqrt(2). We maximise the signed
     # distance: points above the line buy more style per unit of copying than the straight
-    # trade-off. (For a front that bows the other way no interior point beats the line and
-    # an extreme is returned.) With 1 or 2 points there is no line; the same quantity is the
-    # "best normalised style minus memorization" the rule asks for.
+    # trade-off. With 1 or 2 points there is no line; the same quantity is the "best
+    # normalised style minus memorization".
     scores = [s - m for s, m in zip(styles, mems)]
     # Scores are in [-1, 1]; differences below 1e-9 are rounding noise from normalising,
-    # so treat them as ties and let the lower trial number decide.
+    # so treat them as ties and let the lower trial number (then step) decide.
     top = max(scores)
     tied = [i for i in range(len(front)) if scores[i] >= top - _KNEE_TIE_TOL]
-    best_i = min(tied, key=lambda i: front[i].number)
+    best_i = min(tied, key=lambda i: front[i].key)
     best = front[best_i]
-    reason = (
-        f"trial {best.number} is the knee of the {len(front)}-point Pareto front "
-        f"(normalised style minus memorization {scores[best_i]:.3f}; style score "
-        f"{best.style:.4g}, memorization {best.memorization:.4g})"
-    )
-    return PickResult(best.number, "knee", reason, best.memorization <= bound)
+    return best, (f"knee of the {len(front)}-point Pareto front (normalised style minus memorization "
+                  f"{scores[best_i]:.3f}; style score {best.style:.4g}, memorization {best.memorization:.4g})")
 
 
-def _whys(degenerate: list[TrialRow]) -> str:
-    """``"trial 3: distinct_2 0.21 < 0.59; trial 5: ..."`` for the first few, by number."""
-    shown = sorted(degenerate, key=lambda r: r.number)
-    whys = [f"trial {r.number}: {r.why}" if r.why else f"trial {r.number}" for r in shown[:_WHY_SHOWN]]
-    if len(shown) > _WHY_SHOWN:
-        whys.append(f"{len(shown) - _WHY_SHOWN} more")
-    return "; ".join(whys)
+def _exclusions(excluded: list[tuple[TrialRow, list[tuple[str, str]]]]) -> str:
+    """``"memorization: 2@16 (memorization 0.031 > 0.02), ...; extraction: ..."``: every
+    excluded candidate under each judge that excluded it (the first few, then a count)."""
+    parts = []
+    for judge in ("degenerate", "memorization", "extraction", "held-out loss"):
+        hits = [f"{r.number}@{r.step} ({text})" for r, fails in sorted(excluded, key=lambda e: e[0].key)
+                for j, text in fails if j == judge]
+        if hits:
+            more = f", {len(hits) - _WHY_SHOWN} more" if len(hits) > _WHY_SHOWN else ""
+            parts.append(f"{judge}: {', '.join(hits[:_WHY_SHOWN])}{more}")
+    return "; ".join(parts)
+
+
+def _least_bad(usable: list[TrialRow], bounds: Bounds) -> TrialRow:
+    """The candidate closest to eligible: not degenerate, fewest failed judges, then the
+    smallest excess over the bounds it fails (relative), then least copying, then best style."""
+    def excess(r: TrialRow) -> float:
+        total = 0.0
+        for value, bound in ((r.memorization, bounds.memorization), (r.extraction, bounds.extraction),
+                             (r.heldout_loss, bounds.heldout_loss)):
+            if math.isfinite(value) and value > bound:
+                total += (value - bound) / max(abs(bound), 1e-9)
+        return total
+    return min(usable, key=lambda r: (r.degenerate, len(_failures(r, bounds)), excess(r), r.memorization, -r.style,
+                                      r.key))
 
 
 def pick(
     rows: Iterable[TrialRow],
     rule: str = "bounded_style",
     memorization_bound: float = 0.02,
+    bounds: Optional[Bounds] = None,
 ) -> PickResult | None:
-    """Choose one trial by ``rule`` (see the module docstring and :data:`RULES`).
+    """Choose one candidate by ``rule`` (see the module docstring and :data:`RULES`).
 
-    Only COMPLETE rows with finite style and memorization take part; FAIL/PRUNED/RUNNING
-    rows and rows with NaN metrics are ignored. Returns None when no row takes part.
-    Ties are always broken deterministically (see each rule), ending with the lower trial
-    number. Raises ValueError for an unknown rule.
+    Only COMPLETE rows with finite style and memorization take part; FAIL/PRUNED/RUNNING rows
+    and rows with NaN metrics are ignored. Returns None when no row takes part. ``bounds`` (all
+    three judges) overrides ``memorization_bound`` (the memorization judge alone). Raises
+    ValueError for an unknown rule.
 
-    ``bounded_style``: highest style among rows with memorization <= ``memorization_bound``
-    (ties: lower memorization, then lower number); if none is within the bound, the row
-    with the lowest memorization (ties: higher style, then lower number) with
-    ``within_bound=False``. A NaN bound admits no row, so it always falls back.
+    Eligible rows pass the degenerate guard and every copying judge (:func:`ineligible_reason`;
+    each bound inclusive). ``bounded_style``: highest style among them (ties: lower
+    memorization, then lower trial number and step). ``knee``: the knee of their Pareto front
+    (scores within 1e-9 tie, broken by trial number and step). The reason names every excluded
+    candidate and the judge that excluded it.
 
-    ``knee``: the knee of :func:`pareto_front` (normalised signed distance above the line
-    joining its two extremes; scores within 1e-9 count as ties, broken by lower number);
-    ``within_bound`` reports whether it respects ``memorization_bound``.
-
-    Degenerate rows take no part in either rule, and the reason ends by saying how many
-    were excluded and why (the first few). If every usable row is degenerate, the rule is
-    applied to them all the same (so the run still names a model) and the result has
-    ``degenerate=True``, ``within_bound=False`` and a reason that starts "all ... degenerate".
+    With no eligible row the result has ``eligible=False`` and names the least-bad candidate
+    and why it fails: no champion.
     """
     if rule not in RULES:
         raise ValueError(f"unknown pick rule {rule!r}; expected one of {', '.join(RULES)}")
     usable = _usable(rows)
     if not usable:
         return None
-    bound = float(memorization_bound)
-    choose = _pick_bounded_style if rule == "bounded_style" else _pick_knee
-    healthy = [r for r in usable if not r.degenerate]
-    if healthy:
-        result = choose(healthy, bound)
-        excluded = [r for r in usable if r.degenerate]
-        if not excluded:
-            return result
-        noun = "trial" if len(excluded) == 1 else "trials"
-        note = f"; {len(excluded)} degenerate {noun} excluded ({_whys(excluded)})"
-        return replace(result, reason=result.reason + note)
-    # Naming no model would hide the run's outcome; flag the choice instead (as the
-    # bounded_style fallback does for copying) and keep the rule's own reasoning visible.
-    result = choose(usable, bound)
-    reason = (f"all {len(usable)} completed trials are degenerate ({_whys(usable)}); "
-              f"chosen among them regardless: {result.reason}")
-    return replace(result, reason=reason, within_bound=False, degenerate=True)
+    bounds = bounds if bounds is not None else Bounds(memorization=float(memorization_bound))
+    judged = [(r, _failures(r, bounds)) for r in usable]
+    eligible = [r for r, fails in judged if not fails]
+    excluded = [(r, fails) for r, fails in judged if fails]
+    noun = "candidate" if len(usable) == 1 else "candidates"
+    if not eligible:
+        worst = _least_bad(usable, bounds)
+        reason = (f"no eligible candidate among {len(usable)} {noun}, so none is selected; the least bad is "
+                  f"{worst.label}: {ineligible_reason(worst, bounds)}")
+        return PickResult(worst.number, rule, reason, worst.memorization <= bounds.memorization,
+                          worst.degenerate, worst.step, eligible=False)
+    best, why = (_pick_bounded_style if rule == "bounded_style" else _pick_knee)(eligible)
+    reason = f"{best.label} is the {why} among {len(eligible)} eligible of {len(usable)} {noun}"
+    if excluded:
+        reason += f"; excluded {len(excluded)}: {_exclusions(excluded)}"
+    return PickResult(best.number, rule, reason, True, False, best.step)
+
+
+def runner_up(rows: Iterable[TrialRow], chosen: tuple[int, int], bounds: Bounds) -> Optional[TrialRow]:
+    """The best-style eligible candidate other than ``chosen`` (its (number, step)), or None."""
+    others = [r for r in _usable(rows) if r.key != tuple(chosen) and not _failures(r, bounds)]
+    return min(others, key=lambda r: (-r.style, r.memorization, r.key)) if others else None
+
+
+def contenders(rows: Iterable[TrialRow], chosen: tuple[int, int], bounds: Bounds, k: float = 2.0) -> list[TrialRow]:
+    """The chosen candidate and every eligible candidate within ``k`` standard errors of its style:
+    ``style >= chosen.style - k * sqrt(se_chosen^2 + se_other^2)`` (the standard error of a
+    difference of two independent measurements; a NaN error counts as 0). These could still
+    become the pick when measured more precisely, so their checkpoints are kept and they are
+    re-measured. Sorted by (number, step)."""
+    usable = _usable(rows)
+    head = next((r for r in usable if r.key == tuple(chosen)), None)
+    if head is None:
+        return []
+
+    def se(r: TrialRow) -> float:
+        return r.style_se if math.isfinite(r.style_se) else 0.0
+    out = [r for r in usable if r.key == head.key or (
+        not _failures(r, bounds) and r.style >= head.style - k * math.hypot(se(head), se(r)))]
+    return sorted(out, key=lambda r: r.key)

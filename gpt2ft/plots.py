@@ -571,21 +571,32 @@ def _front_funnel(ax: Axes, front: pd.DataFrame, book_style: float) -> None:
     ax.set_xlim(left, right)  # the band must not widen the view
 
 
-def _mark_selected(ax: Axes, points: pd.DataFrame) -> None:
-    """Star and annotate the selected trial, the label pointing into the axes.
+def _chosen_points(points: pd.DataFrame, chosen: Mapping[str, Any] | None) -> list[tuple[float, float, str]]:
+    """(memorization, top100_ratio, label) of the selected candidate: ``chosen`` (a point on its
+    trial's path, often not its end) when given, else the rows flagged ``selected``."""
+    if chosen is not None:
+        x, y = float(chosen.get("memorization", np.nan)), float(chosen.get("top100_ratio", np.nan))
+        if not (np.isfinite(x) and np.isfinite(y)):
+            return []
+        return [(x, y, f"selected: trial {_int_or_float(chosen.get('number'))}, epoch "
+                       f"{float(chosen.get('epoch', np.nan)):.3g} (step {_int_or_float(chosen.get('step'))})")]
+    return [(r.memorization, r.top100_ratio, f"selected: trial {_int_or_float(r.number)}")
+            for r in points[points["selected"]].itertuples(index=False)]
+
+
+def _mark_selected(ax: Axes, points: pd.DataFrame, chosen: Mapping[str, Any] | None = None) -> None:
+    """Star and annotate the selected candidate, the label pointing into the axes.
 
     Call after the limits and scale are final: the label goes towards the axes' centre
     from where the point sits, so it cannot run into the title or out of the axes.
     """
-    for row in points[points["selected"]].itertuples(index=False):
-        x, y = row.memorization, row.top100_ratio
+    for x, y, text in _chosen_points(points, chosen):
         ax.scatter([x], [y], marker="*", s=420, color=_SELECTED_COLOR, edgecolor="black",
                    lw=0.8, zorder=6, label="selected trial")
         ax.get_xlim(), ax.get_ylim()  # settle autoscaling before reading the transform
         fx, fy = ax.transAxes.inverted().transform(ax.transData.transform((x, y)))
         dx, dy = (-18 if fx > 0.5 else 18), (-18 if fy > 0.5 else 18)
-        ax.annotate(f"selected: trial {_int_or_float(row.number)}\n"
-                    f"top-100 ratio {y:.3f}, memorization {x:.3f}",
+        ax.annotate(f"{text}\ntop-100 ratio {y:.3f}, memorization {x:.3f}",
                     (x, y), xytext=(dx, dy), textcoords="offset points", fontsize="small",
                     ha="right" if dx < 0 else "left", va="top" if dy < 0 else "bottom",
                     arrowprops=dict(arrowstyle="->", color="0.2"), gid="selected-label",
@@ -600,6 +611,7 @@ def style_vs_copying(
     trajectories: pd.DataFrame | None = None,
     log_memorization: bool = False,
     title: str = "Style vs copying: every fine-tuning trial",
+    chosen: Mapping[str, Any] | None = None,
 ) -> Figure:
     """Scatter of each trial's style (``top100_ratio``, y) against its copying
     (``memorization``, x), optionally with each trial's path through the epochs.
@@ -616,7 +628,8 @@ def style_vs_copying(
     memorization or less). Selected trials are starred and annotated "selected: trial N".
     ``trajectories`` (long format: ``number``, ``epoch``, ``step``, ``top100_ratio``,
     ``memorization``) adds a thin line per trial, base model -> each epoch -> final point,
-    in the trial's colour (see :func:`trajectory_paths`).
+    in the trial's colour (see :func:`trajectory_paths`). ``chosen`` (``number``, ``step``, ``epoch``,
+    ``memorization``, ``top100_ratio`` of the selected candidate) puts the star on its point.
     """
     fig = _figure((10, 7.5))
     ax = fig.subplots()
@@ -638,7 +651,7 @@ def style_vs_copying(
         # the front: its band reads the x limits, which depend on the scale.
         ax.set_xscale("symlog", linthresh=0.01)
     _draw_front(ax, points[points["on_front"]], _ref(references, "book_top100_ratio"))
-    _mark_selected(ax, points)
+    _mark_selected(ax, points, chosen)
     if n_hidden:
         ax.text(0.99, 0.01, f"{n_hidden} failed/pruned/unmeasured trial(s) not shown",
                 transform=ax.transAxes, ha="right", va="bottom", fontsize="x-small",
@@ -702,6 +715,7 @@ def copying_and_loss_by_epoch(
     trajectories: pd.DataFrame | None,
     references: Mapping[str, Any] | None = None,
     title: str = "Copying and held-out loss through fine-tuning, one line per trial",
+    chosen: Mapping[str, Any] | None = None,
 ) -> Figure:
     """Memorization (top panel) and held-out loss (bottom panel) against epoch, sharing
     the epoch axis; one line per trial, coloured by learning rate (log colour bar labelled
@@ -711,7 +725,9 @@ def copying_and_loss_by_epoch(
     ``step``, ``memorization``, ``heldout_loss``; NaN values are skipped per panel.
     ``references`` may give ``memorization_bound`` (dotted line; each trial's first
     measurement above it is marked as its copying onset, see :func:`copying_onsets`) and
-    ``book_memorization`` (dash-dot line). Empty or all-NaN input gives "no data" panels.
+    ``book_memorization`` (dash-dot line); ``heldout_bound`` (dotted, bottom panel). ``chosen``
+    (``epoch``, ``memorization``, ``heldout_loss`` of the selected candidate) is starred on both
+    panels. Empty or all-NaN input gives "no data" panels.
     """
     fig = _figure((9, 7.5))
     ax_mem, ax_loss = fig.subplots(2, 1, sharex=True)
@@ -731,12 +747,23 @@ def copying_and_loss_by_epoch(
         if not ax.get_lines():
             _no_data(ax, f"no {metric} measured by epoch")
     _memorization_lines(ax_mem.axhline, book_mem, bound)
+    loss_bound = _ref(references, "heldout_bound")
+    if loss_bound is not None and np.isfinite(loss_bound):
+        ax_loss.axhline(loss_bound, color=_SELECTED_COLOR, ls=":", lw=1.2,
+                        label=f"pick's held-out bound ({loss_bound:.3f})")
+    if chosen is not None:
+        for ax, metric in ((ax_mem, "memorization"), (ax_loss, "heldout_loss")):
+            x, y = float(chosen.get("epoch", np.nan)), float(chosen.get(metric, np.nan))
+            if np.isfinite(x) and np.isfinite(y):
+                ax.scatter([x], [y], marker="*", s=260, color=_SELECTED_COLOR, edgecolor="black", lw=0.8,
+                           zorder=6, label="selected candidate")
     ax_mem.set_ylabel(LABELS["memorization"])
     ax_loss.set_ylabel(LABELS["heldout_loss"])
     ax_loss.set_xlabel(LABELS["epoch"])
     ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if ax_mem.get_legend_handles_labels()[0]:
-        ax_mem.legend(loc="upper left", fontsize="x-small")
+    for ax in (ax_mem, ax_loss):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper left", fontsize="x-small")
     return fig
 
 

@@ -117,12 +117,13 @@ def _numbers(values: dict[str, float]) -> str:
 
 
 def study_columns(summary, sample_ids: dict[int, Any]) -> dict[str, int]:
-    """Trials to show side by side, by column name: the selected one and the most-copying one."""
+    """Trials to show side by side, by column name: the selected one (its candidate's samples,
+    by the caller's ``sample_ids``) and the most-copying one."""
     named: dict[str, int] = {}
     done = summary.table[summary.table["state"] == "COMPLETE"]
-    selected = summary.pick.number if summary.pick else None
+    selected = summary.selected[0] if summary.selected else None
     if selected is not None and sample_ids.get(selected):
-        named[f"selected (trial {selected})"] = selected
+        named[f"selected (trial {selected}, step {summary.selected[1]})"] = selected
     if len(done):
         worst = int(done.sort_values(["memorization", "number"]).iloc[-1]["number"])
         if worst != selected and sample_ids.get(worst):
@@ -134,10 +135,14 @@ def log_study_report(parent, summary, trajectories, assets, sample_ids: dict[int
     """The study's trials table, figures, samples page and novelty table on its parent run."""
     table = summary.table
     parent.log_text(table.to_csv(index=False), "trials.csv")
+    parent.log_text(summary.candidates.to_csv(index=False), "candidates.csv")
     parent.log_text(trajectories.to_csv(index=False), "trajectories.csv")
-    refs = {**summary.references, "memorization_bound": summary.bound}
-    parent.log_figure(plots.style_vs_copying(table, refs, trajectories), "plots/style_vs_copying.png")
-    parent.log_figure(plots.copying_and_loss_by_epoch(trajectories, refs), "plots/copying_and_loss_by_epoch.png")
+    refs = {**summary.references, "memorization_bound": summary.bound, "heldout_bound": summary.bounds.heldout_loss}
+    chosen = summary.candidate(*summary.selected) if summary.selected else None
+    parent.log_figure(plots.style_vs_copying(table.assign(selected=False), refs, trajectories, chosen=chosen),
+                      "plots/style_vs_copying.png")
+    parent.log_figure(plots.copying_and_loss_by_epoch(trajectories, refs, chosen=chosen),
+                      "plots/copying_and_loss_by_epoch.png")
     done = table[table["state"] == "COMPLETE"]
     if len(done):
         parent.log_figure(plots.params_vs_objectives(done, references=refs), "plots/params_vs_objectives.png")

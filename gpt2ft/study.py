@@ -26,16 +26,14 @@ from optuna.visualization.matplotlib import plot_param_importances
 from tqdm.auto import tqdm
 
 from gpt2ft import coordination as C
-from gpt2ft import logops
+from gpt2ft import leaders, logops
 from gpt2ft import pick as P
 from gpt2ft import report
-from gpt2ft.assets import Assets, memorization_bound
+from gpt2ft.assets import Assets, study_bounds
 from gpt2ft.checkpoints import Checkpoints
 from gpt2ft.config import Config, StudyConfig
 from gpt2ft.errors import UserError
-from gpt2ft.measure import measure_model
-from gpt2ft.model import free_accelerator
-from gpt2ft.summary import Summary, summarize, trajectories, trial_metrics
+from gpt2ft.summary import Summary, summarize, trajectories
 from gpt2ft.trial import TrialResult, run_trial, trial_ops, trial_train_config
 from gpt2ft.urls import mask_url
 from gpt2ft.writer import BackgroundWriter
@@ -58,19 +56,22 @@ def suggest(trial: optuna.Trial, space: StudyConfig) -> dict[str, Any]:
     }
 
 
-def record_setup(study: optuna.Study, config: Config, assets: Assets) -> float:
+def record_setup(study: optuna.Study, config: Config, assets: Assets, checkpoint_root: str) -> dict[str, float]:
     """Write what every worker and export reads from the study (config, corpus, references,
-    rule, bound, the degenerate-text rule); returns the memorization bound."""
+    rule, the three copying bounds, the degenerate-text rule, where checkpoints live); returns
+    the bounds. Once recorded, these are the study's: a resumed run with other settings keeps them."""
     refs = assets.references.values
     saved = config.to_dict()
     saved["study"]["storage"] = mask_url(saved["study"]["storage"])  # export writes this YAML out
-    bound = memorization_bound(config, refs)
+    b = study_bounds(config, refs)
+    bounds = {"memorization_bound": b.memorization, "extraction_bound": b.extraction, "heldout_bound": b.heldout_loss}
+    s = config.study
     for key, value in (("config_yaml", yaml.safe_dump(saved, sort_keys=False)), ("corpus", assets.book.source),
-                       ("references", refs), ("pick_rule", config.study.pick_rule),
-                       ("memorization_bound", bound), ("degenerate_factor", config.study.degenerate_factor),
-                       ("repetition_floor", config.study.repetition_floor)):
+                       ("references", refs), ("pick_rule", s.pick_rule), *bounds.items(),
+                       ("degenerate_factor", s.degenerate_factor), ("repetition_floor", s.repetition_floor),
+                       ("fluency_factor", s.fluency_factor), ("checkpoint_root", checkpoint_root)):
         study.set_user_attr(key, value)
-    return bound
+    return bounds
 
 
 class StudyRunner:
@@ -108,13 +109,13 @@ class StudyRunner:
             return
         try:
             self.parent = self.tracker.start(self.study.study_name, tags={**tags, "gpt2ft.kind": "study"})
-            bound = record_setup(self.study, self.config, self.assets)
+            bounds = record_setup(self.study, self.config, self.assets, str(self.checkpoints.root))
             # Last: a worker that sees the id finds every attribute above already written.
             self.study.set_user_attr(claim.attr, self.parent.id)
         finally:
             claim.release()
         self.parent.log_params({**self.config.flat(), "optuna.storage": mask_url(self.storage_url)})
-        self.parent.log_metrics({**self.assets.references.values, "memorization_bound": bound,
+        self.parent.log_metrics({**self.assets.references.values, **bounds,
                                  **self.assets.timings, "references_seconds": self.assets.references.seconds})
 
     def _on_stale_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -152,14 +153,17 @@ class StudyRunner:
 
             saving = []
 
-            def keep(model, _fit) -> None:
+            def keep(model, fit) -> None:
                 # Saved by the writer while this thread samples and measures the same weights
                 # (sampling only reads them); waited for below, before Optuna records the trial.
-                saving.append(self.writer.submit(lambda: self.checkpoints.save(trial.number, model,
+                saving.append(self.writer.submit(lambda: self.checkpoints.save(trial.number, fit.steps, model,
                                                                                self.assets.tokenizer),
                                                  name=f"checkpoint {trial.number}"))
 
-            res = run_trial(self.assets, tcfg, run, progress=self.progress, after_fit=keep, defer_log=True)
+            points = leaders.keeper(self.study, trial.number, self.checkpoints, self.assets.tokenizer,
+                                    self.config.study.checkpoints_per_trial)
+            res = run_trial(self.assets, tcfg, run, progress=self.progress, after_fit=keep, defer_log=True,
+                            on_candidate=points)
             for future in saving:
                 future.result()  # a checkpoint that could not be written fails the trial, as before
             m = res.metrics
@@ -167,8 +171,6 @@ class StudyRunner:
             style = P.style_score(m["top100_ratio"], book)
             for key, value in res.record().items():  # durable before any deferred write
                 trial.set_user_attr(key, value)
-            if self.checkpoints.path(trial.number).is_dir():
-                trial.set_user_attr("checkpoint", str(self.checkpoints.path(trial.number)))
         ops = res.log_ops + _run_end(res, style)
         if self.remote_writes:
             self.writer.submit_remote(logops.apply_remote, self.tracker.uri, run.id, ops, res.fit.steps,
@@ -184,28 +186,26 @@ class StudyRunner:
             reason = frozen.user_attrs.get("fail_reason") or "see the MLflow run's failure_reason tag"
             print(f"[study] trial {frozen.number} FAILED: {reason}", file=sys.stderr)
         summary = self.apply_pick()
-        done = summary.table[summary.table["state"] == "COMPLETE"]
-        keep = done[done["on_front"] | done["selected"]]["number"]
-        self.checkpoints.keep_only(keep, done["number"])
+        # Only the pick's contenders can still become it; a running trial's points are its own.
+        c = summary.candidates
+        keep = zip(c[c["contender"]]["number"], c[c["contender"]]["step"]) if len(c) else []
+        finished = summary.table[summary.table["state"].isin(["COMPLETE", "FAIL"])]["number"]
+        self.checkpoints.keep_only(keep, finished)
 
     def apply_pick(self) -> Summary:
-        """Apply the pick to the trial table and record it in Optuna and MLflow."""
+        """Apply the pick to the candidate table and record it in Optuna and MLflow; with no
+        eligible candidate nothing is selected, and the reason says which is least bad and why."""
         summary = summarize(self.study)
         if summary.pick is None:
             return summary
-        number = summary.pick.number
-        chosen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)
-        if self.study.user_attrs.get("selected") != number:
-            self.study.set_user_attr("selected", number)
+        chosen = summary.candidate(*summary.pick.key) if summary.selected else {}
+        value = {"trial": summary.pick.number, "step": summary.pick.step} if chosen else None
+        if self.study.user_attrs.get("selected") != value:
+            self.study.set_user_attr("selected", value)
         if self.parent is not None:
-            finished = int(summary.table["state"].isin(["COMPLETE", "FAIL", "PRUNED"]).sum())
-            tags = {"selected_trial": number, "selected_params": chosen.params, "pick_reason": summary.pick.reason,
-                    "pick_within_bound": str(summary.pick.within_bound).lower(),
-                    "pick_degenerate": str(summary.pick.degenerate).lower()}
-            metrics = {"selected_trial": float(number),
-                       **{f"selected_{k}": v for k, v in trial_metrics(self.study, chosen).items()}}
-            self.tracker.mark_selected(self.parent, chosen.user_attrs.get("mlflow_run_id"), tags, metrics, finished)
-        print(f"[study] current pick: trial {number} ({summary.pick.reason})", file=sys.stderr, flush=True)
+            self.tracker.mark_selected(self.parent, *_selection(self.study, summary, chosen))
+        what = f"trial {summary.pick.number} at step {summary.pick.step}" if chosen else "none"
+        print(f"[study] current pick: {what} ({summary.pick.reason})", file=sys.stderr, flush=True)
         return summary
 
     def run(self, timeout: Optional[float]) -> None:
@@ -218,8 +218,19 @@ class StudyRunner:
         """The front's re-measure and the final pick: once per study run, after every worker."""
         self.writer.drain()
         replay_unlogged(self)
-        remeasure_front(self)
+        n, seed = self.config.sample.final_n_samples, self.config.train.seed + 1
+        if n > self.config.sample.n_samples:
+            leaders.remeasure(self.study, self.assets, self.checkpoints, n, seed, self._log_remeasure)
+            confidence = leaders.measure_confidence(self.study, seed)
+            if self.parent is not None and math.isfinite(confidence):
+                self.parent.log_metrics({"pick_confidence": confidence})
         self.apply_pick()
+
+    def _log_remeasure(self, number: int, metrics: dict[str, float]) -> None:
+        trial = next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            self.tracker.handle(run_id).log_metrics(metrics)
 
     def run_trials(self, timeout: Optional[float]) -> None:
         """Trials until ``n_trials`` are COMPLETE (this worker and the others together)."""
@@ -293,40 +304,36 @@ def _refuse_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int, gra
     raise optuna.TrialPruned("surplus trial: n_trials already reached by other workers")
 
 
-def remeasure_front(runner: StudyRunner) -> None:
-    """Re-measure the Pareto front's trials with ``sample.final_n_samples`` sequences.
-
-    Ten samples of 100 tokens give standard errors of a few points; the final candidates get
-    more samples (from their kept checkpoints) so the pick between them is not noise. The
-    result lives on the study (``final_trial_N``): Optuna refuses to change a finished trial.
-    """
-    study, assets, n = runner.study, runner.assets, runner.config.sample.final_n_samples
-    if n <= runner.config.sample.n_samples:
-        return
-    summary = summarize(study)
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    for number in summary.table[summary.table["on_front"]]["number"]:
-        key = f"final_trial_{number}"
-        model = None if key in study.user_attrs else runner.checkpoints.load(number, assets.runtime)
-        if model is None:
-            continue
-        m, _, _ = measure_model(assets, model, n, runner.config.train.seed + 1)
-        del model
-        free_accelerator()
-        study.set_user_attr(key, {**{k: float(v) for k, v in m.items()}, "n_samples": n})
-        run_id = trials[number].user_attrs.get("mlflow_run_id")
-        if run_id:
-            runner.tracker.handle(run_id).log_metrics({f"final_{k}": v for k, v in m.items()})
-        print(f"[study] trial {number} re-measured with {n} samples: top100_ratio {m['top100_ratio']:.3f}, "
-              f"memorization {m['memorization']:.4f}", file=sys.stderr)
+def _selection(study: optuna.Study, summary: Summary, chosen: dict[str, Any]) -> tuple:
+    """``Tracker.mark_selected``'s arguments: the selected trial's run (None: no champion), the
+    parent's tags and the ``selected_*`` metrics."""
+    finished = int(summary.table["state"].isin(["COMPLETE", "FAIL", "PRUNED"]).sum())
+    pick = summary.pick
+    tags = {"pick_reason": pick.reason, "pick_eligible": str(pick.eligible).lower(),
+            "pick_within_bound": str(pick.within_bound).lower(), "pick_degenerate": str(pick.degenerate).lower()}
+    if not chosen:
+        return None, {**tags, "selected_trial": "none", "selected_step": "none", "selected_params": "none"}, {}, finished
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == pick.number)
+    tags.update({"selected_trial": pick.number, "selected_step": pick.step, "selected_params": trial.params})
+    metrics = {"selected_trial": float(pick.number), "selected_step": float(pick.step),
+               "selected_epoch": float(chosen.get("epoch", math.nan)),
+               **{f"selected_{k}": float(v) for k, v in chosen.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("number", "step", "epoch")}}
+    if math.isfinite(summary.confidence):
+        metrics["pick_confidence"] = summary.confidence
+    return trial.user_attrs.get("mlflow_run_id"), tags, metrics, finished
 
 
 def log_study_artifacts(runner: StudyRunner) -> None:
     """Study plots, the trials table and the samples page on the parent run."""
     summary = summarize(runner.study)
     trials = {t.number: t for t in runner.study.get_trials(deepcopy=False)}
-    report.log_study_report(runner.parent, summary, trajectories(runner.study), runner.assets,
-                            {n: t.user_attrs.get("sample_ids") for n, t in trials.items()})
+    sample_ids = {n: t.user_attrs.get("sample_ids") for n, t in trials.items()}
+    if summary.selected:  # the selected candidate's own samples, when it was re-measured
+        again = runner.study.user_attrs.get(f"remeasure_{summary.selected[0]}_{summary.selected[1]}") or {}
+        if again.get("sample_ids") or not summary.candidate(*summary.selected).get("is_end", False):
+            sample_ids[summary.selected[0]] = again.get("sample_ids")
+    report.log_study_report(runner.parent, summary, trajectories(runner.study), runner.assets, sample_ids)
     _log_optuna_plots(runner.study, runner.parent)
 
 

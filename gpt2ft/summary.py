@@ -1,13 +1,17 @@
-"""The one table of a study's trials: the pick, the plots and the printed tables all read it.
+"""The tables of a study: every measured point as a candidate, and one row per trial. The pick,
+the plots, the printed tables, ``candidates.csv``/``trials.csv`` and export all read them.
 
-A trial's numbers are its own measurement, or the tighter re-measure with more samples
-(``final_trial_N`` on the study) where one was made; the style objective is
-``pick.style_score`` against the book's ratio recorded on the study (``references``); the
-Pareto front and the selected trial are ``gpt2ft.pick`` applied to exactly these rows. So a
-dot in a figure, a row in a printed table and the pick can never disagree.
+A candidate is one point of a trial's trajectory (an epoch end or ``sample.every_steps`` point,
+and the trial's end; the base model at step 0 is a reference, not a candidate), with its own
+measurement or the tighter re-measure made from its checkpoint (``remeasure_N_S`` on the study).
+The style score is ``pick.style_score`` against the book's ratio recorded on the study, the
+bounds are the study's recorded ones (``bounds``), and the selected candidate is
+``gpt2ft.pick`` (settled by ``gpt2ft.confidence`` once the study has measured its confidence)
+applied to exactly these rows. So a dot in a figure, a row in a table and the pick cannot
+disagree.
 
-The study is read through its plain attributes (``user_attrs``, ``get_trials``), so this
-module does not import optuna.
+The study is read through its plain attributes (``user_attrs``, ``get_trials``), so this module
+does not import optuna.
 """
 from __future__ import annotations
 
@@ -17,66 +21,198 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from gpt2ft import confidence as K
+from gpt2ft import judges as J
 from gpt2ft import pick as P
 
 #: When copying began and whether held-out loss warned first (``gpt2ft.trajectory``).
 ONSET_METRICS = ("copying_onset_step", "copying_onset_epoch", "heldout_turn_step", "heldout_up_before_copying")
-#: Per-trial metrics carried into the table (beside params, state and the pick's columns).
-TABLE_METRICS = ("top100_ratio", "memorization", "heldout_loss", "train_loss", "style_prob",
-                 "longest_copy", "style_js", "distinct_2", "repetition_4", "fluency_ppl")
+#: Per-candidate metrics carried into the tables (beside params, state and the pick's columns).
+TABLE_METRICS = ("top100_ratio", "top100_ratio_se", "memorization", "extractable_rate", "heldout_loss",
+                 "fluency_ppl", "distinct_2", "repetition_4", "style_prob", "longest_copy", "style_js",
+                 "train_loss")
 
 
 @dataclass(frozen=True)
 class Summary:
-    """A study at a glance: the trial table, the pick on it, and what the pick used."""
+    """A study at a glance: its candidates, its trials, the pick on them and what the pick used."""
 
     table: pd.DataFrame
+    """One row per trial (its end candidate's numbers); ``selected`` marks the selected trial."""
+    candidates: pd.DataFrame
+    """One row per (trial, step) candidate; ``eligible``, ``why_not``, ``selected``."""
     pick: Optional[P.PickResult]
     references: dict[str, float]
-    bound: float
+    bounds: J.Bounds
     rule: str
+    confidence: float = math.nan
+
+    @property
+    def bound(self) -> float:
+        """The memorization bound (the judge most tables show)."""
+        return self.bounds.memorization
+
+    @property
+    def selected(self) -> Optional[tuple[int, int]]:
+        """(trial, step) of the champion; None when nothing is eligible."""
+        return self.pick.key if self.pick is not None and self.pick.eligible else None
 
     def trial(self, number: int) -> dict[str, Any]:
         row = self.table[self.table["number"] == number]
         return row.iloc[0].to_dict() if len(row) else {}
 
+    def candidate(self, number: int, step: int) -> dict[str, Any]:
+        c = self.candidates
+        row = c[(c["number"] == number) & (c["step"] == step)]
+        return row.iloc[0].to_dict() if len(row) else {}
+
+
+def recorded_bounds(attrs: dict[str, Any]) -> J.Bounds:
+    """The bounds the study recorded when it was set up (older studies: memorization only)."""
+    return J.Bounds(float(attrs.get("memorization_bound", math.nan)),
+                    float(attrs.get("extraction_bound", math.inf)), float(attrs.get("heldout_bound", math.inf)))
+
+
+def remeasure_key(number: int, step: int) -> str:
+    return f"remeasure_{number}_{step}"
+
 
 def trial_metrics(study: Any, trial: Any) -> dict[str, float]:
-    """A trial's metrics, with the re-measured values where the trial was re-measured."""
+    """A trial's end metrics, with the re-measured values where its end was re-measured."""
     metrics = dict(trial.user_attrs.get("metrics", {}))
-    final = study.user_attrs.get(f"final_trial_{trial.number}")
-    if final:
-        metrics.update(final)
+    metrics.update(_remeasure(study.user_attrs, trial.number, int(metrics.get("steps", 0)), True))
     return metrics
 
 
-def _book_diversity(refs: dict[str, float], name: str) -> float:
-    """The book's size-matched diversity: from held-out text, else from the training text (the
-    same author's prose) when the held-out part is too short for one sample-sized draw."""
+def _remeasure(attrs: dict[str, Any], number: int, step: int, is_end: bool) -> dict[str, float]:
+    """The re-measured metrics of (trial, step); a study of an older version re-measured trial
+    ends only, as ``final_trial_N``."""
+    found = attrs.get(remeasure_key(number, step)) or (attrs.get(f"final_trial_{number}") if is_end else None)
+    return {k: float(v) for k, v in (found or {}).items() if isinstance(v, (int, float))}
+
+
+def _book_value(refs: dict[str, float], name: str) -> float:
+    """The book's size-matched value: from held-out text, else from the training text (the same
+    author's prose) when the held-out part is too short for one sample-sized draw."""
     value = refs.get(f"book_{name}", math.nan)
     return value if math.isfinite(value) else refs.get(f"train_{name}", math.nan)
 
 
-def _degenerate(m: dict[str, float], refs: dict[str, float], attrs: dict[str, Any]) -> str:
-    """Why a trial's samples are degenerate ("" when they are not), by ``pick.degenerate_reason``
-    against the book's size-matched diversity and the study's recorded factor and floor."""
-    return P.degenerate_reason(m.get("distinct_2", math.nan), m.get("repetition_4", math.nan),
-                               _book_diversity(refs, "distinct_2"), _book_diversity(refs, "repetition_4"),
-                               attrs.get("degenerate_factor", P.DEGENERATE_FACTOR),
-                               attrs.get("repetition_floor", P.REPETITION_FLOOR))
+def degenerate_why(m: dict[str, float], refs: dict[str, float], attrs: dict[str, Any]) -> str:
+    """Why a candidate's samples are degenerate ("" when they are not), by ``judges.degenerate_reason``
+    against the book's size-matched diversity and fluency and the study's recorded factors."""
+    return J.degenerate_reason(m.get("distinct_2", math.nan), m.get("repetition_4", math.nan),
+                               _book_value(refs, "distinct_2"), _book_value(refs, "repetition_4"),
+                               attrs.get("degenerate_factor", J.DEGENERATE_FACTOR),
+                               attrs.get("repetition_floor", J.REPETITION_FLOOR),
+                               m.get("fluency_ppl", math.nan), refs.get("book_fluency_ppl", math.nan),
+                               attrs.get("fluency_factor", J.FLUENCY_FACTOR))
 
 
-def _row(study: Any, trial: Any, book_ratio: float, bound: float) -> dict[str, Any]:
-    m = trial_metrics(study, trial) if trial.state.name == "COMPLETE" else {}
-    top, mem = float(m.get("top100_ratio", math.nan)), float(m.get("memorization", math.nan))
-    why = _degenerate(m, study.user_attrs.get("references", {}), study.user_attrs) if m else ""
+def _points(study: Any, trial: Any) -> list[dict[str, Any]]:
+    """The trial's candidates: its trajectory without the base model (step 0), the end last; a
+    trial of an older version without a trajectory is its end alone."""
+    m = trial.user_attrs.get("metrics", {})
+    end = int(m.get("steps", 0))
+    points = [dict(p) for p in trial.user_attrs.get("trajectory", []) if int(p.get("step", 0)) > 0]
+    if not points:
+        points = [{"step": end, "epoch": math.nan, **m}]
+    attrs = study.user_attrs
+    last = int(points[-1]["step"])
+    for p in points:
+        step = int(p["step"])
+        p["is_end"] = step == last
+        if p["is_end"]:  # the end's own numbers (train loss, standard errors) beside its trajectory point
+            for k, v in m.items():
+                p.setdefault(k, v)
+        again = _remeasure(attrs, trial.number, step, p["is_end"])
+        p.update(again)
+        p["remeasured"] = bool(again)
+    return points
+
+
+def _candidate_row(trial: Any, p: dict[str, Any], refs: dict[str, float], attrs: dict[str, Any]) -> dict[str, Any]:
+    why = degenerate_why(p, refs, attrs)
+    return {"number": trial.number, "step": int(p["step"]), "epoch": float(p.get("epoch", math.nan)),
+            "state": trial.state.name, **trial.params, "is_end": bool(p["is_end"]),
+            **{k: float(p.get(k, math.nan)) for k in TABLE_METRICS},
+            "style_score": P.style_score(p.get("top100_ratio", math.nan), refs.get("book_top100_ratio", math.nan)),
+            "n_samples": float(p.get("n_samples", math.nan)), "remeasured": bool(p["remeasured"]),
+            "degenerate": bool(why), "degenerate_why": why}
+
+
+def candidate_rows(table: pd.DataFrame) -> list[P.TrialRow]:
+    """The candidate table as the pick sees it."""
+    return [P.TrialRow(int(r.number), float(r.style_score), float(r.memorization), str(r.state),
+                       degenerate=bool(r.degenerate), why=str(r.degenerate_why), step=int(r.step),
+                       extraction=float(r.extractable_rate), heldout_loss=float(r.heldout_loss),
+                       style_se=float(r.top100_ratio_se)) for r in table.itertuples()]
+
+
+CANDIDATE_COLUMNS = ["number", "step", "epoch", "state", "is_end", *TABLE_METRICS, "style_score", "n_samples",
+                     "remeasured", "degenerate", "degenerate_why"]
+
+
+def candidates(study: Any) -> pd.DataFrame:
+    """Every COMPLETE trial's candidates, one row per (trial, step), before the pick's columns."""
+    attrs = study.user_attrs
+    refs = dict(attrs.get("references", {}))
+    rows = [_candidate_row(t, p, refs, attrs) for t in study.get_trials(deepcopy=False)
+            if t.state.name == "COMPLETE" for p in _points(study, t)]
+    return pd.DataFrame(rows, columns=list(dict.fromkeys(CANDIDATE_COLUMNS + [k for r in rows for k in r])))
+
+
+def _judge(cands: pd.DataFrame, rule: str, bounds: J.Bounds, attrs: dict[str, Any]):
+    """The pick on the candidates, settled by the study's recorded confidence, and its columns."""
+    rows = candidate_rows(cands)
+    picked = P.pick(rows, rule, bounds=bounds) if rows else None
+    confidence = math.nan
+    if picked is not None and picked.eligible:
+        picked, confidence = _settled(picked, rows, bounds, attrs.get("pick_confidence"))
+    chosen = picked.key if picked is not None and picked.eligible else None
+    lead = {r.key for r in P.contenders(rows, chosen, bounds)} if chosen else set()
+    front = {r.key for r in P.pareto_front([r for r in rows if not P.ineligible_reason(r, bounds)])}
+    why = [P.ineligible_reason(r, bounds) for r in rows]
+    keys = [r.key for r in rows]
+    cands["within_bound"] = [bool(r.memorization <= bounds.memorization) for r in rows]
+    cands["why_not"] = why
+    cands["eligible"] = [not w for w in why]
+    cands["on_front"] = [k in front for k in keys]
+    cands["contender"] = [k in lead for k in keys]
+    cands["selected"] = [k == chosen for k in keys]
+    return picked, confidence
+
+
+def _settled(picked: P.PickResult, rows: list[P.TrialRow], bounds: J.Bounds,
+             recorded: Optional[dict[str, Any]]) -> tuple[P.PickResult, float]:
+    """Apply the recorded confidence when it was measured for this very pair (selected, runner-up)."""
+    runner = P.runner_up(rows, picked.key, bounds)
+    if not recorded or runner is None:
+        return picked, math.nan
+    pair = (tuple(recorded.get("selected", ())), tuple(recorded.get("runner_up", ())))
+    if pair != (picked.key, runner.key):
+        return picked, math.nan
+    chosen = next(r for r in rows if r.key == picked.key)
+    value = float(recorded.get("value", math.nan))
+    return K.settle(picked, chosen, runner, value), value
+
+
+def _trial_row(study: Any, trial: Any, cands: pd.DataFrame, bound: float) -> dict[str, Any]:
+    mine = cands[cands["number"] == trial.number]
+    end = mine[mine["is_end"]].iloc[0].to_dict() if len(mine) else {}
+    m = trial.user_attrs.get("metrics", {}) if trial.state.name == "COMPLETE" else {}
     return {"number": trial.number, "state": trial.state.name, **trial.params,
-            **{k: float(m.get(k, math.nan)) for k in TABLE_METRICS},
-            "style_score": P.style_score(top, book_ratio),
+            **{k: float(end.get(k, math.nan)) for k in TABLE_METRICS},
+            "style_score": float(end.get("style_score", math.nan)),
             "seconds": trial.duration.total_seconds() if trial.duration else math.nan,
             "stopped_early": bool(trial.user_attrs.get("stopped_early", False)),
-            "remeasured": f"final_trial_{trial.number}" in study.user_attrs,
-            "within_bound": bool(mem <= bound), "degenerate": bool(why), "degenerate_why": why,
+            "remeasured": bool(end.get("remeasured", False)),
+            "within_bound": bool(end.get("memorization", math.nan) <= bound),
+            "degenerate": bool(end.get("degenerate", False)), "degenerate_why": str(end.get("degenerate_why", "")),
+            "eligible": bool(end.get("eligible", False)), "on_front": bool(end.get("on_front", False)),
+            "selected": bool(mine["selected"].any()) if len(mine) else False,
+            "selected_step": float(mine[mine["selected"]]["step"].iloc[0]) if len(mine) and mine["selected"].any()
+            else math.nan,
             **{k: float(m.get(k, math.nan)) for k in ONSET_METRICS},
             "best_heldout_epoch": float(m.get("best_epoch", math.nan)),
             "best_heldout_loss": float(m.get("best_heldout_loss", math.nan))}
@@ -93,26 +229,26 @@ def trajectories(study: Any) -> pd.DataFrame:
 
 
 def pick_rows(table: pd.DataFrame) -> list[P.TrialRow]:
-    """The table as the pick sees it: style score to maximise, memorization to minimise."""
-    return [P.TrialRow(int(r.number), float(r.style_score), float(r.memorization), str(r.state),
-                       degenerate=bool(r.degenerate), why=str(r.degenerate_why)) for r in table.itertuples()]
+    """A table (candidates, or one row per trial) as the pick sees it."""
+    if "step" not in table.columns:
+        table = table.assign(step=0)
+    for col in ("extractable_rate", "heldout_loss", "top100_ratio_se"):
+        if col not in table.columns:
+            table = table.assign(**{col: math.nan})
+    return candidate_rows(table)
 
 
 def summarize(study: Any) -> Summary:
-    """Build the table from the study and apply the study's pick rule to it."""
+    """Build the tables from the study and apply the study's pick rule to its candidates."""
     attrs = study.user_attrs
     refs = dict(attrs.get("references", {}))
-    bound = float(attrs.get("memorization_bound", math.nan))
+    bounds = recorded_bounds(attrs)
     rule = attrs.get("pick_rule", P.RULES[0])
-    rows = [_row(study, t, refs.get("book_top100_ratio", math.nan), bound)
-            for t in study.get_trials(deepcopy=False)]
+    cands = candidates(study)
+    picked, confidence = _judge(cands, rule, bounds, attrs)
+    rows = [_trial_row(study, t, cands, bounds.memorization) for t in study.get_trials(deepcopy=False)]
     table = pd.DataFrame(rows, columns=_columns(rows))
-    picked = P.pick(pick_rows(table), rule, bound) if len(table) else None
-    front = {r.number for r in P.pareto_front(pick_rows(table))} if len(table) else set()
-    table["on_front"] = table["number"].isin(front)
-    table["eligible"] = (table["state"] == "COMPLETE") & table["within_bound"] & ~table["degenerate"]
-    table["selected"] = table["number"] == (picked.number if picked else -1)
-    return Summary(table, picked, refs, bound, rule)
+    return Summary(table, cands, picked, refs, bounds, rule, confidence)
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -121,4 +257,4 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         seen.update(dict.fromkeys(r))
     return list(seen) or ["number", "state", *TABLE_METRICS, "style_score", "within_bound", "degenerate",
-                          "degenerate_why"]
+                          "degenerate_why", "eligible", "on_front", "selected"]

@@ -162,7 +162,8 @@ def fit(cfg: TrainConfig, model, data: TokenData, on_metrics: Optional[OnMetrics
 
     ``on_point(step, epoch)`` is called at the trajectory's interior points: after every epoch
     (``point_every`` 0) or every ``point_every`` steps, never at the last step (the caller
-    measures the end itself). ``epoch`` is fractional between epoch ends."""
+    measures the end itself), always after a held-out evaluation at that very step (a point is
+    a candidate, judged by its held-out loss too). ``epoch`` is fractional between epoch ends."""
     report = on_metrics or (lambda metrics, step: None)
     point = on_point or (lambda step, epoch: None)
     model.to(runtime.device).train()
@@ -185,7 +186,8 @@ def fit(cfg: TrainConfig, model, data: TokenData, on_metrics: Optional[OnMetrics
     for epoch in range(1, cfg.epochs + 1):
         t_epoch = time.perf_counter()
         order = torch.randperm(n, generator=gen)
-        for i in range(0, min(n, (total - step) * cfg.batch_size), cfg.batch_size):
+        stop = min(n, (total - step) * cfg.batch_size)
+        for i in range(0, stop, cfg.batch_size):
             t = time.perf_counter()
             x = data.train_windows[order[i:i + cfg.batch_size]].to(runtime.device, non_blocking=True)
             losses.add(_step(model, opt, sched, x, cfg, runtime))
@@ -197,7 +199,11 @@ def fit(cfg: TrainConfig, model, data: TokenData, on_metrics: Optional[OnMetrics
             bar.update(1)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
                 heldout(step)
-            if point_every and step % point_every == 0 and step < total:
+            if point_every and step % point_every == 0 and step < total and i + cfg.batch_size < stop:
+                # A point is judged by its held-out loss too: evaluate at its step (an epoch's
+                # last step is evaluated below anyway, and its point made there).
+                if not (cfg.eval_every and step % cfg.eval_every == 0):
+                    heldout(step)
                 point(step, step / per_epoch)
         losses.flush(step)  # a partial interval, so the epoch mean covers every step
         previous = res.heldout_curve[-1][1]
@@ -209,8 +215,8 @@ def fit(cfg: TrainConfig, model, data: TokenData, on_metrics: Optional[OnMetrics
         res.stopped_early = bool(cfg.early_stop_patience and rising >= cfg.early_stop_patience)
         if res.stopped_early or step >= total:
             break
-        if not point_every:
-            point(step, float(epoch))
+        if not point_every or step % point_every == 0:
+            point(step, step / per_epoch)
     bar.close()
     res.steps = step
     return res

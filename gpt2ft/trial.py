@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+import torch
+
 from gpt2ft import logops, report
 from gpt2ft import trajectory as T
 from gpt2ft.assets import Assets, memorization_bound
@@ -74,14 +76,33 @@ def trial_train_config(config: Config, params: dict[str, Any]) -> TrainConfig:
                                batch_size=params["batch_size"], early_stop_patience=patience)
 
 
+def candidate_train_config(config: Config, params: dict[str, Any], step: int) -> TrainConfig:
+    """The settings that retrain a trial exactly to ``step``: its own settings, stopped there.
+    The data order comes from the trial's seed and measuring draws no training random numbers,
+    so the first ``step`` steps are the trial's own (``tests/test_candidates.py`` checks bitwise)."""
+    return dataclasses.replace(trial_train_config(config, params), max_steps=int(step))
+
+
 class _Tracer:
     """Measures a training model's samples at the trajectory's interior points and logs them
-    as step metrics under the final metrics' names, so MLflow charts show the path."""
+    as step metrics under the final metrics' names, so MLflow charts show the path. Each point
+    is a candidate of the pick, handed to ``on_candidate`` (the study keeps its checkpoint when
+    it could be chosen)."""
 
-    def __init__(self, assets: Assets, model, run, seed: int):
+    def __init__(self, assets: Assets, model, run, seed: int,
+                 on_candidate: Optional[Callable[[Any, dict[str, float]], None]] = None):
         self.assets, self.model, self.run, self.seed = assets, model, run, seed
+        self.on_candidate = on_candidate
         self.points: list[dict[str, float]] = []
+        self.heldout: dict[int, float] = {}
         self.seconds = 0.0
+
+    def saw(self, metrics: dict[str, float], step: int) -> None:
+        """The fit's metric stream: remember each step's held-out loss (fit evaluates at every point)."""
+        if "heldout_loss" in metrics:
+            self.heldout[step] = float(metrics["heldout_loss"])
+        if self.run is not None:
+            self.run.log_metrics(metrics, step)
 
     def base_point(self) -> dict[str, float]:
         """Step 0 is the base model, measured once per study: reused, and logged at step 0."""
@@ -93,10 +114,17 @@ class _Tracer:
 
     def __call__(self, step: int, epoch: float) -> None:
         t = time.perf_counter()
-        metrics, _, _ = measure_model(self.assets, self.model, self.assets.config.sample.n_samples, self.seed)
-        self.points.append(T.point(step, epoch, metrics, math.nan))
+        device = self.assets.runtime.device
+        # Measuring must not draw the random numbers training uses, so the weights after epoch e
+        # of an E-epoch trial are those of an e-epoch trial (export retrains to a point's step).
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            metrics, _, _ = measure_model(self.assets, self.model, self.assets.config.sample.n_samples, self.seed)
+        p = T.point(step, epoch, metrics, self.heldout.get(step, math.nan))
+        self.points.append(p)
         if self.run is not None:
             self.run.log_metrics({k: v for k, v in metrics.items() if k in T.POINT_METRICS}, step)
+        if self.on_candidate is not None:
+            self.on_candidate(self.model, p)
         self.seconds += time.perf_counter() - t
 
     def path(self, result: FitResult, final: dict[str, float]) -> list[dict[str, float]]:
@@ -122,7 +150,8 @@ def _fit_metrics(result: FitResult) -> dict[str, float]:
 
 def run_trial(assets: Assets, train_cfg: TrainConfig, run=None, keep_model: bool = False,
               progress: bool = True, plots: bool = True,
-              after_fit: Optional[Callable[[Any, FitResult], None]] = None, defer_log: bool = False) -> TrialResult:
+              after_fit: Optional[Callable[[Any, FitResult], None]] = None, defer_log: bool = False,
+              on_candidate: Optional[Callable[[Any, dict[str, float]], None]] = None) -> TrialResult:
     """Fine-tune a fresh copy of the base model with ``train_cfg``, measuring its samples along
     the way (``sample.trajectory``) and at the end; log everything to ``run``.
 
@@ -135,11 +164,10 @@ def run_trial(assets: Assets, train_cfg: TrainConfig, run=None, keep_model: bool
     model = assets.fresh_model()
     t_copy = time.perf_counter() - t0
     sc = assets.config.sample
-    tracer = _Tracer(assets, model, run, train_cfg.seed)
+    tracer = _Tracer(assets, model, run, train_cfg.seed, on_candidate)
     try:
-        result = fit(train_cfg, model, assets.data, run.log_metrics if run is not None else None,
-                     assets.runtime, progress=progress, on_point=tracer if sc.trajectory else None,
-                     point_every=sc.every_steps)
+        result = fit(train_cfg, model, assets.data, tracer.saw, assets.runtime, progress=progress,
+                     on_point=tracer if sc.trajectory else None, point_every=sc.every_steps)
         if after_fit is not None:
             after_fit(model, result)
         t = time.perf_counter()

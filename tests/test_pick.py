@@ -81,22 +81,22 @@ def test_all_over_bound_falls_back_to_lowest_memorization() -> None:
         TrialRow(3, style=-0.00, memorization=0.90),
     ]
     result = pick(rows, "bounded_style", memorization_bound=0.02)
-    assert result.number == 2
-    assert result.within_bound is False
-    assert "no completed trial" in result.reason
-    assert "0.02" in result.reason
+    assert result.number == 2  # the least bad: lowest excess over the bound, then better style
+    assert result.within_bound is False and result.eligible is False
+    assert result.reason.startswith("no eligible candidate among 4 candidates, so none is selected")
+    assert "trial 2 at step 0: memorization 0.1 > 0.02" in result.reason
 
 
 def test_fallback_full_tie_prefers_lower_number() -> None:
     rows = [TrialRow(5, -0.1, 0.5), TrialRow(3, -0.1, 0.5)]
     result = pick(rows, "bounded_style", 0.01)
-    assert result.number == 3 and not result.within_bound
+    assert result.number == 3 and not result.within_bound and not result.eligible
 
 
 def test_nan_bound_always_falls_back() -> None:
     rows = [TrialRow(0, -0.1, 0.01), TrialRow(1, -0.2, 0.0)]
     result = pick(rows, "bounded_style", NAN)
-    assert result.number == 1 and not result.within_bound
+    assert result.number == 1 and not result.within_bound and not result.eligible
 
 
 def test_fail_and_pruned_rows_ignored() -> None:
@@ -189,12 +189,15 @@ def test_knee_on_five_point_front() -> None:
     rows = [TrialRow(n, -0.1 + 0.1 * s, 0.01 + 0.2 * m) for n, (m, s) in pts.items()]
     rows.append(TrialRow(15, style=-0.08, memorization=0.15))  # dominated, must not count
     assert numbers(pareto_front(rows)) == [10, 11, 12, 13, 14]
-    result = pick(rows, "knee", memorization_bound=0.1)
+    result = pick(rows, "knee", memorization_bound=1.0)
     assert result.number == 12
     assert result.rule == "knee"
-    assert result.within_bound is True  # 0.01 + 0.2 * 0.2 = 0.05
+    assert result.within_bound is True
     assert "5-point" in result.reason
-    assert pick(rows, "knee", memorization_bound=0.02).within_bound is False
+    # The knee is taken among eligible candidates only: at 0.1 D (0.11) and E drop out and the
+    # front A, B, C bows most at B; at 0.02 only A is left.
+    assert pick(rows, "knee", memorization_bound=0.1).number == 11
+    assert pick(rows, "knee", memorization_bound=0.02).number == 10
 
 
 def test_knee_tie_prefers_lower_number() -> None:
@@ -205,9 +208,9 @@ def test_knee_tie_prefers_lower_number() -> None:
 
 
 def test_knee_with_one_and_two_points() -> None:
-    assert pick([TrialRow(4, -0.1, 0.3)], "knee", 0.05).number == 4
+    assert pick([TrialRow(4, -0.1, 0.03)], "knee", 0.05).number == 4
     # Two front points normalise to (0,0) and (1,1): equal sums, lower number wins.
-    assert pick([TrialRow(8, -0.1, 0.01), TrialRow(6, -0.01, 0.3)], "knee", 0.05).number == 6
+    assert pick([TrialRow(8, -0.1, 0.01), TrialRow(6, -0.01, 0.3)], "knee", 1.0).number == 6
     # A dominated third row leaves a one-point front.
     assert pick([TrialRow(1, -0.01, 0.01), TrialRow(0, -0.2, 0.3)], "knee", 0.05).number == 1
 
@@ -286,15 +289,15 @@ def looping_table() -> list[TrialRow]:
 def test_best_style_trial_that_loops_is_not_picked() -> None:
     result = pick(looping_table(), "bounded_style", 0.05)
     assert result.number == 1 and result.within_bound and not result.degenerate
-    assert result.reason.endswith(f"; 2 degenerate trials excluded (trial 2: {LOOP}; trial 3)")
-    assert "among 2 of 2 completed trials" in result.reason  # counted without the loops
+    assert result.reason.endswith(f"; excluded 2: degenerate: 2@0 ({LOOP}), 3@0 (degenerate)")
+    assert "among 2 eligible of 4 candidates" in result.reason
 
 
 def test_knee_front_leaves_out_degenerate_trials() -> None:
     rows = looping_table()
     result = pick(rows, "knee", 0.05)
     assert result.number == 1 and not result.degenerate  # 1 dominates 0 once 2, 3 are out
-    assert "1-point Pareto front" in result.reason and "2 degenerate trials excluded" in result.reason
+    assert "1-point Pareto front" in result.reason and "excluded 2: degenerate" in result.reason
     assert numbers(pareto_front(rows)) == [2]  # the plain front still shows everything
 
 
@@ -305,25 +308,26 @@ def test_no_degenerate_trial_no_note() -> None:
 
 def test_one_excluded_and_many_are_counted() -> None:
     rows = [TrialRow(0, -0.1, 0.01), TrialRow(9, 0.0, 0.0, degenerate=True, why="x")]
-    assert pick(rows, "bounded_style", 0.05).reason.endswith("; 1 degenerate trial excluded (trial 9: x)")
-    rows += [TrialRow(n, 0.0, 0.0, degenerate=True) for n in (5, 6, 7, 8)]
+    assert pick(rows, "bounded_style", 0.05).reason.endswith("; excluded 1: degenerate: 9@0 (x)")
+    rows += [TrialRow(n, 0.0, 0.0, degenerate=True) for n in (1, 2, 3, 4, 5, 6, 7, 8)]
     assert pick(rows, "bounded_style", 0.05).reason.endswith(
-        "; 5 degenerate trials excluded (trial 5; trial 6; trial 7; 2 more)")
+        "; excluded 9: degenerate: 1@0 (degenerate), 2@0 (degenerate), 3@0 (degenerate), 4@0 (degenerate), "
+        "5@0 (degenerate), 6@0 (degenerate), 3 more")
 
 
 @pytest.mark.parametrize("rule", ["bounded_style", "knee"])
-def test_all_degenerate_still_picks_but_flags(rule: str) -> None:
+def test_all_degenerate_means_no_champion(rule: str) -> None:
     rows = [
         TrialRow(0, style=-0.10, memorization=0.01, degenerate=True, why=LOOP),
         TrialRow(1, style=-0.05, memorization=0.02, degenerate=True),
         TrialRow(2, style=-0.01, memorization=0.50, state="FAIL"),  # not usable, not counted
     ]
     result = pick(rows, rule, 0.05)
-    plain = pick([replace(r, degenerate=False) for r in rows], rule, 0.05)
-    assert result.number == plain.number  # the rule itself, applied among the degenerate
-    assert result.degenerate is True and result.within_bound is False
-    assert result.reason.startswith(f"all 2 completed trials are degenerate (trial 0: {LOOP}; trial 1); ")
-    assert result.reason.endswith(plain.reason)
+    assert result.eligible is False and result.degenerate is True
+    assert result.number == 0  # the least bad: both fail one judge, 0 copies less
+    assert result.reason.startswith("no eligible candidate among 2 candidates, so none is selected; ")
+    assert result.reason.endswith(f"trial 0 at step 0: degenerate: {LOOP}")
+    assert pick([replace(r, degenerate=False) for r in rows], rule, 0.05).eligible
 
 
 def test_degenerate_rows_that_cannot_be_used_do_not_count() -> None:

@@ -53,7 +53,7 @@ def test_heldout_at_takes_the_latest_evaluation():
 
 # A 2-layer random GPT-2 on ~11 windows of 32 tokens, at a high rate for 40 epochs: it learns
 # the slice by heart. Sampling greedily (top_k=1) from BOS then reproduces it.
-MEMORIZE = ["--set", "data.max_chars=2000", "--set", "data.segment_chars=100", "--set", "data.heldout_every=4",
+MEMORIZE = ["--set", "data.max_chars=1500", "--set", "data.segment_chars=100", "--set", "data.heldout_every=4",
             "--set", "train.max_steps=null", "--set", "train.lr=3e-3", "--set", "train.batch_size=4",
             "--set", "train.eval_batches=1", "--set", "sample.top_k=1", "--set", "metrics.extraction_prompts=0",
             "--set", "metrics.bootstrap=0"]

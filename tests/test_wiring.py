@@ -3,6 +3,8 @@ settings, the bootstrap's definition and the knee's ties. Each test here fails w
 of the wiring changes meaning."""
 from __future__ import annotations
 
+import dataclasses
+
 import datetime as dt
 import math
 from dataclasses import dataclass, field
@@ -91,10 +93,11 @@ def test_export_retrain_calls_fit_with_trial_train_config(monkeypatch, tmp_path)
     monkeypatch.setattr(export, "prepare", lambda *a, **k: SimpleNamespace(
         fresh_model=lambda: None, data=None, runtime=None))
     info = {"config_yaml": yaml.safe_dump(config.to_dict()), "params": {"lr": 1e-4, "epochs": 3, "batch_size": 2},
-            "corpus": "x"}
+            "corpus": "x", "step": 7}
     with pytest.raises(RuntimeError, match="stop here"):
         export._retrain(info, tmp_path, SimpleNamespace(corpus=None, quiet=True))
-    assert seen["cfg"] == trial_train_config(config, info["params"])
+    # The trial's own settings (early stop included), stopped at the candidate's step.
+    assert seen["cfg"] == dataclasses.replace(trial_train_config(config, info["params"]), max_steps=7)
 
 
 def test_sample_gives_exactly_new_tokens_without_eos_from_bos():
@@ -145,11 +148,11 @@ def test_knee_ties_within_tolerance_go_to_the_lower_trial_number():
     # Two interior points whose normalised scores differ by rounding only (< 1e-9) tie.
     rows = [P.TrialRow(0, -0.30, 0.00), P.TrialRow(3, -0.10, 0.50), P.TrialRow(1, -0.10 - 1e-12, 0.50 - 1e-12),
             P.TrialRow(2, 0.00, 1.00)]
-    assert P.pick(rows, "knee").number == 1
+    assert P.pick(rows, "knee", memorization_bound=1.0).number == 1
     # A real difference (1e-3) is not a tie: the better point wins despite its higher number.
     rows = [P.TrialRow(0, -0.30, 0.00), P.TrialRow(1, -0.10, 0.50), P.TrialRow(3, -0.099, 0.50),
             P.TrialRow(2, 0.00, 1.00)]
-    assert P.pick(rows, "knee").number == 3
+    assert P.pick(rows, "knee", memorization_bound=1.0).number == 3
     assert math.isfinite(P.style_score(0.5, 0.55))
 
 
