@@ -7,7 +7,8 @@ SDPA attention, batch 16 x block 256, bf16 autocast, fused AdamW, optionally
 
 * ``fit``: ``gpt2ft.train.fit`` as a trial calls it (windows on the host, one batch copied
   per step, gradient clipping 1.0, loss read every ``log_every`` steps, held-out loss at
-  step 0 and at the end on one batch);
+  step 0 and at the end on one batch); its own ``step_seconds`` (CUDA events) is set beside
+  the synchronised window, which checks the trials' ``tokens_per_second``;
 * ``bare``: forward, backward, fused AdamW step, zero_grad; data already on the GPU;
 * ``bare_host``: the same, but each batch indexed on the host and copied with
   ``.to(device, non_blocking=True)`` as ``fit`` does (isolates the cost of that copy).
@@ -213,7 +214,10 @@ class GpuContest:
             kwargs["batch_eval"] = self.args.batch
         res = fit(self.train_cfg, model, self.data, None, self.runtime, **kwargs)
         assert res.steps == self.total, res.steps
-        return {"eval_seconds": res.eval_seconds, "evals": len(res.heldout_curve)}
+        # fit's own clock (train.StepTimer), as trials log it: tokens_per_second, step_seconds.
+        own = self.args.batch * self.args.block * self.total / res.step_seconds
+        return {"eval_seconds": res.eval_seconds, "evals": len(res.heldout_curve),
+                "step_seconds": res.step_seconds, "own_tokens_per_second": own}
 
     def run_one(self, name: str) -> dict[str, Any]:
         torch = self.torch
@@ -286,6 +290,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         rows.append(B.row(f"MFU {c} (measured bf16 mm)", achieved, "torch.mm 8192^3 bf16", mm_flops,
                           achieved / mm_flops, "info"))
     if "fit" in med:
+        # Near 1 when fit's step timer bills the device's time to the steps (warm-up steps
+        # included, so a little below); far above 1 if it counted only the time to queue them.
+        own, steady = med["fit"]["own_tokens_per_second"], med["fit"]["tokens_per_second"]
+        rows.append(B.row("tok/s: fit's own step_seconds vs synced window", own, "steady window", steady,
+                          own / steady, "info"))
         for peer in ("bare", "bare_host"):
             if peer in med:
                 ratio = med["fit"]["tokens_per_second"] / med[peer]["tokens_per_second"]

@@ -37,7 +37,8 @@ class FitResult:
     steps: int = 0
     tokens: int = 0
     step_seconds: float = 0.0
-    """Wall time inside forward/backward/optimizer steps (the useful part of a trial)."""
+    """Wall time inside forward/backward/optimizer steps (the useful part of a trial); on CUDA
+    the time the device spent on them, not the time it took to queue them (:class:`CudaStepTimer`)."""
     eval_seconds: float = 0.0
     stopped_early: bool = False
     steps_per_epoch: int = 0
@@ -45,6 +46,75 @@ class FitResult:
     @property
     def best_heldout(self) -> tuple[int, float]:
         return min(self.heldout_curve, key=lambda sl: sl[1]) if self.heldout_curve else (0, math.nan)
+
+
+class StepTimer:
+    """The summed wall time of spans of training steps, each from ``start()`` to ``stop()``, on
+    the host's clock: right where work is done when ``stop()`` returns (the CPU).
+
+    ``drain()`` is called before work that is timed on the host clock (evaluation, a trajectory
+    point), so that work is not billed for steps still queued on the device; a no-op here."""
+
+    def __init__(self) -> None:
+        self._seconds = 0.0
+        self._t = 0.0
+
+    def start(self) -> None:
+        self._t = time.perf_counter()
+
+    def stop(self) -> None:
+        self._seconds += time.perf_counter() - self._t
+
+    def drain(self) -> None:
+        pass
+
+    @property
+    def seconds(self) -> float:
+        """The spans stopped so far, summed."""
+        return self._seconds
+
+
+class CudaStepTimer(StepTimer):
+    """On CUDA, ``stop()`` returns once the step's kernels are queued, not run: the host clock
+    would bill them to whoever waits next (the loss read, evaluation, a trajectory point). So a
+    span is a pair of CUDA events recorded on the stream (no sync), and the events are read in
+    ``seconds``, which waits for the last one: ``fit`` reads it just after the sync its log
+    interval's loss read makes anyway, so timing adds no sync to a step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._open = None
+        self._spans: list[tuple] = []
+
+    def start(self) -> None:
+        self._open = torch.cuda.Event(enable_timing=True)
+        self._open.record()
+
+    def stop(self) -> None:
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        self._spans.append((self._open, end))
+
+    def drain(self) -> None:
+        """Wait for the queued steps (the wait the next timed work would make anyway)."""
+        torch.cuda.synchronize()
+        self._collect()
+
+    @property
+    def seconds(self) -> float:
+        if self._spans:
+            self._spans[-1][1].synchronize()  # one stream: its earlier events are done too
+            self._collect()
+        return self._seconds
+
+    def _collect(self) -> None:
+        self._seconds += sum(s.elapsed_time(e) for s, e in self._spans) / 1e3  # elapsed_time is in ms
+        self._spans.clear()
+
+
+def step_timer(device: torch.device) -> StepTimer:
+    """The step timer for ``device``: CUDA events on CUDA, the host clock elsewhere."""
+    return CudaStepTimer() if device.type == "cuda" else StepTimer()
 
 
 @torch.no_grad()
@@ -80,20 +150,24 @@ def seconds_per_step(model, cfg: TrainConfig, windows: torch.Tensor, runtime: Ru
     model.to(runtime.device).train()
     opt = make_optimizer(model, cfg, runtime)
     x = windows[: cfg.batch_size].to(runtime.device)
-    t = time.perf_counter()
+    timer = step_timer(runtime.device)
+    timer.start()
     with runtime.autocast():
         loss = model(input_ids=x, labels=x).loss
     loss.backward()
     opt.step()
-    return time.perf_counter() - t
+    timer.stop()
+    return timer.seconds
 
 
 class _LossLog:
     """The training loss of the current log interval, summed on the device and read once per
-    interval (reading it forces a device sync), so a NaN is caught within ``log_every`` steps."""
+    interval (reading it forces a device sync), so a NaN is caught within ``log_every`` steps;
+    the step timer is read just after that sync, where reading it costs no wait of its own."""
 
-    def __init__(self, cfg: TrainConfig, res: FitResult, report: OnMetrics, bar, device: torch.device):
-        self.cfg, self.res, self.report, self.bar = cfg, res, report, bar
+    def __init__(self, cfg: TrainConfig, res: FitResult, report: OnMetrics, bar, device: torch.device,
+                 timer: StepTimer):
+        self.cfg, self.res, self.report, self.bar, self.timer = cfg, res, report, bar, timer
         self.running = torch.zeros((), device=device)
         self.count = 0
         self.epoch_sum, self.epoch_n = 0.0, 0
@@ -110,6 +184,7 @@ class _LossLog:
         if not math.isfinite(mean):
             self.bar.close()
             raise NonFiniteLoss(f"train_loss became {mean} at step {step} (lr={self.cfg.lr}).")
+        self.res.step_seconds = self.timer.seconds
         self.res.train_curve.append((step, mean))
         self.epoch_sum += mean * self.count
         self.epoch_n += self.count
@@ -154,69 +229,85 @@ def _step(model, opt, sched, x: torch.Tensor, cfg: TrainConfig, runtime: Runtime
     return loss
 
 
+def _end_epoch(res: FitResult, cfg: TrainConfig, loss_h: float, train_loss: float, epoch: int, step: int,
+               t_epoch: float, rising: int) -> int:
+    """Record the epoch (its held-out loss was just evaluated, after the one before it) and decide
+    the early stop: returns how many evaluations in a row have risen."""
+    previous = res.heldout_curve[-2][1]
+    res.history.append({"epoch": epoch, "step": step, "train_loss": train_loss, "heldout_loss": loss_h,
+                        "seconds": time.perf_counter() - t_epoch})
+    rising = rising + 1 if loss_h > previous else 0
+    res.stopped_early = bool(cfg.early_stop_patience and rising >= cfg.early_stop_patience)
+    return rising
+
+
+def _length(cfg: TrainConfig, n: int) -> tuple[int, int]:
+    """Steps per epoch over ``n`` windows, and the run's total steps (``max_steps`` caps it)."""
+    per_epoch = math.ceil(n / cfg.batch_size)
+    total = per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, per_epoch * cfg.epochs)
+    if total == 0:
+        raise UserError("training would run no step; check train.max_steps and the corpus size.")
+    return per_epoch, total
+
+
 def fit(cfg: TrainConfig, model, data: TokenData, on_metrics: Optional[OnMetrics],
         runtime: Runtime, progress: bool = True, on_point: Optional[OnPoint] = None,
         point_every: int = 0) -> FitResult:
     """Fine-tune ``model`` in place on ``data.train_windows``; evaluate on the held-out windows
-    at step 0, after each epoch and every ``cfg.eval_every`` steps.
+    at step 0, after each epoch, every ``cfg.eval_every`` steps and at every point.
 
     ``on_point(step, epoch)`` is called at the trajectory's interior points: after every epoch
     (``point_every`` 0) or every ``point_every`` steps, never at the last step (the caller
-    measures the end itself), always after a held-out evaluation at that very step (a point is
-    a candidate, judged by its held-out loss too). ``epoch`` is fractional between epoch ends."""
+    measures the end), always after a held-out evaluation at that step (``epoch`` fractional)."""
     report = on_metrics or (lambda metrics, step: None)
-    point = on_point or (lambda step, epoch: None)
     model.to(runtime.device).train()
     opt, sched = _optimizer_and_schedule(model, cfg, runtime)
     n = data.train_windows.shape[0]
-    per_epoch = math.ceil(n / cfg.batch_size)
-    total = per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, per_epoch * cfg.epochs)
+    per_epoch, total = _length(cfg, n)
     gen = torch.Generator().manual_seed(cfg.seed)
     res = FitResult(steps_per_epoch=per_epoch)
+    timer = step_timer(runtime.device)
+    # Every point follows a held-out evaluation at its step, which drains the device first, so a
+    # point is never billed for queued steps and needs no sync of its own.
+    point = on_point or (lambda step, epoch: None)
 
     def heldout(step: int) -> float:
+        timer.drain()
         return _heldout(model, data, cfg, runtime, res, report, step)
 
     heldout(0)
-    if total == 0:
-        raise UserError("training would run no step; check train.max_steps and the corpus size.")
     rising, step = 0, 0
     bar = tqdm(total=total, desc="train", unit="step", disable=not progress or None, leave=False)
-    losses = _LossLog(cfg, res, report, bar, runtime.device)
+    losses = _LossLog(cfg, res, report, bar, runtime.device, timer)
     for epoch in range(1, cfg.epochs + 1):
         t_epoch = time.perf_counter()
         order = torch.randperm(n, generator=gen)
         stop = min(n, (total - step) * cfg.batch_size)
         for i in range(0, stop, cfg.batch_size):
-            t = time.perf_counter()
+            timer.start()
             x = data.train_windows[order[i:i + cfg.batch_size]].to(runtime.device, non_blocking=True)
             losses.add(_step(model, opt, sched, x, cfg, runtime))
             step += 1
             res.tokens += x.numel()
-            res.step_seconds += time.perf_counter() - t
+            timer.stop()
             if losses.count == cfg.log_every or step == total:
                 losses.flush(step)
             bar.update(1)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
                 heldout(step)
+            # A point is judged by its held-out loss too, so it is evaluated at its step (an epoch's
+            # last step is evaluated below anyway, and its point made there).
             if point_every and step % point_every == 0 and step < total and i + cfg.batch_size < stop:
-                # A point is judged by its held-out loss too: evaluate at its step (an epoch's
-                # last step is evaluated below anyway, and its point made there).
                 if not (cfg.eval_every and step % cfg.eval_every == 0):
                     heldout(step)
                 point(step, step / per_epoch)
         losses.flush(step)  # a partial interval, so the epoch mean covers every step
-        previous = res.heldout_curve[-1][1]
-        loss_h = heldout(step)
-        res.history.append({"epoch": epoch, "step": step, "train_loss": losses.epoch_mean(),
-                            "heldout_loss": loss_h, "seconds": time.perf_counter() - t_epoch})
+        rising = _end_epoch(res, cfg, heldout(step), losses.epoch_mean(), epoch, step, t_epoch, rising)
         report({"epoch": float(epoch)}, step)
-        rising = rising + 1 if loss_h > previous else 0
-        res.stopped_early = bool(cfg.early_stop_patience and rising >= cfg.early_stop_patience)
         if res.stopped_early or step >= total:
             break
         if not point_every or step % point_every == 0:
             point(step, step / per_epoch)
     bar.close()
-    res.steps = step
+    res.steps, res.step_seconds = step, timer.seconds
     return res

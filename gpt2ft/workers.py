@@ -6,7 +6,8 @@ would share under one interpreter lock. The workers share the Optuna study and t
 parent run exactly as separate ``gpt2ft study`` commands on a database do; this module only
 starts them, prefixes their output with their index, passes Ctrl-C / SIGTERM on, and makes
 sure none outlives the supervisor (``PR_SET_PDEATHSIG`` on Linux, a watch on the parent pid
-everywhere).
+everywhere). On a machine with several GPUs, worker i gets the i-th of them, round the list,
+as its only visible one (``CUDA_VISIBLE_DEVICES``), and ``auto`` counts workers per GPU.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import IO, Optional, Sequence
+from typing import IO, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -27,7 +28,7 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 PARENT_ENV = "GPT2FT_SUPERVISOR_PID"
 CUDA_CONTEXT_BYTES = 600 * 2**20  # a CUDA context and the caching allocator's slack, per process
 MEMORY_SHARE = 0.85  # of the GPU's free memory that auto may plan for: fragmentation, sampling
-MAX_AUTO_JOBS = 8  # measured on an H200: 4 processes gave 3.2x one, 8 about 5x; more adds little
+MAX_AUTO_JOBS = 8  # per GPU, measured on an H200: 4 processes gave 3.2x one, 8 about 5x; more adds little
 STOP_SECONDS = 20.0  # after Ctrl-C, how long workers get to close their trials before SIGKILL
 
 
@@ -48,14 +49,17 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def auto_jobs(per_worker: int, free_bytes: Optional[int], cores: int) -> int:
-    """Workers that fit: each needs ``per_worker`` bytes of the GPU's free memory (less
+def auto_jobs(per_worker: int, free_bytes: Union[None, int, Sequence[int]], cores: int) -> int:
+    """Workers that fit: each needs ``per_worker`` bytes of its GPU's free memory (less
     headroom) and a core of its own to launch kernels, one core left for the supervisor.
-    ``free_bytes`` None means no GPU: one worker (CPU threads already use every core)."""
-    if free_bytes is None:
+    ``free_bytes`` is one GPU's free memory or a list, one per GPU: workers go round the GPUs
+    evenly, so every GPU takes as many as the one with the least free memory.
+    ``free_bytes`` None (or no GPU) means one worker (CPU threads already use every core)."""
+    frees = [free_bytes] if isinstance(free_bytes, int) else list(free_bytes or [])
+    if not frees:
         return 1
-    by_memory = int(free_bytes * MEMORY_SHARE // max(per_worker, 1))
-    return max(1, min(by_memory, cores - 1, MAX_AUTO_JOBS))
+    per_gpu = min(MAX_AUTO_JOBS, *(int(f * MEMORY_SHARE // max(per_worker, 1)) for f in frees))
+    return max(1, min(per_gpu * len(frees), cores - 1))
 
 
 def resolve_jobs(value: str, assets) -> int:
@@ -69,11 +73,38 @@ def resolve_jobs(value: str, assets) -> int:
     n_params = sum(p.numel() for p in assets.base_model.parameters())
     need = worker_bytes(n_params, mc.num_hidden_layers, mc.hidden_size, mc.vocab_size,
                         max(c.study.batch_size), c.data.block_size)
-    free, _total = torch.cuda.mem_get_info(assets.runtime.device)
-    n = auto_jobs(need, free, cpu_cores())
-    print(f"gpt2ft: --jobs auto: {n} workers ({need / 2**30:.1f} GiB each planned, "
-          f"{free / 2**30:.1f} GiB free, {cpu_cores()} cores)", file=sys.stderr)
+    frees = gpu_free_bytes()
+    n = auto_jobs(need, frees, cpu_cores())
+    print(f"gpt2ft: --jobs auto: {n} workers over {len(frees)} GPU{'s' if len(frees) > 1 else ''} "
+          f"({need / 2**30:.1f} GiB each planned, {min(frees, default=0) / 2**30:.1f} GiB free on the "
+          f"fullest GPU, {cpu_cores()} cores)", file=sys.stderr)
     return n
+
+
+def gpu_free_bytes() -> list[int]:
+    """Free memory of each GPU this process sees. Asking creates a CUDA context on each (a few
+    hundred MiB, kept by the supervisor): the price of sizing by what is free, not the total."""
+    return [torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())]
+
+
+def visible_gpus(env: Optional[Mapping[str, str]] = None) -> list[str]:
+    """The GPUs a worker may be given, as ``CUDA_VISIBLE_DEVICES`` names them: the user's own
+    list if set (indices or UUIDs; only the prefix CUDA accepted, as it stops at a bad entry),
+    else every GPU's index. Empty without a GPU."""
+    env = os.environ if env is None else env
+    count = torch.cuda.device_count()
+    listed = env.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return [str(i) for i in range(count)]
+    return [g.strip() for g in listed.split(",") if g.strip()][:count]
+
+
+def worker_envs(n: int, env: Mapping[str, str], gpus: Sequence[str]) -> list[dict[str, str]]:
+    """The environment of each of ``n`` workers: worker i sees GPU ``gpus[i % len(gpus)]`` only
+    (as its ``cuda:0``), so the workers spread evenly; unchanged without a GPU."""
+    if not gpus:
+        return [dict(env) for _ in range(n)]
+    return [{**env, "CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} for i in range(n)]
 
 
 def become_worker() -> None:
@@ -117,18 +148,25 @@ def _pump(index: int, stream: IO[bytes], out: IO[str]) -> None:
         out.flush()
 
 
-def supervise(argvs: Sequence[Sequence[str]], env: Optional[dict[str, str]] = None) -> list[int]:
+def supervise(argvs: Sequence[Sequence[str]], env: Optional[dict[str, str]] = None,
+              gpus: Optional[Sequence[str]] = None) -> list[int]:
     """Run one worker process per argv (``python -m gpt2ft.cli ...``) until all exit; return
-    their exit codes. Ctrl-C or SIGTERM here is passed to every worker, which then gets
-    :data:`STOP_SECONDS` to close its trial before it is killed; the interrupt is re-raised."""
+    their exit codes. Worker i sees one GPU, ``gpus[i % len(gpus)]`` (default: every GPU this
+    process sees, :func:`visible_gpus`). Ctrl-C or SIGTERM here is passed to every worker, which
+    then gets :data:`STOP_SECONDS` to close its trial before it is killed; the interrupt is re-raised."""
     env = {**(env or os.environ), PARENT_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+    gpus = visible_gpus(env) if gpus is None else gpus
+    envs = worker_envs(len(argvs), env, gpus)
+    if gpus:
+        print("gpt2ft: workers on GPUs (CUDA_VISIBLE_DEVICES): "
+              + ", ".join(f"w{i}={e['CUDA_VISIBLE_DEVICES']}" for i, e in enumerate(envs)), file=sys.stderr)
     procs, pumps = [], []
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         for i, argv in enumerate(argvs):
             # Its own process group: a terminal's Ctrl-C reaches the supervisor only, which passes
             # exactly one SIGINT on; a supervisor killed outright takes them down by PDEATHSIG.
-            p = subprocess.Popen([sys.executable, "-m", "gpt2ft.cli", *argv], env=env, stdin=subprocess.DEVNULL,
+            p = subprocess.Popen([sys.executable, "-m", "gpt2ft.cli", *argv], env=envs[i], stdin=subprocess.DEVNULL,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, process_group=0)
             procs.append(p)
             pumps.append(threading.Thread(target=_pump, args=(i, p.stdout, sys.stderr), daemon=True))
