@@ -293,13 +293,12 @@ def fit(cfg: TrainConfig, model, data: TokenData, on_metrics: Optional[OnMetrics
             if losses.count == cfg.log_every or step == total:
                 losses.flush(step)
             bar.update(1)
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
-                heldout(step)
             # A point is judged by its held-out loss too, so it is evaluated at its step (an epoch's
             # last step is evaluated below anyway, and its point made there).
-            if point_every and step % point_every == 0 and step < total and i + cfg.batch_size < stop:
-                if not (cfg.eval_every and step % cfg.eval_every == 0):
-                    heldout(step)
+            at_point = point_every and step % point_every == 0 and step < total and i + cfg.batch_size < stop
+            if step < total and (at_point or (cfg.eval_every and step % cfg.eval_every == 0)):
+                heldout(step)
+            if at_point:
                 point(step, step / per_epoch)
         losses.flush(step)  # a partial interval, so the epoch mean covers every step
         rising = _end_epoch(res, cfg, heldout(step), losses.epoch_mean(), epoch, step, t_epoch, rising)
