@@ -16,10 +16,14 @@ the trials. Reported for each, as JSON and a table with ratios N / 1:
   ``log_seconds``, ``trial_seconds``, and their means;
 * the peak GPU memory of each worker process (``nvidia-smi --query-compute-apps``).
 
-One 10-minute device command must hold both studies: ``--jobs N`` runs first (30 trials), then
-``--jobs 1`` with ``--timeout`` set to what is left of ``--budget``; when it stops early the
-table says how many trials it ran, and the per-trial means compare the same trial numbers
-(the sampler is seeded by trial number, so trial k draws the same parameters in both).
+One 10-minute device command must hold both studies and the setup: ``--budget`` (560 s) is
+shared out after the setup, ``--jobs N`` first with at most :data:`MANY_SHARE` of what is left,
+then ``--jobs 1`` with the rest. Each study gets ``--timeout`` (no new trial after it) and is
+killed :data:`FINISH_MARGIN` seconds later if still running; when one stops early the table
+says how many trials it ran, and the per-trial means compare the same trial numbers (the
+sampler is seeded by trial number, so trial k draws the same parameters in both). The JSON is
+rewritten (atomically) after the setup and after each study, so a command cut off at its
+time limit keeps what finished.
 
 Usage, from the repository root on a CUDA machine::
 
@@ -51,12 +55,17 @@ for _p in (str(ROOT), str(HERE)):
         sys.path.insert(0, _p)
 
 import benchlib as B  # noqa: E402
+from gpt2ft.fsutil import write_json_atomic  # noqa: E402
 
 GPT2_124M = ["model.name=random-gpt2", "model.n_layer=12", "model.n_embd=768", "model.n_head=12"]
 CPU_CHECK = ["train.max_steps=3", "train.eval_batches=1", "sample.final_n_samples=4"]
 # log_seconds runs in the study's background writer (off the critical path), the rest inside the trial.
 TIMES = ("step_seconds", "eval_seconds", "trajectory_seconds", "measure_seconds", "log_seconds", "trial_seconds")
-FINISH_MARGIN = 90  # seconds the --jobs 1 study keeps after its timeout for the last trial and the pick
+FINISH_MARGIN = 90  # seconds a study keeps after its --timeout for the running trial, the re-measure and the pick
+#: Of the time left after the setup, the most the --jobs N study may take. Half: the --jobs 1
+#: study, the slower one, needs at least as long to complete a comparable number of trials,
+#: and a --jobs N study that meets its target (180 s) leaves it more.
+MANY_SHARE = 0.5
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,14 +108,15 @@ def env() -> dict[str, str]:
             "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def warm_cache(config: str, sets: list[str], corpus: Path, store: Path) -> dict[str, Any]:
-    """Compute the setup once into ``store/cache`` (untimed for the comparison)."""
+def warm_cache(config: str, sets: list[str], corpus: Path, store: Path, limit: float) -> dict[str, Any]:
+    """Compute the setup once into ``store/cache`` (untimed for the comparison; killed after
+    ``limit`` seconds)."""
     code = ("import json, sys; from gpt2ft.cache import setup; from gpt2ft.config import load_config; "
             "s = setup(load_config(sys.argv[1], sys.argv[4:]), sys.argv[2], sys.argv[3]); "
             "print(json.dumps({'key': s.key, 'hit': s.hit, 'seconds': s.seconds}))")
     t = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code, config, str(corpus), str(store), *sets], env=env(),
-                         capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+                         capture_output=True, text=True, check=True, timeout=limit).stdout.strip().splitlines()[-1]
     return {**json.loads(out), "wall_seconds": time.perf_counter() - t}
 
 
@@ -161,17 +171,24 @@ def run_study(jobs: str, n_trials: int, config: str, sets: list[str], corpus: Pa
         cmd += ["--set", item]
     if timeout is not None:
         cmd += ["--timeout", f"{max(timeout, 1):.0f}"]
-    print(f"gpu_study: --jobs {jobs}: {' '.join(cmd[3:])}", file=sys.stderr, flush=True)
+    print(f"gpu_study: --jobs {jobs} (killed after {limit:.0f} s): {' '.join(cmd[3:])}", file=sys.stderr,
+          flush=True)
     with GpuSampler() as gpu:
         t = time.perf_counter()
-        proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=limit)
+        try:
+            proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=limit)
+            killed, code, stderr = False, proc.returncode, proc.stderr
+        except subprocess.TimeoutExpired as exc:  # what it finished is in its store: report that
+            killed, code = True, None
+            stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
         wall = time.perf_counter() - t
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-6000:])
-        raise SystemExit(f"gpu_study: the --jobs {jobs} study failed (exit {proc.returncode})")
-    workers = sorted({int(line.split("]")[0][2:]) for line in proc.stderr.splitlines() if line.startswith("[w")})
-    return {"jobs_arg": jobs, "workers": len(workers) or 1, "wall_seconds": wall, "gpu_busy_share": gpu.busy_share(),
-            "gpu_samples": len(gpu.util), "peak_mib_by_pid": gpu.peak_mib, **read_trials(store)}
+    if code not in (0, None):
+        sys.stderr.write(stderr[-6000:])
+        raise SystemExit(f"gpu_study: the --jobs {jobs} study failed (exit {code})")
+    workers = sorted({int(line.split("]")[0][2:]) for line in stderr.splitlines() if line.startswith("[w")})
+    return {"jobs_arg": jobs, "workers": len(workers) or 1, "wall_seconds": wall, "killed_at_limit": killed,
+            "gpu_busy_share": gpu.busy_share(), "gpu_samples": len(gpu.util), "peak_mib_by_pid": gpu.peak_mib,
+            **read_trials(store)}
 
 
 def read_trials(store: Path) -> dict[str, Any]:
@@ -180,7 +197,8 @@ def read_trials(store: Path) -> dict[str, Any]:
 
     client = MlflowClient(f"sqlite:///{store}/mlflow.db")
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
-    parent = next(r for r in runs if r.data.tags.get("gpt2ft.kind") == "study")
+    # None when the study was killed before its parent run was made
+    parent = next((r for r in runs if r.data.tags.get("gpt2ft.kind") == "study"), None)
     trials = []
     for r in runs:
         if r.data.tags.get("gpt2ft.kind") != "trial" or r.info.status != "FINISHED":
@@ -192,16 +210,18 @@ def read_trials(store: Path) -> dict[str, Any]:
                "epochs": int(float(r.data.params.get("trial.epochs", "0")))}
         trials.append(row)
     trials.sort(key=lambda row: row["number"])
-    return {"n_params": int(parent.data.tags.get("n_params", 0)), "gpu": parent.data.tags.get("gpu"),
-            "setup_seconds": parent.data.metrics.get("setup_seconds"),
-            "setup_cache_hit": parent.data.metrics.get("setup_cache_hit"), "trials": trials}
+    tags, metrics = (parent.data.tags, parent.data.metrics) if parent is not None else ({}, {})
+    return {"n_params": int(tags.get("n_params", 0)), "gpu": tags.get("gpu"),
+            "setup_seconds": metrics.get("setup_seconds"), "setup_cache_hit": metrics.get("setup_cache_hit"),
+            "trials": trials}
 
 
 def summarize(res: dict[str, Any], peak: Optional[float], common: set[int]) -> dict[str, Any]:
     """The figures of one study: throughput, busy shares, MFU, mean per-trial times."""
     trials, wall = res["trials"], res["wall_seconds"]
     tokens = sum(t["tokens"] for t in trials)
-    out = {"workers": res["workers"], "wall_seconds": wall, "trials_complete": len(trials),
+    out = {"workers": res["workers"], "wall_seconds": wall, "killed_at_limit": res.get("killed_at_limit", False),
+           "trials_complete": len(trials),
            "trials_per_minute": 60 * len(trials) / wall, "gpu_busy_share": res["gpu_busy_share"],
            "step_share": sum(t["step_seconds"] or 0 for t in trials) / wall, "tokens_trained": tokens,
            "tokens_per_second": tokens / wall,
@@ -252,6 +272,46 @@ def out_path(args) -> Path:
     return Path(os.environ["OUT"]) / "gpu_study.json" if os.environ.get("OUT") else HERE / "gpu_study.json"
 
 
+def write_results(results: dict[str, Any], path: Path) -> None:
+    """The results so far, written beside ``path`` and renamed over it: a command killed at its
+    time limit keeps every study that finished, and never a half-written file."""
+    write_json_atomic(results, path)
+
+
+def add_studies(results: dict[str, Any], studies: dict[str, dict[str, Any]], peak: Optional[float]) -> None:
+    """Put each finished study's figures (and raw data) into ``results``, under ``jobs_<workers>``
+    (``serial``/``parallel`` when both had one worker), the per-trial means over the trial numbers
+    they all ran."""
+    for key in results.pop("studies", {}).values():  # written under other names before
+        results.pop(key, None)
+    common = set.intersection(*({t["number"] for t in res["trials"]} for res in studies.values()))
+    results["common_trials"] = sorted(common)
+    workers = [res["workers"] for res in studies.values()]
+    results["studies"] = {name: f"jobs_{res['workers']}" if len(set(workers)) == len(workers) else name
+                          for name, res in studies.items()}
+    for name, res in studies.items():
+        results[results["studies"][name]] = {**summarize(res, peak, common), "raw": res}
+
+
+def run_both(args, jobs: str, n_trials: int, config: str, sets: list[str], corpus: Path, root: Path,
+             results: dict[str, Any], t0: float) -> dict[str, dict[str, Any]]:
+    """``--jobs N`` then ``--jobs 1``, each within its share of ``--budget`` (see the module's
+    docstring); the JSON is rewritten after each."""
+    cache, path = root / "shared" / "cache", out_path(args)
+    left = lambda: args.budget - (time.perf_counter() - t0)  # noqa: E731
+    studies: dict[str, dict[str, Any]] = {}
+    for name, n_jobs, limit in (("parallel", jobs, left() * MANY_SHARE), ("serial", "1", None)):
+        limit = max(limit if limit is not None else left(), FINISH_MARGIN / 3)
+        studies[name] = run_study(n_jobs, n_trials, config, sets, corpus, root / name, cache,
+                                  limit - FINISH_MARGIN, limit)
+        many = studies["parallel"]
+        results.update(gpu=many.get("gpu"), n_params=many["n_params"],
+                       peak_flops=args.peak_tflops * 1e12 if args.peak_tflops else B.gpu_peak(many.get("gpu") or ""))
+        add_studies(results, studies, results["peak_flops"])
+        write_results(results, path)
+    return studies
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
@@ -259,35 +319,26 @@ def main(argv: Optional[list[str]] = None) -> int:
     config, sets = study_args(args, corpus)
     n_trials = args.n_trials or (3 if args.cpu_check else 30)
     jobs = "2" if args.cpu_check and args.jobs == "auto" else args.jobs
+    path = out_path(args)
+    results: dict[str, Any] = {"cpu_check": args.cpu_check, "config": config, "sets": sets, "n_trials": n_trials,
+                               "corpus": str(corpus), "budget_seconds": args.budget}
     root = Path(tempfile.mkdtemp(prefix="gpu_study."))
     try:
-        warm = warm_cache(config, sets, corpus, root / "shared")
+        results["setup"] = warm = warm_cache(config, sets, corpus, root / "shared", args.budget)
+        write_results(results, path)
         print(f"gpu_study: setup computed once in {warm['seconds']:.1f} s (cache {warm['key']})", file=sys.stderr)
-        cache = root / "shared" / "cache"
-        left = lambda: args.budget - (time.perf_counter() - t0)  # noqa: E731
-        many = run_study(jobs, n_trials, config, sets, corpus, root / "many", cache, None, max(left(), 60))
-        one = run_study("1", n_trials, config, sets, corpus, root / "one", cache,
-                        left() - FINISH_MARGIN if not args.cpu_check else None, max(left(), 60) + 300)
+        studies = run_both(args, jobs, n_trials, config, sets, corpus, root, results, t0)
     finally:
         if args.keep:
             print(f"gpu_study: stores kept in {root}", file=sys.stderr)
         else:
             shutil.rmtree(root, ignore_errors=True)
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else B.gpu_peak(many.get("gpu") or "")
-    common = {t["number"] for t in one["trials"]} & {t["number"] for t in many["trials"]}
-    results = {"cpu_check": args.cpu_check, "config": config, "sets": sets, "n_trials": n_trials,
-               "corpus": str(corpus), "gpu": many.get("gpu"), "n_params": many["n_params"], "peak_flops": peak,
-               "setup": warm, "common_trials": sorted(common),
-               "jobs_1": {**summarize(one, peak, common), "raw": one},
-               f"jobs_{many['workers']}": {**summarize(many, peak, common), "raw": many}}
-    path = out_path(args)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, default=str))
-    print(table(results["jobs_1"], results[f"jobs_{many['workers']}"], many["workers"]))
+    one_key, many_key = results["studies"]["serial"], results["studies"]["parallel"]
+    n = studies["parallel"]["workers"]
+    print(table(results[one_key], results[many_key], n))
     what = "a CPU check: the targets are for 30 trials of GPT-2 124M on one GPU" if args.cpu_check else "the issue's"
-    print(f"\ntargets (--jobs {many['workers']}, {n_trials} trials; {what}):\n"
-          + verdicts(results[f"jobs_{many['workers']}"]))
-    print(f"\nmeans over the {len(common)} trial numbers both ran; JSON: {path} "
+    print(f"\ntargets (--jobs {n}, {n_trials} trials; {what}):\n" + verdicts(results[many_key]))
+    print(f"\nmeans over the {len(results['common_trials'])} trial numbers both ran; JSON: {path} "
           f"({time.perf_counter() - t0:.0f} s in all)")
     return 0
 

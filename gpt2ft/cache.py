@@ -8,18 +8,26 @@ store folder, ``<store>/cache/<key>/``: ``setup.pkl`` (everything but the weight
 
 The key hashes :data:`CACHE_VERSION`, the corpus file's sha256, the library versions, a
 fingerprint of the other novels and only the config fields that change what setup computes
-(:func:`relevant_config`): a new ``study.n_trials``, search range, tracking URI or trial
-learning rate reuses the entry. The pickle is this program's own file in the user's own
-store, read back only from there.
+(:func:`relevant_config`), with the device and precision as resolved on this machine (``auto``
+is a CPU's fp32 here and a GPU's bf16 there, and the references differ): a new
+``study.n_trials``, search range, tracking URI or trial learning rate reuses the entry. The
+pickle is this program's own file in the user's own store, read back only from there.
+
+Several workers share one entry: a worker never replaces an entry another wrote (the later
+one's write is dropped with a warning), and deletes one only when it is really bad (a
+truncated or foreign file), never on an error of its own such as running out of memory.
 """
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
+import os
 import pickle
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,21 +35,31 @@ from typing import Any, Callable, Optional
 
 import torch
 import transformers
+from safetensors import SafetensorError
 
 from gpt2ft.assets import Assets, compute_references, prepare
 from gpt2ft.config import Config
 from gpt2ft.data import read_text, resolve_corpus_path
-from gpt2ft.fsutil import atomic_dir, write_json_atomic
+from gpt2ft.fsutil import write_json_atomic
 from gpt2ft.gutenberg import other_novels_folder
-from gpt2ft.model import load_checkpoint, resolve_runtime, seed_everything
+from gpt2ft.model import Runtime, load_checkpoint, resolve_runtime, seed_everything
 
 log = logging.getLogger(__name__)
 
 #: Bump when what setup computes, or how it is stored, changes: older entries are then ignored.
 CACHE_VERSION = 1
 #: train.* fields that setup uses: the seed (classifier, reference sampling), and the held-out
-#: loss of the base model (batch, eval batches, device, precision). The rest shape trials only.
-TRAIN_FIELDS = ("seed", "batch_size", "eval_batches", "device", "precision")
+#: loss of the base model (batch, eval batches; device and precision as resolved, see
+#: :func:`relevant_config`). The rest shape trials only.
+TRAIN_FIELDS = ("seed", "batch_size", "eval_batches")
+#: What reading an entry raises when the entry itself is bad (truncated, foreign, half
+#: deleted): it is deleted and computed again. Anything else (MemoryError, CUDA out of memory
+#: or another device error, EIO or a full disk) says nothing about the entry, which other
+#: workers may be reading: it propagates and the entry stays.
+CORRUPT = (pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError, SafetensorError)
+#: OSError numbers that mean a file of the entry is missing; transformers raises its own
+#: "no such file / not a valid JSON file" OSErrors with no number at all.
+MISSING = (None, errno.ENOENT, errno.ENOTDIR)
 
 
 @dataclass(frozen=True)
@@ -56,15 +74,18 @@ class Setup:
     """Wall time of loading (hit) or computing and writing (miss)."""
 
 
-def relevant_config(config: Config) -> dict[str, Any]:
-    """The config fields whose values change what setup computes (and nothing else)."""
+def relevant_config(config: Config, runtime: Optional[Runtime] = None) -> dict[str, Any]:
+    """The config fields whose values change what setup computes (and nothing else), with
+    ``train.device`` and ``train.precision`` as ``runtime`` (by default: resolved here) has them."""
+    runtime = runtime or resolve_runtime(config.train)
     d = config.to_dict()
     data = {k: v for k, v in d["data"].items() if k not in ("corpus", "cache_dir")}  # bytes count, not paths
     # Sampling settings shape the base model's samples; the final re-measure and the trials'
     # trajectories do not touch the setup.
     sample = {k: v for k, v in d["sample"].items() if k not in ("final_n_samples", "trajectory", "every_steps")}
     return {"model": d["model"], "data": data, "sample": sample, "metrics": d["metrics"],
-            "train": {k: d["train"][k] for k in TRAIN_FIELDS}}
+            "train": {**{k: d["train"][k] for k in TRAIN_FIELDS}, "device": runtime.device.type,
+                      "precision": runtime.precision}}
 
 
 def file_sha256(path: Path) -> str:
@@ -131,23 +152,36 @@ def _save(folder: Path, key: str, assets: Assets) -> None:
         return  # another process wrote the same setup meanwhile
     state = {f.name: getattr(assets, f.name) for f in dataclasses.fields(assets)
              if f.name not in ("config", "base_model", "runtime")}
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
     try:
-        with atomic_dir(folder) as tmp:
-            with open(tmp / "setup.pkl", "wb") as fh:
-                pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
-            assets.base_model.save_pretrained(tmp / "model")
-            write_json_atomic({"version": CACHE_VERSION, "key": key, "corpus_sha256": assets.book.sha256,
-                               "config": relevant_config(assets.config), "timings": assets.timings,
-                               "references_seconds": assets.references.seconds,
-                               "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, tmp / "meta.json")
+        with open(tmp / "setup.pkl", "wb") as fh:
+            pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        assets.base_model.save_pretrained(tmp / "model")
+        write_json_atomic({"version": CACHE_VERSION, "key": key, "corpus_sha256": assets.book.sha256,
+                           "config": relevant_config(assets.config, assets.runtime), "timings": assets.timings,
+                           "references_seconds": assets.references.seconds,
+                           "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, tmp / "meta.json")
+        # A rename, not a replace: it fails where another worker's entry has landed meanwhile
+        # (workers started together compute the same one), and a worker may be reading that.
+        os.rename(tmp, folder)
     except OSError as exc:
-        # Workers started together compute the same entry and may move it into place at the same
-        # moment; the one that lands is as good as this one, and the study needs neither.
+        # The one that landed is as good as this one, and the study needs neither.
         log.warning("setup cache %s not written (%s); the study goes on without it", folder, exc)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing is left there after the rename
+
+
+def _corrupt(exc: Exception) -> bool:
+    """Whether ``exc``, raised reading an entry, says the entry is bad (see :data:`CORRUPT`)."""
+    if isinstance(exc, OSError):
+        return exc.errno in MISSING
+    return isinstance(exc, CORRUPT)
 
 
 def _load(folder: Path, config: Config, corpus_path: Path) -> Optional[Assets]:
-    """The cached assets, or None (with a warning) when the entry cannot be read."""
+    """The cached assets, or None (with a warning, the entry deleted) when the entry is bad.
+    An error that is not the entry's fault (memory, the device, the disk) propagates."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
         if meta.get("version") != CACHE_VERSION:
@@ -157,7 +191,9 @@ def _load(folder: Path, config: Config, corpus_path: Path) -> Optional[Assets]:
         runtime = resolve_runtime(config.train)
         seed_everything(config.train.seed)  # as prepare() leaves the RNGs
         model = load_checkpoint(folder / "model", runtime)  # where prepare() keeps it: the run's device
-    except Exception as exc:  # a truncated or foreign entry: rebuild rather than fail the study
+    except Exception as exc:
+        if not _corrupt(exc):
+            raise
         log.warning("setup cache %s is unreadable (%s: %s); computing the setup again",
                     folder, exc.__class__.__name__, exc)
         shutil.rmtree(folder, ignore_errors=True)  # else _save would keep the broken entry

@@ -138,13 +138,21 @@ class _Tracer:
 
 def _fit_metrics(result: FitResult) -> dict[str, float]:
     """The trial's training numbers: the latest values of the step-wise series (the epoch means
-    stay in history.json), so the run's summary and the last point of each curve agree."""
+    stay in history.json), so the run's summary and the last point of each curve agree.
+
+    ``train_loss`` and ``overfit_gap`` both use the last log interval's mean training loss (the
+    end of ``train_curve``), the one nearest the final weights that ``heldout_loss`` measures;
+    an epoch's mean would include the loss of its first, less trained steps. ``best_epoch`` is
+    fractional, ``best_heldout_step / steps_per_epoch`` as in the plots and the trajectory: an
+    evaluation between epoch ends (``train.eval_every``) is not epoch 0, and one at an epoch's
+    end is that whole epoch (nan when the epoch length is unknown)."""
     best_step, best_loss = result.best_heldout
-    return {"train_loss": result.train_curve[-1][1], "heldout_loss": result.heldout_curve[-1][1],
-            "heldout_perplexity": math.exp(min(result.heldout_curve[-1][1], 50.0)),
+    train_loss, heldout_loss = result.train_curve[-1][1], result.heldout_curve[-1][1]
+    return {"train_loss": train_loss, "heldout_loss": heldout_loss,
+            "heldout_perplexity": math.exp(min(heldout_loss, 50.0)),
             "best_heldout_loss": best_loss,
-            "best_epoch": float(next((h["epoch"] for h in result.history if h["step"] == best_step), 0)),
-            "overfit_gap": result.heldout_curve[-1][1] - result.history[-1]["train_loss"],
+            "best_epoch": best_step / result.steps_per_epoch if result.steps_per_epoch else math.nan,
+            "overfit_gap": heldout_loss - train_loss,
             "steps": float(result.steps), "tokens_per_second": result.tokens / max(result.step_seconds, 1e-9)}
 
 

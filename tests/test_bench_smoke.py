@@ -134,6 +134,47 @@ def test_gpu_study_targets_and_outside_share():
     assert lines[3].endswith("MISSED")        # 0.2 > 0.10
 
 
+def test_gpu_study_writes_each_study_as_it_ends_within_one_budget(tmp_path, monkeypatch):
+    """A device command cut off at its limit must keep the study that finished: the JSON holds
+    the --jobs N study before the --jobs 1 study starts. Both studies, each run to its kill
+    limit here, end within --budget (one 600-s device command)."""
+    from types import SimpleNamespace
+
+    G = load("gpu_study")
+    clock = [100.0]  # the setup took 100 s
+    monkeypatch.setattr(G, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    out = tmp_path / "gpu_study.json"
+    calls = []
+
+    def run_study(jobs, n_trials, config, sets, corpus, store, cache, timeout, limit):
+        on_disk = json.loads(out.read_text()) if out.exists() else {}
+        calls.append({"jobs": jobs, "timeout": timeout, "limit": limit, "on_disk": on_disk})
+        clock[0] += limit  # it ran until it was killed
+        trials = [{"number": n, "tokens": 10, "step_seconds": 1.0, "trial_seconds": 2.0,
+                   **{k: 0.5 for k in G.TIMES if k not in ("step_seconds", "trial_seconds")}}
+                  for n in range(6 if jobs == "4" else 2)]
+        return {"workers": int(jobs), "wall_seconds": limit, "killed_at_limit": True, "gpu_busy_share": None,
+                "peak_mib_by_pid": {}, "n_params": 1000, "gpu": "NVIDIA H200", "trials": trials}
+
+    monkeypatch.setattr(G, "run_study", run_study)
+    args = G.build_parser().parse_args(["--out", str(out), "--peak-tflops", "1"])
+    results = {"n_trials": 30}
+    G.run_both(args, "4", 30, "c.yaml", [], Path("book.txt"), tmp_path, results, 0.0)
+    parallel, serial = calls
+    assert parallel["limit"] == pytest.approx((560 - 100) * G.MANY_SHARE)
+    assert serial["limit"] == pytest.approx(560 - 100 - parallel["limit"])
+    assert 100 + parallel["limit"] + serial["limit"] <= args.budget
+    assert all(c["timeout"] == pytest.approx(c["limit"] - G.FINISH_MARGIN) for c in calls)
+    # written before the second study started: the first study's figures, nothing of the second
+    first = serial["on_disk"]
+    assert first["studies"] == {"parallel": "jobs_4"} and first["jobs_4"]["trials_complete"] == 6
+    assert first["jobs_4"]["killed_at_limit"] is True
+    final = json.loads(out.read_text())
+    assert final["studies"] == {"parallel": "jobs_4", "serial": "jobs_1"} and final == json.loads(json.dumps(results))
+    assert final["common_trials"] == [0, 1] and final["jobs_1"]["trials_complete"] == 2
+    assert not list(tmp_path.glob(".gpu_study.json.*"))  # atomic: no temporary file left
+
+
 def test_compile_bench_arithmetic():
     c = load("compile")
     # gulliver at batch 16: 29 steps an epoch, 5.5 epochs on average, 30 trials over 4 batch sizes.

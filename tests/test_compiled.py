@@ -1,5 +1,6 @@
 """``train.compile``: one compile per batch shape, reused by fresh model copies; the same
-losses as eager; eager again, with one warning, when the compile fails.
+losses as eager; eager again, with one logged cause, when the compile fails; an out-of-memory
+inside a compiled step is not a compile failure.
 
 The tests compile with dynamo + AOTAutograd (the ``aot_eager`` backend), which traces the
 forward and the backward exactly as inductor would receive them but skips inductor's code
@@ -7,7 +8,7 @@ generation (about 50 s here, cold). ``make bench-compile`` runs the real backend
 from __future__ import annotations
 
 import copy
-import warnings
+import logging
 
 import pytest
 import torch
@@ -79,26 +80,59 @@ def broken(*args, **kwargs):
     raise RuntimeError("no C++ compiler found")
 
 
+def no_compiler(*args, **kwargs):
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    raise InvalidCxxCompiler()  # "No working C++ compiler found in ...", as inductor raises it
+
+
 def backward_fails():
     """A backend whose forward compiles and whose backward (compiled at its first call) fails."""
     from torch._dynamo.backends.common import aot_autograd
 
-    return aot_autograd(fw_compiler=lambda gm, inputs: gm.forward, bw_compiler=broken)
+    return aot_autograd(fw_compiler=lambda gm, inputs: gm.forward, bw_compiler=no_compiler)
 
 
-@pytest.mark.parametrize("where", ["torch.compile", "backward"])
-def test_compile_failure_falls_back_to_eager_with_one_warning(base, monkeypatch, where):
+@pytest.mark.parametrize("where, cause", [
+    ("torch.compile", "RuntimeError: no C++ compiler found"),  # torch.compile itself refuses
+    ("forward", "BackendCompilerFailed: backend='broken' raised: <- RuntimeError: no C++ compiler found"),
+    ("backward", "InvalidCxxCompiler: No working C++ compiler found")], ids=["torch.compile", "forward", "backward"])
+def test_compile_failure_falls_back_to_eager_and_logs_its_cause_once(base, monkeypatch, caplog, where, cause):
     compiled.reset()
     if where == "torch.compile":
         monkeypatch.setattr(torch, "compile", broken)
     else:
-        monkeypatch.setattr(compiled, "BACKEND", backward_fails())
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        monkeypatch.setattr(compiled, "BACKEND", broken if where == "forward" else backward_fails())
+    with caplog.at_level(logging.WARNING, logger="gpt2ft.compiled"):
         res = train(copy.deepcopy(base), "default", steps=4)
+    assert compiled._BROKEN == {"default"}
     compiled.reset()
-    ours = [w for w in caught if "torch.compile" in str(w.message)]
-    assert len(ours) == 1 and "no C++ compiler" in str(ours[0].message)
+    ours = [r.getMessage() for r in caplog.records if "torch.compile" in r.getMessage()]
+    assert len(ours) == 1 and cause in ours[0], ours
     assert res.steps == 4
     # the failed step ran again eagerly on clean gradients: the same losses as eager throughout
     assert res.train_curve == train(copy.deepcopy(base), "off", steps=4).train_curve
+
+
+def oom_when_run(gm, inputs):
+    """A backend whose compiled graph runs out of memory, as a CUDA step does."""
+    def run(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    return run
+
+
+def oom_when_compiling(gm, inputs):
+    raise torch.OutOfMemoryError("CUDA out of memory (while autotuning)")
+
+
+@pytest.mark.parametrize("backend", [oom_when_run, oom_when_compiling])
+def test_out_of_memory_in_a_compiled_step_propagates_and_keeps_compile_on(base, monkeypatch, caplog, backend):
+    """An out-of-memory is the step's, not the compiler's: eager would hit it too. It must reach
+    the trial (which fails) and leave compile on for the next trial, with no fallback logged."""
+    compiled.reset()
+    monkeypatch.setattr(compiled, "BACKEND", backend)
+    with caplog.at_level(logging.WARNING, logger="gpt2ft.compiled"), pytest.raises(torch.OutOfMemoryError):
+        train(copy.deepcopy(base), "default", steps=2)
+    assert compiled._BROKEN == set()
+    assert not [r for r in caplog.records if "torch.compile" in r.getMessage()]
+    compiled.reset()

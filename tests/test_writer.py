@@ -3,6 +3,8 @@ writes a process left undone (died, or a write failed) from what Optuna recorded
 from __future__ import annotations
 
 import datetime as dt
+import gc
+import io
 import math
 import os
 import signal
@@ -10,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +21,8 @@ import pytest
 from gpt2ft import study as S
 from gpt2ft.trial import TrialResult
 from gpt2ft.train import FitResult
-from gpt2ft.writer import BackgroundWriter
+from gpt2ft import writer as W
+from gpt2ft.writer import BackgroundWriter, WriterDied, WriterTimeout
 
 
 def test_jobs_run_in_order_off_the_callers_thread_and_drain_waits_for_them():
@@ -80,6 +84,158 @@ def test_remote_jobs_run_in_another_process_and_failures_reach_their_future():
         assert w.failed == ["trial 3"] and w.done == 1
     finally:
         w.close()
+
+
+class _Weights:
+    """Stands for a trial's model: only a weak reference to it is kept by the test."""
+
+
+def _holding(obj, fail: bool):
+    def job():  # a closure over obj, as the study's checkpoint job is over the model
+        if fail:
+            raise OSError(f"disk full while saving {obj!r}")
+        return "saved"
+    return job
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_finished_job_is_dropped_before_the_next_arrives(fail):
+    """The writer thread must not hold a finished job (and the model its closure holds) while it
+    waits for the next one: the previous trial's weights would live through the next trial. A
+    failed job's traceback must not hold it either."""
+    w = BackgroundWriter()
+    weights = _Weights()
+    ref = weakref.ref(weights)
+    future = w.submit(_holding(weights, fail), name="checkpoint 0")
+    del weights
+    w.drain()
+    assert future.done() and (future.exception() is not None) == fail
+    deadline = time.monotonic() + 5
+    while ref() is not None and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.01)
+    assert ref() is None, "the writer still holds the last job's objects"
+
+
+def test_remote_backpressure_holds_the_n_plus_first_submit_until_one_finishes():
+    w = BackgroundWriter(max_pending=2)
+    try:
+        w.submit_remote(os.getpid).result(timeout=30)  # the process is up: its start is not timed below
+        t = time.perf_counter()
+        first = w.submit_remote(time.sleep, 1.5, name="trial 0")
+        w.submit_remote(time.sleep, 0.0, name="trial 1")
+        assert time.perf_counter() - t < 0.5  # two may wait: neither submit blocked
+        w.submit_remote(time.sleep, 0.0, name="trial 2")  # a third must wait for the first to end
+        assert first.done() and time.perf_counter() - t >= 1.4
+        assert w.blocked_seconds >= 1.0
+        w.drain()
+        assert w.done == 4 and not w.failed
+    finally:
+        w.close()
+
+
+def test_a_writer_process_killed_mid_job_fails_its_pending_jobs():
+    w = BackgroundWriter()
+    try:
+        pid = w.submit_remote(os.getpid).result(timeout=30)
+        slow = w.submit_remote(time.sleep, 60, name="trial 3")
+        queued = w.submit_remote(time.sleep, 0, name="trial 4")
+        time.sleep(0.3)  # the process is inside trial 3's job
+        os.kill(pid, signal.SIGKILL)
+        t = time.perf_counter()
+        with pytest.raises(WriterDied, match=r"died \(exit code -9\) before trial 3's writes were stored"):
+            slow.result(timeout=10)
+        with pytest.raises(WriterDied, match="before trial 4's writes"):
+            queued.result(timeout=10)
+        assert time.perf_counter() - t < 5
+        assert not w.remote_alive and w.failed == ["trial 3", "trial 4"]
+        t = time.perf_counter()
+        with pytest.raises(WriterDied, match="trial 5's writes were not sent"):
+            w.submit_remote(time.sleep, 0, name="trial 5")  # at once: the caller writes inline instead
+        assert time.perf_counter() - t < 0.5
+    finally:
+        w.close()
+    assert not w.remote_alive  # closing does not revive a dead lane
+
+
+def test_a_reply_that_cannot_be_unpickled_fails_the_lane_and_hangs_nothing():
+    """The job's result is an instance of a class that exists only in the writer process (its
+    ``__main__``): it pickles there and cannot be unpickled here."""
+    w = BackgroundWriter()
+    try:
+        w.submit_remote(exec, "global Poison\nclass Poison:\n    pass\n").result(timeout=30)
+        bad = w.submit_remote(eval, "Poison()", name="trial 2")
+        with pytest.raises(WriterDied, match=r"sent a reply that could not be read \(AttributeError.*Poison"):
+            bad.result(timeout=10)
+        assert not w.remote_alive
+        with pytest.raises(WriterDied):
+            w.submit_remote(os.getpid)
+    finally:
+        w.close()
+
+
+def test_a_message_cut_short_is_an_error_not_the_end():
+    whole = W._frame((True, 1.5))
+    assert W._read_message(io.BytesIO(whole)) == (True, 1.5)
+    assert W._read_message(io.BytesIO(b"")) is None  # a clean end
+    for cut in (3, len(whole) - 2):
+        with pytest.raises(EOFError):
+            W._read_message(io.BytesIO(whole[:cut]))
+    with pytest.raises(ValueError, match="corrupt"):
+        W._read_message(io.BytesIO(b"\xff" * 8 + b"garbage"))
+
+
+def test_a_stuck_writer_process_is_killed_after_stall_seconds():
+    w = BackgroundWriter(max_pending=1, stall_seconds=1.0)
+    try:
+        stuck = w.submit_remote(time.sleep, 60, name="trial 0")
+        t = time.perf_counter()
+        with pytest.raises(WriterDied, match="answered no job for 1 s and was killed; trial 1's writes were not sent"):
+            w.submit_remote(time.sleep, 0, name="trial 1")  # waits for room, at most stall_seconds
+        assert time.perf_counter() - t < 5
+        with pytest.raises(WriterDied, match="trial 0's writes were stored"):
+            stuck.result(timeout=1)
+        assert not w.remote_alive
+    finally:
+        w.close()
+    other = BackgroundWriter(stall_seconds=1.0)
+    try:
+        other.submit_remote(time.sleep, 60)
+        t = time.perf_counter()
+        with pytest.raises(WriterDied, match="1 submitted writes were not stored"):
+            other.drain()
+        assert time.perf_counter() - t < 5
+    finally:
+        other.close()
+
+
+def test_a_stuck_writer_thread_times_out_submit_and_drain():
+    w = BackgroundWriter(max_pending=1, stall_seconds=0.3)
+    gate = threading.Event()
+    try:
+        w.submit(lambda: gate.wait(30))
+        time.sleep(0.1)  # taken by the thread
+        w.submit(lambda: None)  # queued: the queue is full now
+        with pytest.raises(WriterTimeout, match="finished no job in 0 s; trial 9 was not queued"):
+            w.submit(lambda: None, name="trial 9")
+        with pytest.raises(WriterTimeout):
+            w.drain()
+    finally:
+        gate.set()
+    w.drain()
+    assert w.done == 2
+
+
+def test_close_kills_a_writer_process_that_does_not_exit(monkeypatch):
+    """A job left a thread running in the writer process, so it would not end at its EOF."""
+    monkeypatch.setattr(W, "EXIT_SECONDS", 0.5)
+    w = BackgroundWriter()
+    w.submit_remote(exec, "import threading, time\nthreading.Thread(target=time.sleep, args=(60,)).start()")
+    w.drain()
+    proc = w._process.proc
+    t = time.perf_counter()
+    w.close()
+    assert time.perf_counter() - t < 5 and proc.returncode == -signal.SIGKILL
 
 
 def _record(number: int) -> dict:

@@ -1,0 +1,108 @@
+"""``gpt2ft.workers`` on its own: ``study.jobs: auto`` on a faked GPU, stopping workers (SIGINT,
+then SIGKILL after the grace) with fake child processes, and what their exit codes mean."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import TINY
+from gpt2ft import workers as W
+from gpt2ft.errors import UserError
+
+GPT2_124M = 124_439_808
+
+
+def _gpt2_small():
+    """GPT-2 124M's shape without its memory: one parameter tensor on the meta device."""
+    config = SimpleNamespace(num_hidden_layers=12, hidden_size=768, vocab_size=50257)
+    return SimpleNamespace(config=config, parameters=lambda: [torch.empty(GPT2_124M, device="meta")])
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """torch sees one CUDA GPU with 80 GB free; the runtime is resolved from train.device auto."""
+    from gpt2ft.model import resolve_runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    # resolve_runtime turns TF32 on for CUDA: the process's flags are put back afterwards
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    asked = []
+
+    def mem_get_info(device=None):
+        asked.append(device)
+        return int(80e9), int(141e9)
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    from gpt2ft.config import load_config
+
+    config = load_config(TINY, ["study.batch_size=[4, 32]", "data.block_size=256"])
+    runtime = resolve_runtime(config.train)
+    assert runtime.device.type == "cuda" and runtime.precision == "bf16-autocast"
+    yield SimpleNamespace(runtime=runtime, config=config, base_model=_gpt2_small()), asked
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+def test_auto_jobs_on_a_gpu_plans_for_the_largest_batch(fake_cuda, monkeypatch, capsys):
+    assets, asked = fake_cuda
+    monkeypatch.setattr(W, "cpu_cores", lambda: 16)
+    # 80 GB x 0.85 / 10.6 GB a worker at batch 32 x 256 (at batch 4 it would be 8: the cap)
+    assert W.resolve_jobs("auto", assets) == 6
+    assert asked == [assets.runtime.device]
+    assert "--jobs auto: 6 workers" in capsys.readouterr().err
+    monkeypatch.setattr(W, "cpu_cores", lambda: 3)
+    assert W.resolve_jobs("auto", assets) == 2  # one core stays with the supervisor
+
+
+def test_auto_jobs_without_a_gpu_is_one_and_a_number_is_itself(monkeypatch):
+    def no_gpu(*args):
+        raise AssertionError("a CPU run must not ask for GPU memory")
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", no_gpu)
+    cpu = SimpleNamespace(runtime=SimpleNamespace(device=torch.device("cpu")))
+    assert W.resolve_jobs("auto", cpu) == 1
+    assert W.resolve_jobs("4", cpu) == 4
+
+
+def _child(code: str) -> subprocess.Popen:
+    """A fake worker: ``python -c code``, started and past its set-up when this returns."""
+    p = subprocess.Popen([sys.executable, "-c", code + "\nprint('ready', flush=True)\nimport time\ntime.sleep(60)"],
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
+def test_stop_interrupts_then_kills_a_worker_that_does_not_stop(monkeypatch):
+    monkeypatch.setattr(W, "STOP_SECONDS", 1.0)
+    polite = _child("")  # Ctrl-C ends it
+    stubborn = _child("import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)")
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait(timeout=30)
+    procs = [polite, stubborn, finished]
+    try:
+        t = time.perf_counter()
+        W._stop(procs)
+        elapsed = time.perf_counter() - t
+        assert polite.returncode == -signal.SIGINT  # an uncaught KeyboardInterrupt ends it by SIGINT
+        assert stubborn.returncode == -signal.SIGKILL  # after the grace
+        assert finished.returncode == 0  # already gone: not signalled
+        assert 0.9 <= elapsed < 5
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+def test_exit_codes():
+    W.check_codes([0, 0])  # every worker ended normally (or found the study full)
+    with pytest.raises(UserError, match="worker 1 stopped on a user error"):
+        W.check_codes([0, 2, 1])
+    with pytest.raises(RuntimeError, match=r"codes \{1: 1, 2: -9\}"):
+        W.check_codes([0, 1, -9])
