@@ -47,7 +47,7 @@ from gpt2ft.model import Runtime, load_checkpoint, resolve_runtime, seed_everyth
 log = logging.getLogger(__name__)
 
 #: Bump when what setup computes, or how it is stored, changes: older entries are then ignored.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: judges on the whole book (held-out windows, top-100, classifier), extraction reference
 #: train.* fields that setup uses: the seed (classifier, reference sampling), and the held-out
 #: loss of the base model (batch, eval batches; device and precision as resolved, see
 #: :func:`relevant_config`). The rest shape trials only.

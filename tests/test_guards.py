@@ -22,17 +22,21 @@ from gpt2ft.fluency import perplexity
 
 def test_keep_only_keeps_exactly_the_kept_and_deletes_the_other_finished(tmp_path):
     ck = Checkpoints(tmp_path)
-    for n in range(6):
-        ck.path(n).mkdir()
-        (ck.path(n) / "model.safetensors").write_bytes(b"w")
-    # as the study calls it: pandas columns of numpy integers; trial 5 is still running elsewhere
-    ck.keep_only(pd.Series([1, 3], dtype="int64"), pd.Series([0, 1, 2, 3, 4], dtype="int64"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["trial-1", "trial-3", "trial-5"]
-    assert (ck.path(1) / "model.safetensors").is_file() and (ck.path(3) / "model.safetensors").is_file()
-    ck.keep_only([3], [1, 3, 7])  # a finished trial without a checkpoint (7) is no error
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["trial-3", "trial-5"]
-    ck.keep_only([3], [3])
-    assert ck.path(3).is_dir()
+    keys = [(n, s) for n in range(6) for s in (4, 8)]
+    for key in keys:
+        ck.path(*key).mkdir()
+        (ck.path(*key) / "model.safetensors").write_bytes(b"w")
+    assert ck.saved() == keys and ck.saved(2) == [(2, 4), (2, 8)]
+    # as the study calls it: pairs from pandas columns of numpy integers; trial 5 still runs elsewhere
+    keep = zip(pd.Series([1, 3], dtype="int64"), pd.Series([8, 4], dtype="int64"))
+    gone = ck.keep_only(keep, pd.Series([0, 1, 2, 3, 4], dtype="int64"))
+    assert ck.saved() == [(1, 8), (3, 4), (5, 4), (5, 8)]
+    assert sorted(gone) == sorted(set(keys) - {(1, 8), (3, 4), (5, 4), (5, 8)})
+    assert (ck.path(1, 8) / "model.safetensors").is_file() and (ck.path(3, 4) / "model.safetensors").is_file()
+    ck.keep_only([(3, 4)], [1, 3, 7])  # a finished trial without a checkpoint (7) is no error
+    assert ck.saved() == [(3, 4), (5, 4), (5, 8)]
+    ck.keep_only([(3, 4)], [3])
+    assert ck.path(3, 4).is_dir()
 
 
 # --- models for fluency ---------------------------------------------------------------------

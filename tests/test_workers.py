@@ -40,6 +40,7 @@ def fake_cuda(monkeypatch):
         return int(80e9), int(141e9)
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     from gpt2ft.config import load_config
 
     config = load_config(TINY, ["study.batch_size=[4, 32]", "data.block_size=256"])
@@ -54,7 +55,7 @@ def test_auto_jobs_on_a_gpu_plans_for_the_largest_batch(fake_cuda, monkeypatch, 
     monkeypatch.setattr(W, "cpu_cores", lambda: 16)
     # 80 GB x 0.85 / 10.6 GB a worker at batch 32 x 256 (at batch 4 it would be 8: the cap)
     assert W.resolve_jobs("auto", assets) == 6
-    assert asked == [assets.runtime.device]
+    assert asked == [0]  # every visible GPU is asked, by index
     assert "--jobs auto: 6 workers" in capsys.readouterr().err
     monkeypatch.setattr(W, "cpu_cores", lambda: 3)
     assert W.resolve_jobs("auto", assets) == 2  # one core stays with the supervisor
