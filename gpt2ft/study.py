@@ -312,7 +312,8 @@ def _selection(study: optuna.Study, summary: Summary, chosen: dict[str, Any]) ->
     tags = {"pick_reason": pick.reason, "pick_eligible": str(pick.eligible).lower(),
             "pick_within_bound": str(pick.within_bound).lower(), "pick_degenerate": str(pick.degenerate).lower()}
     if not chosen:
-        return None, {**tags, "selected_trial": "none", "selected_step": "none", "selected_params": "none"}, {}, finished
+        none = {"selected_trial": "none", "selected_step": "none", "selected_params": "none"}
+        return None, {**tags, **none}, {}, finished
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == pick.number)
     tags.update({"selected_trial": pick.number, "selected_step": pick.step, "selected_params": trial.params})
     metrics = {"selected_trial": float(pick.number), "selected_step": float(pick.step),
