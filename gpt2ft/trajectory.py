@@ -13,8 +13,8 @@ from typing import Any, Mapping, Optional, Sequence
 Point = Mapping[str, Any]
 #: Metrics of a trajectory point, logged as MLflow step metrics under these (the final) names.
 POINT_METRICS = ("top100_ratio", "top100_ratio_se", "memorization", "memorization_se", "memorization_4",
-                 "memorization_16", "longest_copy", "style_js", "style_prob", "distinct_1", "distinct_2", "distinct_3", "repetition_4", "fluency_ppl",
-                 "extractable_rate", "extractable_rate_heldout")
+                 "memorization_16", "longest_copy", "style_js", "style_prob", "distinct_1", "distinct_2", "distinct_3",
+                 "repetition_4", "fluency_ppl", "extractable_rate", "extractable_rate_heldout")
 
 
 def copying_onset(points: Sequence[Point], bound: float) -> Optional[Point]:
