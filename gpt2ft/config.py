@@ -330,6 +330,13 @@ class Config:
     study: StudyConfig = field(default_factory=StudyConfig)
     """The Optuna study."""
 
+    def __post_init__(self) -> None:
+        # Across sections: settings under which no sample can ever be measured would fail every
+        # trial after its training, so they are refused before any work.
+        s, m = self.sample, self.metrics
+        _check(s.new_tokens >= m.ngram, f"sample.new_tokens ({s.new_tokens}) must be at least metrics.ngram "
+               f"({m.ngram}), since memorization counts {m.ngram}-token spans of each sample.")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
