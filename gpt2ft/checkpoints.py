@@ -47,3 +47,7 @@ class Checkpoints:
             path = self.path(number)
             if number not in keep and path.exists():
                 shutil.rmtree(path, ignore_errors=True)
+
+    def remove(self, number: int) -> None:
+        """Delete a trial's checkpoint, if any (a failed trial's can never be chosen)."""
+        shutil.rmtree(self.path(number), ignore_errors=True)

@@ -136,6 +136,8 @@ class StudyRunner:
             return self._train_and_measure(trial, params)
         except Exception as exc:
             trial.set_user_attr("fail_reason", f"{exc.__class__.__name__}: {exc}"[:1000])
+            self.writer.drain()  # its checkpoint's save may still be queued on the writer's thread
+            self.checkpoints.remove(trial.number)  # a failed trial can never be chosen
             raise
 
     def _train_and_measure(self, trial: optuna.Trial, params: dict[str, Any]) -> tuple[float, float]:
@@ -165,6 +167,9 @@ class StudyRunner:
             m = res.metrics
             book = self.study.user_attrs.get("references", {}).get("book_top100_ratio", math.nan)
             style = P.style_score(m["top100_ratio"], book)
+            if not (math.isfinite(style) and math.isfinite(m["memorization"])):
+                # Before any write is queued, so the run ends FAILED with this reason and stays so.
+                raise RuntimeError("metrics are not finite (no samples to measure)")
             for key, value in res.record().items():  # durable before any deferred write
                 trial.set_user_attr(key, value)
             if self.checkpoints.path(trial.number).is_dir():
@@ -175,8 +180,6 @@ class StudyRunner:
                                       name=f"trial {trial.number}")
         else:
             logops.apply(run, ops, res.fit.steps)
-        if not (math.isfinite(style) and math.isfinite(m["memorization"])):
-            raise RuntimeError("metrics are not finite (no samples to measure)")
         return style, m["memorization"]
 
     def after_trial(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
