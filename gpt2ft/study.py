@@ -84,6 +84,9 @@ class StudyRunner:
         self.command_id = command_id or uuid.uuid4().hex
         self.checkpoints, self.progress, self.storage_url = checkpoints, progress, storage_url
         self.n_trials = config.study.n_trials
+        self.failures_in_row = 0
+        self.gave_up: Optional[str] = None
+        """Why this worker stopped before ``n_trials`` were COMPLETE (``study.max_failures``), or None."""
         self.storage = C.open_storage(storage_url, on_failed=self._on_stale_trial,
                                       heartbeat=config.study.heartbeat_interval, grace=config.study.grace_period)
         try:
@@ -191,6 +194,17 @@ class StudyRunner:
         keep = done[done["on_front"] | done["selected"]]["number"]
         self.checkpoints.keep_only(keep, done["number"])
 
+    def stop_after_failures(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        """Stop this worker once ``study.max_failures`` of its trials failed in a row (a surplus
+        trial, PRUNED, neither counts nor breaks the row)."""
+        if frozen.state == TrialState.COMPLETE:
+            self.failures_in_row = 0
+        elif frozen.state == TrialState.FAIL:
+            self.failures_in_row += 1
+            if self.failures_in_row >= self.config.study.max_failures:
+                self.gave_up = give_up_message(study, self.failures_in_row)
+                study.stop()
+
     def apply_pick(self) -> Summary:
         """Apply the pick to the trial table and record it in Optuna and MLflow."""
         summary = summarize(self.study)
@@ -241,7 +255,7 @@ class StudyRunner:
                 self.study.optimize(
                     self.objective, timeout=timeout, catch=(Exception,), gc_after_trial=True,
                     callbacks=[optuna.study.MaxTrialsCallback(self.n_trials, states=(TrialState.COMPLETE,)),
-                               self.after_trial, tick])
+                               self.after_trial, tick, self.stop_after_failures])
         # Not in a `finally`: a stopped process leaves its pending writes to the next run's replay.
         self.writer.close()
 
@@ -251,6 +265,17 @@ def _run_end(res: TrialResult, style: float) -> list[logops.Op]:
     only once everything before it is stored)."""
     return [("tags", {"stopped_early": str(res.fit.stopped_early).lower()}),
             ("metrics", {"style_score": style}, 0), ("end", "FINISHED")]
+
+
+def give_up_message(study: optuna.Study, in_row: int) -> str:
+    """The one sentence of a study stopped by ``study.max_failures``: the last failure's reason."""
+    failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if "fail_reason" in t.user_attrs]
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    last = max(failed, key=lambda t: (t.datetime_complete or datetime.datetime.min, t.number), default=None)
+    what = (f"the last (trial {last.number}) with {last.user_attrs['fail_reason'].splitlines()[0][:300].rstrip('.')}"
+            if last is not None else "see the trials' fail_reason")
+    return (f"{in_row} trials failed in a row, {what}, so the study stopped (study.max_failures); its {done} "
+            "completed trial(s) are logged and picked from: fix the cause and run the same command again.")
 
 
 def replay_unlogged(runner: StudyRunner) -> int:
