@@ -15,6 +15,7 @@ import datetime
 import logging
 import math
 import sys
+import time
 import uuid
 import warnings
 from typing import Any, Optional
@@ -125,10 +126,11 @@ class StudyRunner:
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
             self.tracker.fail_run(run_id, "worker process was killed; trial interrupted")
+        self.checkpoints.remove(trial.number)  # saved before the kill, it can never be chosen
         log.warning("trial %d was interrupted earlier and is marked failed", trial.number)
 
     def objective(self, trial: optuna.Trial) -> tuple[float, float]:
-        _refuse_surplus(self.study, trial, self.n_trials, self.config.study.grace_period)
+        _wait_for_slot(self.study, trial, self.n_trials, self.config.study)
         # One seed in every worker (and every resumed run) drew the same parameters in the same
         # order; seeding by trial number keeps a study reproducible and the workers apart.
         self.study.sampler = optuna.samplers.TPESampler(seed=self.config.train.seed + trial.number)
@@ -304,21 +306,30 @@ def replay_unlogged(runner: StudyRunner) -> int:
     return redone
 
 
-def _refuse_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int, grace: int) -> None:
-    """With several workers one may ask for a trial after the last slot was taken: such a
-    surplus trial stops before any work and is recorded as pruned, and its worker stops (the
-    slots are held by trials running elsewhere, or by a killed run's trial whose heartbeat has
-    not yet gone stale)."""
-    held = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-               if t.number < trial.number)
-    if held < n_trials:
-        return
-    trial.set_user_attr("surplus", True)
-    study.stop()
-    print(f"[study] trial {trial.number} not run: the remaining slots are held by running trials (another "
-          f"worker, or a killed run whose heartbeat is not yet {grace} s old); run again later if no other "
-          "worker runs.", file=sys.stderr)
-    raise optuna.TrialPruned("surplus trial: n_trials already reached by other workers")
+def _wait_for_slot(study: optuna.Study, trial: optuna.Trial, n_trials: int, cfg: StudyConfig) -> None:
+    """Return once ``trial`` holds one of the ``n_trials`` slots: fewer than that many trials
+    numbered before it are COMPLETE or RUNNING.
+
+    While they hold every slot it waits, failing each RUNNING trial whose heartbeat has stopped
+    (a killed run's, once it is ``grace_period`` seconds old: a live worker's keeps beating), and
+    takes the first slot a failed trial frees. Once ``n_trials`` are COMPLETE it is a surplus
+    trial: recorded as pruned before any work, and its worker stops."""
+    waiting = False
+    while True:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        if sum(t.state == TrialState.COMPLETE for t in trials) >= n_trials:
+            trial.set_user_attr("surplus", True)
+            study.stop()
+            print(f"[study] trial {trial.number} not run: {n_trials} trials are complete.", file=sys.stderr)
+            raise optuna.TrialPruned("surplus trial: n_trials already reached by other workers")
+        if sum(t.number < trial.number for t in trials) < n_trials:
+            return
+        if not waiting:
+            waiting = True
+            print(f"[study] trial {trial.number} waits for a slot: the others are held by running trials (other "
+                  f"workers', or a killed run's until its heartbeat is {cfg.grace_period} s old).", file=sys.stderr)
+        time.sleep(cfg.heartbeat_interval)
+        optuna.storages.fail_stale_trials(study)
 
 
 def remeasure_front(runner: StudyRunner) -> None:
