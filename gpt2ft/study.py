@@ -30,6 +30,7 @@ from gpt2ft import coordination as C
 from gpt2ft import logops
 from gpt2ft import pick as P
 from gpt2ft import report
+from gpt2ft import writer as writer_module
 from gpt2ft.assets import Assets, memorization_bound
 from gpt2ft.checkpoints import Checkpoints
 from gpt2ft.config import Config, StudyConfig
@@ -40,6 +41,10 @@ from gpt2ft.summary import Summary, summarize, trajectories, trial_metrics
 from gpt2ft.trial import TrialResult, run_trial, trial_ops, trial_train_config
 from gpt2ft.urls import mask_url
 from gpt2ft.writer import BackgroundWriter
+
+# What the writer raises once its process is dead (gpt2ft.writer.WriterDied, from the writer's
+# branch); RuntimeError stands in until that is merged, then this is a plain import.
+WriterDied = getattr(writer_module, "WriterDied", RuntimeError)
 
 # Heartbeats, fail_stale_trials and the matplotlib plots are stable in use here but still
 # flagged experimental; the warning would repeat on every trial.
@@ -179,13 +184,29 @@ class StudyRunner:
                 trial.set_user_attr(key, value)
             if self.checkpoints.path(trial.number).is_dir():
                 trial.set_user_attr("checkpoint", str(self.checkpoints.path(trial.number)))
-        ops = res.log_ops + _run_end(res, style)
-        if self.remote_writes:
-            self.writer.submit_remote(logops.apply_remote, self.tracker.uri, run.id, ops, res.fit.steps,
-                                      name=f"trial {trial.number}")
-        else:
-            logops.apply(run, ops, res.fit.steps)
+        self._store(run, res.log_ops + _run_end(res, style), res.fit.steps, trial.number)
         return style, m["memorization"]
+
+    def _store(self, run, ops: list[logops.Op], steps: int, number: int) -> None:
+        """A trial's final writes, in the writer process (while the next trial trains) or here.
+
+        Neither a dead writer process nor a failed write fails the trial, whose result Optuna
+        already holds: the writes are made here from then on, and what was lost (jobs the dead
+        process had, a write that raised) is redone by ``replay_unlogged`` at the study's end."""
+        if self.remote_writes:
+            try:
+                self.writer.submit_remote(logops.apply_remote, self.tracker.uri, run.id, ops, steps,
+                                          name=f"trial {number}")
+                return
+            except WriterDied as exc:
+                self.remote_writes = False
+                log.warning("the writer process has died (%s); trial %d's writes and the rest of this study's "
+                            "are made in this process", exc, number)
+        try:
+            logops.apply(run, ops, steps)
+        except Exception as exc:
+            log.warning("trial %d's writes failed (%s: %s); they are redone at the study's end", number,
+                        exc.__class__.__name__, str(exc).splitlines()[0] if str(exc) else "")
 
     def after_trial(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
         if frozen.state == TrialState.FAIL:
@@ -285,25 +306,34 @@ def replay_unlogged(runner: StudyRunner) -> int:
     (or their write failed) after the trial was recorded in Optuna and before its samples,
     tables and plots were stored. Called after this command's workers are done; a run of another
     command (a second machine on the same storage) is left alone while that command may still
-    be writing it: completed less than ``study.grace_period`` seconds ago.
+    be writing it: completed less than ``study.grace_period`` seconds ago. Each trial stands
+    alone: one whose writes fail again is reported and left RUNNING for the next run.
     Returns how many runs were redone."""
-    study, tracker = runner.study, runner.tracker
-    book = study.user_attrs.get("references", {}).get("book_top100_ratio", math.nan)
+    book = runner.study.user_attrs.get("references", {}).get("book_top100_ratio", math.nan)
     now, redone = datetime.datetime.now(), 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        run_id = t.user_attrs.get("mlflow_run_id")
-        if not run_id or tracker.status(run_id) != "RUNNING":
-            continue
-        age = (now - t.datetime_complete).total_seconds() if t.datetime_complete else math.inf
-        if age < runner.config.study.grace_period and t.user_attrs.get("command_id") != runner.command_id:
-            continue
-        res = TrialResult.from_record(t.user_attrs)
-        style = P.style_score(res.metrics.get("top100_ratio", math.nan), book)
-        logops.apply(tracker.handle(run_id), trial_ops(runner.assets, res) + _run_end(res, style), res.fit.steps)
-        print(f"[study] trial {t.number}: its samples, tables and plots were not stored (process "
-              "stopped or write failed); written now", file=sys.stderr)
-        redone += 1
+    for t in runner.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        try:
+            redone += _replay_one(runner, t, book, now)
+        except Exception as exc:  # the others, the re-measure and the pick still happen
+            log.warning("trial %d: its samples, tables and plots could not be written now (%s: %s); the next run "
+                        "tries again", t.number, exc.__class__.__name__, str(exc).splitlines()[0] if str(exc) else "")
     return redone
+
+
+def _replay_one(runner: StudyRunner, t: optuna.trial.FrozenTrial, book: float, now: datetime.datetime) -> bool:
+    """Redo one trial's writes if its run is unfinished and no other command may still write it."""
+    run_id = t.user_attrs.get("mlflow_run_id")
+    if not run_id or runner.tracker.status(run_id) != "RUNNING":
+        return False
+    age = (now - t.datetime_complete).total_seconds() if t.datetime_complete else math.inf
+    if age < runner.config.study.grace_period and t.user_attrs.get("command_id") != runner.command_id:
+        return False
+    res = TrialResult.from_record(t.user_attrs)
+    style = P.style_score(res.metrics.get("top100_ratio", math.nan), book)
+    logops.apply(runner.tracker.handle(run_id), trial_ops(runner.assets, res) + _run_end(res, style), res.fit.steps)
+    print(f"[study] trial {t.number}: its samples, tables and plots were not stored (process "
+          "stopped or write failed); written now", file=sys.stderr)
+    return True
 
 
 def _wait_for_slot(study: optuna.Study, trial: optuna.Trial, n_trials: int, cfg: StudyConfig) -> None:

@@ -170,3 +170,51 @@ def test_trials_that_keep_failing_after_fit_stop_the_study(workdir, book, monkey
     assert study.user_attrs["selected"] == 0 and parent.data.tags["selected_trial"] == "0"
     assert (workdir / "mlruns" / "checkpoints" / "tiny" / "trial-0").is_dir()
     assert parent.info.status == "FAILED" and "2 trials failed in a row" in parent.data.tags["failure_reason"]
+
+
+def test_dead_writer_and_failing_replay_do_not_stop_the_study(workdir, book, monkeypatch, capsys, caplog):
+    """The writer process dies: the jobs it had are lost (trials 0 and 1) and the next submit
+    raises WriterDied (trial 2), whose writes are then made in process. At the end the replay
+    redoes the lost ones, each on its own: trial 0's writes fail again and are reported, trial
+    1's are stored, and the finish (re-measure, pick, parent run) still completes."""
+    from concurrent.futures import Future
+
+    import gpt2ft.study as study_mod
+    from gpt2ft.cli import main
+    from gpt2ft.writer import BackgroundWriter
+
+    monkeypatch.setenv("GPT2FT_CORPUS", str(book))
+    submitted = []
+
+    def dying_writer(self, fn, *args, name="job"):
+        submitted.append(name)
+        if len(submitted) > 2:
+            raise study_mod.WriterDied("the writer process has ended")
+        lost: Future = Future()
+        lost.set_exception(study_mod.WriterDied("the writer process ended"))
+        return lost
+
+    real_ops, replayed = study_mod.trial_ops, []
+
+    def first_replay_fails(assets, res, *args):
+        replayed.append(res.fit.steps)
+        if len(replayed) == 1:
+            raise OSError("disk full (injected)")
+        return real_ops(assets, res, *args)
+
+    monkeypatch.setattr(BackgroundWriter, "submit_remote", dying_writer)
+    monkeypatch.setattr(study_mod, "trial_ops", first_replay_fails)
+    assert main(["study", "--config", str(TINY), "--set", "study.writer=process",
+                 "--set", "sample.final_n_samples=4", *FAST]) == 0
+    err, warned = capsys.readouterr().err, caplog.text
+    assert submitted == ["trial 0", "trial 1", "trial 2"]
+    assert "the writer process has died (the writer process has ended); trial 2's writes" in warned
+    assert "trial 0: its samples, tables and plots could not be written now (OSError: disk full (injected))" in warned
+    assert "trial 1: its samples, tables and plots were not stored" in err
+    assert "re-measured with 4 samples" in err
+    study, runs, parent = _stores(workdir)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert runs[0].info.status == "RUNNING"  # left for the next run's replay
+    assert runs[1].info.status == runs[2].info.status == "FINISHED"
+    assert {"style_score", "log_seconds"} <= set(runs[1].data.metrics) & set(runs[2].data.metrics)
+    assert parent.info.status == "FINISHED" and parent.data.tags["selected_trial"] == str(study.user_attrs["selected"])
