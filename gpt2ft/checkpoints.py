@@ -63,3 +63,8 @@ class Checkpoints:
         for number, step in gone:
             self.delete(number, step)
         return gone
+
+    def remove(self, number: int) -> None:
+        """Delete every checkpoint of a trial (a failed trial's can never be chosen)."""
+        for key in self.saved(number):
+            self.delete(*key)

@@ -1,7 +1,8 @@
 """Command line: ``gpt2ft train | study | export | references | generate``.
 
 Errors a user can cause are caught here, at the edge, and reported as one sentence with
-exit code 2; anything else is a bug and keeps its traceback.
+exit code 2; a study whose trials keep failing ends with one sentence and exit code 3 (see
+``STUDY_EXIT_CODES``); anything else is a bug and keeps its traceback.
 
 Each command imports what it needs when it runs: torch, transformers and MLflow take several
 seconds to import, and ``gpt2ft --help`` or a mistyped option should answer at once.
@@ -16,8 +17,12 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
-from gpt2ft.errors import UserError
+from gpt2ft.errors import TrialsFailing, UserError
 from gpt2ft.fmt import fmt
+
+STUDY_EXIT_CODES = ("exit codes: 0 the study reached n_trials (or its timeout); 2 a user error, one sentence; "
+                    f"{TrialsFailing.exit_code} stopped after study.max_failures trials failed in a row, one "
+                    "sentence naming the last failure (what completed is logged and picked); 130 interrupted.")
 
 
 def _common(p: argparse.ArgumentParser, config_required: bool = True) -> None:
@@ -38,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--save", metavar="DIR", help="also save the fine-tuned model to DIR")
 
-    p = sub.add_parser("study", help="run (or continue) the Optuna study")
+    p = sub.add_parser("study", help="run (or continue) the Optuna study", epilog=STUDY_EXIT_CODES)
     _common(p)
     p.add_argument("--storage", help="Optuna storage URL (default sqlite next to the MLflow store)")
     p.add_argument("--study-name", help="Optuna study name (default study.name)")
@@ -161,6 +166,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     runner.open_parent(run_tags(assets))
     if worker:
         runner.run_trials(config.study.timeout)  # the parent run and the pick stay the supervisor's
+        if runner.gave_up:
+            raise TrialsFailing(runner.gave_up)
         return 0
     runner.parent.log_metrics({"setup_seconds": ready.seconds, "setup_cache_hit": float(ready.hit)})
     done = sum(t.state.name == "COMPLETE" for t in runner.study.get_trials(deepcopy=False))
@@ -173,20 +180,26 @@ def cmd_study(args: argparse.Namespace) -> int:
           f"storage {mask_url(storage_url)}; MLflow {mask_url(tracker.uri)}")
     _print_outcome(runner.study)
     print(f"\nbrowse it: `make ui`, then {tracker.ui_url()}")
+    if runner.gave_up:
+        raise TrialsFailing(runner.gave_up)
     return 0
 
 
 def _run_study(runner, args: argparse.Namespace, jobs: int) -> None:
     """The trials (here, or in ``jobs`` workers), the final pick and artifacts; the parent run
-    ends FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED."""
-    from gpt2ft.study import log_study_artifacts
+    ends FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED (also, with its ``failure_reason``, when
+    the trials kept failing: ``runner.gave_up``)."""
+    from gpt2ft.study import give_up_message, log_study_artifacts
     from gpt2ft.workers import check_codes, supervise
 
     try:
         if jobs == 1:
             runner.run(runner.config.study.timeout)
         else:
-            check_codes(supervise([_worker_argv(args, i, runner.command_id) for i in range(jobs)]))
+            gave_up = check_codes(supervise([_worker_argv(args, i, runner.command_id) for i in range(jobs)]))
+            done = sum(t.state.name == "COMPLETE" for t in runner.study.get_trials(deepcopy=False))
+            if gave_up and done < runner.n_trials:  # no other worker filled the slots
+                runner.gave_up = give_up_message(runner.study, runner.config.study.max_failures)
             runner.finish()
         log_study_artifacts(runner)
     except KeyboardInterrupt:
@@ -195,7 +208,9 @@ def _run_study(runner, args: argparse.Namespace, jobs: int) -> None:
     except BaseException:
         runner.parent.end("FAILED")
         raise
-    runner.parent.end("FINISHED")
+    if runner.gave_up:
+        runner.parent.set_tags({"failure_reason": runner.gave_up})
+    runner.parent.end("FAILED" if runner.gave_up else "FINISHED")
 
 
 def _worker_argv(args: argparse.Namespace, index: int, command_id: str) -> list[str]:
@@ -356,6 +371,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UserError as exc:
         print(f"gpt2ft: error: {exc}", file=sys.stderr)
         return 2
+    except TrialsFailing as exc:
+        print(f"gpt2ft: error: {exc}", file=sys.stderr)
+        return TrialsFailing.exit_code
     except KeyboardInterrupt:
         print("gpt2ft: interrupted", file=sys.stderr)
         return 130

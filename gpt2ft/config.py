@@ -300,6 +300,9 @@ class StudyConfig:
     """Seconds between a running trial's heartbeats in the Optuna storage."""
     grace_period: int = 30
     """A trial whose heartbeat is older than this is taken for dead (killed worker) and failed."""
+    max_failures: int = 3
+    """Stop the study after this many of a worker's trials failed in a row (exit code 3): a
+    cause that fails every trial (out of memory, a broken setting) must not run forever."""
     jobs: str = "1"
     """Worker processes that run trials at once on this machine: an integer >= 1, or ``auto``
     (as many as the GPU's free memory and the CPU cores allow; 1 without a GPU). A string
@@ -340,6 +343,7 @@ class StudyConfig:
         _check(self.heartbeat_interval >= 1, "study.heartbeat_interval must be >= 1.")
         _check(self.grace_period > self.heartbeat_interval,
                "study.grace_period must be longer than study.heartbeat_interval.")
+        _check(self.max_failures >= 1, "study.max_failures must be >= 1.")
 
 
 @dataclass(frozen=True)
@@ -358,6 +362,13 @@ class Config:
     """Where runs are logged."""
     study: StudyConfig = field(default_factory=StudyConfig)
     """The Optuna study."""
+
+    def __post_init__(self) -> None:
+        # Across sections: settings under which no sample can ever be measured would fail every
+        # trial after its training, so they are refused before any work.
+        s, m = self.sample, self.metrics
+        _check(s.new_tokens >= m.ngram, f"sample.new_tokens ({s.new_tokens}) must be at least metrics.ngram "
+               f"({m.ngram}), since memorization counts {m.ngram}-token spans of each sample.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,5 +1,13 @@
-"""Errors a user can cause: reported as one sentence and exit code 2 by the CLI."""
+"""Errors that end a command with one sentence, not a traceback: a user's (exit code 2), and a
+study's trials failing again and again (exit code 3)."""
 
 
 class UserError(Exception):
     """A problem with the user's input (config, corpus, model, paths); the message says what to change."""
+
+
+class TrialsFailing(Exception):
+    """A study stopped after ``study.max_failures`` trials failed in a row; what completed is
+    logged and picked. The message names the last failure."""
+
+    exit_code = 3

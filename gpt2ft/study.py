@@ -15,6 +15,7 @@ import datetime
 import logging
 import math
 import sys
+import time
 import uuid
 import warnings
 from typing import Any, Optional
@@ -36,7 +37,7 @@ from gpt2ft.errors import UserError
 from gpt2ft.summary import Summary, summarize, trajectories
 from gpt2ft.trial import TrialResult, run_trial, trial_ops, trial_train_config
 from gpt2ft.urls import mask_url
-from gpt2ft.writer import BackgroundWriter
+from gpt2ft.writer import BackgroundWriter, WriterDied, WriterTimeout
 
 # Heartbeats, fail_stale_trials and the matplotlib plots are stable in use here but still
 # flagged experimental; the warning would repeat on every trial.
@@ -85,6 +86,9 @@ class StudyRunner:
         self.command_id = command_id or uuid.uuid4().hex
         self.checkpoints, self.progress, self.storage_url = checkpoints, progress, storage_url
         self.n_trials = config.study.n_trials
+        self.failures_in_row = 0
+        self.gave_up: Optional[str] = None
+        """Why this worker stopped before ``n_trials`` were COMPLETE (``study.max_failures``), or None."""
         self.storage = C.open_storage(storage_url, on_failed=self._on_stale_trial,
                                       heartbeat=config.study.heartbeat_interval, grace=config.study.grace_period)
         try:
@@ -123,10 +127,11 @@ class StudyRunner:
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
             self.tracker.fail_run(run_id, "worker process was killed; trial interrupted")
+        self.checkpoints.remove(trial.number)  # saved before the kill, it can never be chosen
         log.warning("trial %d was interrupted earlier and is marked failed", trial.number)
 
     def objective(self, trial: optuna.Trial) -> tuple[float, float]:
-        _refuse_surplus(self.study, trial, self.n_trials, self.config.study.grace_period)
+        _wait_for_slot(self.study, trial, self.n_trials, self.config.study)
         # One seed in every worker (and every resumed run) drew the same parameters in the same
         # order; seeding by trial number keeps a study reproducible and the workers apart.
         self.study.sampler = optuna.samplers.TPESampler(seed=self.config.train.seed + trial.number)
@@ -137,6 +142,8 @@ class StudyRunner:
             return self._train_and_measure(trial, params)
         except Exception as exc:
             trial.set_user_attr("fail_reason", f"{exc.__class__.__name__}: {exc}"[:1000])
+            _settle_writer(self.writer.drain)  # its checkpoint's save may still be queued on the writer's thread
+            self.checkpoints.remove(trial.number)  # a failed trial can never be chosen
             raise
 
     def _train_and_measure(self, trial: optuna.Trial, params: dict[str, Any]) -> tuple[float, float]:
@@ -169,17 +176,34 @@ class StudyRunner:
             m = res.metrics
             book = self.study.user_attrs.get("references", {}).get("book_top100_ratio", math.nan)
             style = P.style_score(m["top100_ratio"], book)
+            if not (math.isfinite(style) and math.isfinite(m["memorization"])):
+                # Before any write is queued, so the run ends FAILED with this reason and stays so.
+                raise RuntimeError("metrics are not finite (no samples to measure)")
             for key, value in res.record().items():  # durable before any deferred write
                 trial.set_user_attr(key, value)
-        ops = res.log_ops + _run_end(res, style)
-        if self.remote_writes:
-            self.writer.submit_remote(logops.apply_remote, self.tracker.uri, run.id, ops, res.fit.steps,
-                                      name=f"trial {trial.number}")
-        else:
-            logops.apply(run, ops, res.fit.steps)
-        if not (math.isfinite(style) and math.isfinite(m["memorization"])):
-            raise RuntimeError("metrics are not finite (no samples to measure)")
+        self._store(run, res.log_ops + _run_end(res, style), res.fit.steps, trial.number)
         return style, m["memorization"]
+
+    def _store(self, run, ops: list[logops.Op], steps: int, number: int) -> None:
+        """A trial's final writes, in the writer process (while the next trial trains) or here.
+
+        Neither a dead writer process nor a failed write fails the trial, whose result Optuna
+        already holds: the writes are made here from then on, and what was lost (jobs the dead
+        process had, a write that raised) is redone by ``replay_unlogged`` at the study's end."""
+        if self.remote_writes:
+            try:
+                self.writer.submit_remote(logops.apply_remote, self.tracker.uri, run.id, ops, steps,
+                                          name=f"trial {number}")
+                return
+            except WriterDied as exc:
+                self.remote_writes = False
+                log.warning("the writer process has died (%s); trial %d's writes and the rest of this study's "
+                            "are made in this process", exc, number)
+        try:
+            logops.apply(run, ops, steps)
+        except Exception as exc:
+            log.warning("trial %d's writes failed (%s: %s); they are redone at the study's end", number,
+                        exc.__class__.__name__, str(exc).splitlines()[0] if str(exc) else "")
 
     def after_trial(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
         if frozen.state == TrialState.FAIL:
@@ -191,6 +215,17 @@ class StudyRunner:
         keep = zip(c[c["contender"]]["number"], c[c["contender"]]["step"]) if len(c) else []
         finished = summary.table[summary.table["state"].isin(["COMPLETE", "FAIL"])]["number"]
         self.checkpoints.keep_only(keep, finished)
+
+    def stop_after_failures(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        """Stop this worker once ``study.max_failures`` of its trials failed in a row (a surplus
+        trial, PRUNED, neither counts nor breaks the row)."""
+        if frozen.state == TrialState.COMPLETE:
+            self.failures_in_row = 0
+        elif frozen.state == TrialState.FAIL:
+            self.failures_in_row += 1
+            if self.failures_in_row >= self.config.study.max_failures:
+                self.gave_up = give_up_message(study, self.failures_in_row)
+                study.stop()
 
     def apply_pick(self) -> Summary:
         """Apply the pick to the candidate table and record it in Optuna and MLflow; with no
@@ -216,7 +251,7 @@ class StudyRunner:
 
     def finish(self) -> None:
         """The front's re-measure and the final pick: once per study run, after every worker."""
-        self.writer.drain()
+        _settle_writer(self.writer.drain)
         replay_unlogged(self)
         n, seed = self.config.sample.final_n_samples, self.config.train.seed + 1
         if n > self.config.sample.n_samples:
@@ -249,9 +284,18 @@ class StudyRunner:
                 self.study.optimize(
                     self.objective, timeout=timeout, catch=(Exception,), gc_after_trial=True,
                     callbacks=[optuna.study.MaxTrialsCallback(self.n_trials, states=(TrialState.COMPLETE,)),
-                               self.after_trial, tick])
+                               self.after_trial, tick, self.stop_after_failures])
         # Not in a `finally`: a stopped process leaves its pending writes to the next run's replay.
-        self.writer.close()
+        _settle_writer(self.writer.close)
+
+
+def _settle_writer(wait) -> None:
+    """Wait for the writer (``drain`` or ``close``); a writer that died or stalled is reported, not
+    raised: Optuna holds every trial's result, and ``replay_unlogged`` redoes the lost writes."""
+    try:
+        wait()
+    except (WriterDied, WriterTimeout) as exc:
+        log.warning("the background writer failed (%s); its lost writes are redone from Optuna's records", exc)
 
 
 def _run_end(res: TrialResult, style: float) -> list[logops.Op]:
@@ -261,47 +305,76 @@ def _run_end(res: TrialResult, style: float) -> list[logops.Op]:
             ("metrics", {"style_score": style}, 0), ("end", "FINISHED")]
 
 
+def give_up_message(study: optuna.Study, in_row: int) -> str:
+    """The one sentence of a study stopped by ``study.max_failures``: the last failure's reason."""
+    failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if "fail_reason" in t.user_attrs]
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    last = max(failed, key=lambda t: (t.datetime_complete or datetime.datetime.min, t.number), default=None)
+    what = (f"the last (trial {last.number}) with {last.user_attrs['fail_reason'].splitlines()[0][:300].rstrip('.')}"
+            if last is not None else "see the trials' fail_reason")
+    return (f"{in_row} trials failed in a row, {what}, so the study stopped (study.max_failures); its {done} "
+            "completed trial(s) are logged and picked from: fix the cause and run the same command again.")
+
+
 def replay_unlogged(runner: StudyRunner) -> int:
     """Redo the writes of COMPLETE trials whose MLflow run is still RUNNING: their process died
     (or their write failed) after the trial was recorded in Optuna and before its samples,
     tables and plots were stored. Called after this command's workers are done; a run of another
     command (a second machine on the same storage) is left alone while that command may still
-    be writing it: completed less than ``study.grace_period`` seconds ago.
+    be writing it: completed less than ``study.grace_period`` seconds ago. Each trial stands
+    alone: one whose writes fail again is reported and left RUNNING for the next run.
     Returns how many runs were redone."""
-    study, tracker = runner.study, runner.tracker
-    book = study.user_attrs.get("references", {}).get("book_top100_ratio", math.nan)
+    book = runner.study.user_attrs.get("references", {}).get("book_top100_ratio", math.nan)
     now, redone = datetime.datetime.now(), 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        run_id = t.user_attrs.get("mlflow_run_id")
-        if not run_id or tracker.status(run_id) != "RUNNING":
-            continue
-        age = (now - t.datetime_complete).total_seconds() if t.datetime_complete else math.inf
-        if age < runner.config.study.grace_period and t.user_attrs.get("command_id") != runner.command_id:
-            continue
-        res = TrialResult.from_record(t.user_attrs)
-        style = P.style_score(res.metrics.get("top100_ratio", math.nan), book)
-        logops.apply(tracker.handle(run_id), trial_ops(runner.assets, res) + _run_end(res, style), res.fit.steps)
-        print(f"[study] trial {t.number}: its samples, tables and plots were not stored (process "
-              "stopped or write failed); written now", file=sys.stderr)
-        redone += 1
+    for t in runner.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        try:
+            redone += _replay_one(runner, t, book, now)
+        except Exception as exc:  # the others, the re-measure and the pick still happen
+            log.warning("trial %d: its samples, tables and plots could not be written now (%s: %s); the next run "
+                        "tries again", t.number, exc.__class__.__name__, str(exc).splitlines()[0] if str(exc) else "")
     return redone
 
 
-def _refuse_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int, grace: int) -> None:
-    """With several workers one may ask for a trial after the last slot was taken: such a
-    surplus trial stops before any work and is recorded as pruned, and its worker stops (the
-    slots are held by trials running elsewhere, or by a killed run's trial whose heartbeat has
-    not yet gone stale)."""
-    held = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-               if t.number < trial.number)
-    if held < n_trials:
-        return
-    trial.set_user_attr("surplus", True)
-    study.stop()
-    print(f"[study] trial {trial.number} not run: the remaining slots are held by running trials (another "
-          f"worker, or a killed run whose heartbeat is not yet {grace} s old); run again later if no other "
-          "worker runs.", file=sys.stderr)
-    raise optuna.TrialPruned("surplus trial: n_trials already reached by other workers")
+def _replay_one(runner: StudyRunner, t: optuna.trial.FrozenTrial, book: float, now: datetime.datetime) -> bool:
+    """Redo one trial's writes if its run is unfinished and no other command may still write it."""
+    run_id = t.user_attrs.get("mlflow_run_id")
+    if not run_id or runner.tracker.status(run_id) != "RUNNING":
+        return False
+    age = (now - t.datetime_complete).total_seconds() if t.datetime_complete else math.inf
+    if age < runner.config.study.grace_period and t.user_attrs.get("command_id") != runner.command_id:
+        return False
+    res = TrialResult.from_record(t.user_attrs)
+    style = P.style_score(res.metrics.get("top100_ratio", math.nan), book)
+    logops.apply(runner.tracker.handle(run_id), trial_ops(runner.assets, res) + _run_end(res, style), res.fit.steps)
+    print(f"[study] trial {t.number}: its samples, tables and plots were not stored (process "
+          "stopped or write failed); written now", file=sys.stderr)
+    return True
+
+
+def _wait_for_slot(study: optuna.Study, trial: optuna.Trial, n_trials: int, cfg: StudyConfig) -> None:
+    """Return once ``trial`` holds one of the ``n_trials`` slots: fewer than that many trials
+    numbered before it are COMPLETE or RUNNING.
+
+    While they hold every slot it waits, failing each RUNNING trial whose heartbeat has stopped
+    (a killed run's, once it is ``grace_period`` seconds old: a live worker's keeps beating), and
+    takes the first slot a failed trial frees. Once ``n_trials`` are COMPLETE it is a surplus
+    trial: recorded as pruned before any work, and its worker stops."""
+    waiting = False
+    while True:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        if sum(t.state == TrialState.COMPLETE for t in trials) >= n_trials:
+            trial.set_user_attr("surplus", True)
+            study.stop()
+            print(f"[study] trial {trial.number} not run: {n_trials} trials are complete.", file=sys.stderr)
+            raise optuna.TrialPruned("surplus trial: n_trials already reached by other workers")
+        if sum(t.number < trial.number for t in trials) < n_trials:
+            return
+        if not waiting:
+            waiting = True
+            print(f"[study] trial {trial.number} waits for a slot: the others are held by running trials (other "
+                  f"workers', or a killed run's until its heartbeat is {cfg.grace_period} s old).", file=sys.stderr)
+        time.sleep(cfg.heartbeat_interval)
+        optuna.storages.fail_stale_trials(study)
 
 
 def _selection(study: optuna.Study, summary: Summary, chosen: dict[str, Any]) -> tuple:

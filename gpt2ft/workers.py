@@ -22,7 +22,7 @@ from typing import IO, Mapping, Optional, Sequence, Union
 
 import torch
 
-from gpt2ft.errors import UserError
+from gpt2ft.errors import TrialsFailing, UserError
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 PARENT_ENV = "GPT2FT_SUPERVISOR_PID"
@@ -196,11 +196,14 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             p.wait()
 
 
-def check_codes(codes: Sequence[int]) -> None:
-    """A worker that failed (not one that stopped because the study was full) is an error."""
-    bad = [(i, c) for i, c in enumerate(codes) if c != 0]
+def check_codes(codes: Sequence[int]) -> bool:
+    """A worker that failed (not one that stopped because the study was full) is an error.
+    Returns whether a worker stopped because its trials kept failing (``study.max_failures``):
+    the study still ends, with what completed logged and picked."""
+    bad = [(i, c) for i, c in enumerate(codes) if c not in (0, TrialsFailing.exit_code)]
     if any(c == 2 for _, c in bad):
         raise UserError(f"worker {bad[0][0]} stopped on a user error (exit 2); its message is above, "
                         "prefixed with its index.")
     if bad:
         raise RuntimeError(f"workers exited with codes {dict(bad)}; their output is above.")
+    return TrialsFailing.exit_code in codes

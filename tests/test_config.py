@@ -115,11 +115,26 @@ def test_unknown_keys_are_errors_naming_the_key(tmp_path, yaml_text, overrides, 
     ("data.block_size=4", "data.block_size"),
     ("train.max_steps=0", "train.max_steps"),
     ("study.batch_size=[]", "study.batch_size"),
+    ("study.max_failures=0", "study.max_failures"),
+    ("sample.new_tokens=4", "sample.new_tokens (4) must be at least metrics.ngram (8)"),
 ], ids=lambda v: v if "=" in v else "")
 def test_out_of_range_values_are_errors(override, names):
     with pytest.raises(ConfigError) as info:
         load_config(GULLIVER, [override])
     assert names in str(info.value)
+
+
+def test_unmeasurable_samples_are_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """Samples shorter than the memorization n-gram could never be measured, so every trial would
+    fail after training: the study refuses them in one sentence, exit 2, before any store exists."""
+    from gpt2ft.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["study", "--config", str(ROOT / "experiments" / "tiny.yaml"), "--set", "sample.new_tokens=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["gpt2ft: error: sample.new_tokens (2) must be at least metrics.ngram (8), since memorization "
+                   "counts 8-token spans of each sample."]
+    assert not (tmp_path / "mlruns").exists()
 
 
 @pytest.mark.parametrize("overrides, where", [

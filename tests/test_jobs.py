@@ -76,6 +76,20 @@ def test_auto_jobs_by_memory_and_cores():
     assert auto_jobs(need, int(5e9), 16) == 1  # never below one
 
 
+def test_worker_exit_codes():
+    """A worker whose trials kept failing (exit 3) lets the study finish and report it; a user
+    error (2) is one sentence; any other code is a crash."""
+    from gpt2ft.errors import UserError
+    from gpt2ft.workers import check_codes
+
+    assert check_codes([0, 0]) is False
+    assert check_codes([0, 3]) is True
+    with pytest.raises(UserError, match="worker 1 stopped on a user error"):
+        check_codes([3, 2])
+    with pytest.raises(RuntimeError, match="codes {1: 1}"):
+        check_codes([3, 1])
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):

@@ -116,3 +116,105 @@ def test_mask_url(url, masked):
     from gpt2ft.urls import mask_url
 
     assert mask_url(url) == masked
+
+
+FAST = ["--quiet", "--set", "train.max_steps=3", "--set", "train.eval_batches=1", "--set", "sample.n_samples=2",
+        "--set", "sample.new_tokens=16", "--set", "sample.trajectory=false"]
+
+
+def _stores(workdir: Path):
+    """(the Optuna study, its MLflow trial runs by trial number, its parent run)."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{workdir}/mlruns/optuna.db")
+    client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("gpt2ft-tiny").experiment_id])
+    trials = {int(r.data.tags["optuna.trial"]): r for r in runs if r.data.tags.get("gpt2ft.kind") == "trial"}
+    (parent,) = [r for r in runs if r.data.tags.get("gpt2ft.kind") == "study"]
+    return study, trials, parent
+
+
+def test_trials_that_keep_failing_after_fit_stop_the_study(workdir, book, monkeypatch, capsys):
+    """Trials whose samples cannot be measured fail after training: each is FAIL in Optuna, FAILED
+    in MLflow with the reason (no FINISHED written before the check) and leaves no checkpoint;
+    after study.max_failures of them in a row the study stops with one sentence and exit 3,
+    and what completed is logged and picked."""
+    import gpt2ft.trial as trial_mod
+    from gpt2ft.cli import main
+
+    monkeypatch.setenv("GPT2FT_CORPUS", str(book))
+    real_measure, calls = trial_mod.measure_model, {"n": 0}
+
+    def unmeasurable_after_first(*args, **kwargs):
+        metrics, texts, ids = real_measure(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] > 1:
+            metrics["memorization"] = math.nan
+        return metrics, texts, ids
+
+    monkeypatch.setattr(trial_mod, "measure_model", unmeasurable_after_first)
+    assert main(["study", "--config", str(TINY), "--n-trials", "3", "--set", "study.max_failures=2",
+                 "--set", "sample.final_n_samples=0", *FAST]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ("gpt2ft: error: 2 trials failed in a row, the last (trial 2) with RuntimeError: metrics are "
+                       "not finite (no samples to measure), so the study stopped (study.max_failures); its 1 "
+                       "completed trial(s) are logged and picked from: fix the cause and run the same command again.")
+    study, runs, parent = _stores(workdir)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "FAIL"]
+    for number in (1, 2):
+        assert runs[number].info.status == "FAILED"
+        assert "not finite" in runs[number].data.tags["failure_reason"]
+        assert not list((workdir / "mlruns" / "checkpoints" / "tiny").glob(f"trial-{number}-step-*"))
+    assert runs[0].info.status == "FINISHED" and runs[0].data.tags["selected"] == "true"
+    assert study.user_attrs["selected"]["trial"] == 0 and parent.data.tags["selected_trial"] == "0"
+    assert list((workdir / "mlruns" / "checkpoints" / "tiny").glob("trial-0-step-*"))
+    assert parent.info.status == "FAILED" and "2 trials failed in a row" in parent.data.tags["failure_reason"]
+
+
+def test_dead_writer_and_failing_replay_do_not_stop_the_study(workdir, book, monkeypatch, capsys, caplog):
+    """The writer process dies: the jobs it had are lost (trials 0 and 1) and the next submit
+    raises WriterDied (trial 2), whose writes are then made in process. At the end the replay
+    redoes the lost ones, each on its own: trial 0's writes fail again and are reported, trial
+    1's are stored, and the finish (re-measure, pick, parent run) still completes."""
+    from concurrent.futures import Future
+
+    import gpt2ft.study as study_mod
+    from gpt2ft.cli import main
+    from gpt2ft.writer import BackgroundWriter
+
+    monkeypatch.setenv("GPT2FT_CORPUS", str(book))
+    submitted = []
+
+    def dying_writer(self, fn, *args, name="job"):
+        submitted.append(name)
+        if len(submitted) > 2:
+            raise study_mod.WriterDied("the writer process has ended")
+        lost: Future = Future()
+        lost.set_exception(study_mod.WriterDied("the writer process ended"))
+        return lost
+
+    real_ops, replayed = study_mod.trial_ops, []
+
+    def first_replay_fails(assets, res, *args):
+        replayed.append(res.fit.steps)
+        if len(replayed) == 1:
+            raise OSError("disk full (injected)")
+        return real_ops(assets, res, *args)
+
+    monkeypatch.setattr(BackgroundWriter, "submit_remote", dying_writer)
+    monkeypatch.setattr(study_mod, "trial_ops", first_replay_fails)
+    assert main(["study", "--config", str(TINY), "--set", "study.writer=process",
+                 "--set", "sample.final_n_samples=4", *FAST]) == 0
+    err, warned = capsys.readouterr().err, caplog.text
+    assert submitted == ["trial 0", "trial 1", "trial 2"]
+    assert "the writer process has died (the writer process has ended); trial 2's writes" in warned
+    assert "trial 0: its samples, tables and plots could not be written now (OSError: disk full (injected))" in warned
+    assert "trial 1: its samples, tables and plots were not stored" in err
+    assert "re-measured with 4 samples" in err
+    study, runs, parent = _stores(workdir)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert runs[0].info.status == "RUNNING"  # left for the next run's replay
+    assert runs[1].info.status == runs[2].info.status == "FINISHED"
+    assert {"style_score", "log_seconds"} <= set(runs[1].data.metrics) & set(runs[2].data.metrics)
+    assert parent.info.status == "FINISHED" and parent.data.tags["selected_trial"] == str(study.user_attrs["selected"])
