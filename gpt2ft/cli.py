@@ -140,6 +140,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     from gpt2ft.config import load_config
     from gpt2ft.coordination import default_storage, open_storage
     from gpt2ft.study import StudyRunner
+    from gpt2ft.summary import trained
     from gpt2ft.tracking import Tracker, store_folder
     from gpt2ft.urls import mask_url
     from gpt2ft.workers import become_worker, resolve_jobs
@@ -170,7 +171,7 @@ def cmd_study(args: argparse.Namespace) -> int:
             raise TrialsFailing(runner.gave_up)
         return 0
     runner.parent.log_metrics({"setup_seconds": ready.seconds, "setup_cache_hit": float(ready.hit)})
-    done = sum(t.state.name == "COMPLETE" for t in runner.study.get_trials(deepcopy=False))
+    done = sum(t.state.name == "COMPLETE" for t in trained(runner.study.get_trials(deepcopy=False)))
     # A worker costs a process start (imports: seconds): none for slots that are already filled.
     jobs = max(1, min(resolve_jobs(config.study.jobs, assets), config.study.n_trials - done))
     t = time.perf_counter()
@@ -190,6 +191,7 @@ def _run_study(runner, args: argparse.Namespace, jobs: int) -> None:
     ends FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED (also, with its ``failure_reason``, when
     the trials kept failing: ``runner.gave_up``)."""
     from gpt2ft.study import give_up_message, log_study_artifacts
+    from gpt2ft.summary import trained
     from gpt2ft.workers import check_codes, supervise
 
     try:
@@ -197,7 +199,7 @@ def _run_study(runner, args: argparse.Namespace, jobs: int) -> None:
             runner.run(runner.config.study.timeout)
         else:
             gave_up = check_codes(supervise([_worker_argv(args, i, runner.command_id) for i in range(jobs)]))
-            done = sum(t.state.name == "COMPLETE" for t in runner.study.get_trials(deepcopy=False))
+            done = sum(t.state.name == "COMPLETE" for t in trained(runner.study.get_trials(deepcopy=False)))
             if gave_up and done < runner.n_trials:  # no other worker filled the slots
                 runner.gave_up = give_up_message(runner.study, runner.config.study.max_failures)
             runner.finish()
@@ -281,7 +283,7 @@ def print_trials(summary) -> None:
     cols = [c for c in ("number", "state", "lr", "epochs", "batch_size", "top100_ratio", "memorization",
                         "longest_copy", "best_heldout_loss", "best_heldout_epoch", "copying_onset_epoch",
                         "heldout_up_before_copying", "style_prob", "distinct_2", "repetition_4", "fluency_ppl",
-                        "seconds", "within_bound", "degenerate", "selected")
+                        "seconds", "stopped_for_copying", "eligible", "degenerate", "selected")
             if c in df.columns]
     print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 

@@ -286,6 +286,14 @@ class StudyConfig:
     """A candidate whose held-out loss is above the base model's by more than this (nats per token)
     predicts unseen text of the book worse than before fine-tuning and is not eligible. 0.1 is
     about the base model's own gap between held-out Gulliver and other novels (0.08)."""
+    derived_trials: bool = True
+    """Tell Optuna every interior whole-epoch point of a trial as a trial of that many epochs
+    (``derived_from`` its trial; no MLflow run, no slot), so the sampler learns from every
+    measurement: epoch e of an E-epoch trial is an e-epoch trial."""
+    stop_after: int = 2
+    """Stop a trial once this many of its points in a row fail a copying judge of the pick while
+    its held-out loss is above its lowest: later points only copy more, and none can be picked
+    (0 = off). The demo's lr 4e-4 trial copied from epoch 4 and trained to epoch 8 without it."""
     checkpoints_per_trial: int = 2
     """At most this many interior checkpoints of one trial are kept while it trains (its best
     eligible points); after each trial only the pick's contenders keep theirs."""
@@ -320,6 +328,7 @@ class StudyConfig:
                "study.fluency_factor must be > 1, study.extraction_factor > 0 and study.heldout_margin >= 0.")
         _check(0 <= self.extraction_floor <= 1, "study.extraction_floor must be between 0 and 1.")
         _check(self.checkpoints_per_trial >= 1, "study.checkpoints_per_trial must be >= 1.")
+        _check(self.stop_after >= 0, "study.stop_after must be >= 0 (0 = off).")
         _check(self.writer in ("auto", "process", "inline"),
                f"study.writer must be auto, process or inline, got {self.writer!r}.")
         _check(self.jobs == "auto" or (self.jobs.isdigit() and int(self.jobs) >= 1),

@@ -34,7 +34,7 @@ from gpt2ft.assets import Assets, study_bounds
 from gpt2ft.checkpoints import Checkpoints
 from gpt2ft.config import Config, StudyConfig
 from gpt2ft.errors import UserError
-from gpt2ft.summary import Summary, summarize, trajectories
+from gpt2ft.summary import DERIVED, Summary, derived_points, summarize, trained, trajectories
 from gpt2ft.trial import TrialResult, run_trial, trial_ops, trial_train_config
 from gpt2ft.urls import mask_url
 from gpt2ft.writer import BackgroundWriter, WriterDied, WriterTimeout
@@ -209,12 +209,19 @@ class StudyRunner:
         if frozen.state == TrialState.FAIL:
             reason = frozen.user_attrs.get("fail_reason") or "see the MLflow run's failure_reason tag"
             print(f"[study] trial {frozen.number} FAILED: {reason}", file=sys.stderr)
+        if frozen.state == TrialState.COMPLETE and self.config.study.derived_trials:
+            tell_derived(study, frozen, self.config.study)
         summary = self.apply_pick()
         # Only the pick's contenders can still become it; a running trial's points are its own.
         c = summary.candidates
         keep = zip(c[c["contender"]]["number"], c[c["contender"]]["step"]) if len(c) else []
         finished = summary.table[summary.table["state"].isin(["COMPLETE", "FAIL"])]["number"]
         self.checkpoints.keep_only(keep, finished)
+
+    def stop_when_done(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        """Stop once ``n_trials`` trained trials are COMPLETE (derived trials count for nothing)."""
+        if len(trained(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))) >= self.n_trials:
+            study.stop()
 
     def stop_after_failures(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
         """Stop this worker once ``study.max_failures`` of its trials failed in a row (a surplus
@@ -272,7 +279,7 @@ class StudyRunner:
         optuna.storages.fail_stale_trials(self.study)  # a killed run's trial stops beating
         for params in self.config.study.enqueue:  # skip_if_exists: a resumed run adds none twice
             self.study.enqueue_trial(dataclasses.asdict(params), skip_if_exists=True)
-        done = len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        done = len(trained(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))))
         if done >= self.n_trials:
             print(f"[study] {done} of {self.n_trials} trials already complete; nothing to run.", file=sys.stderr)
         else:
@@ -283,7 +290,7 @@ class StudyRunner:
                     bar.update(frozen.state == TrialState.COMPLETE)
                 self.study.optimize(
                     self.objective, timeout=timeout, catch=(Exception,), gc_after_trial=True,
-                    callbacks=[optuna.study.MaxTrialsCallback(self.n_trials, states=(TrialState.COMPLETE,)),
+                    callbacks=[self.stop_when_done,
                                self.after_trial, tick, self.stop_after_failures])
         # Not in a `finally`: a stopped process leaves its pending writes to the next run's replay.
         _settle_writer(self.writer.close)
@@ -308,7 +315,7 @@ def _run_end(res: TrialResult, style: float) -> list[logops.Op]:
 def give_up_message(study: optuna.Study, in_row: int) -> str:
     """The one sentence of a study stopped by ``study.max_failures``: the last failure's reason."""
     failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if "fail_reason" in t.user_attrs]
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    done = len(trained(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))))
     last = max(failed, key=lambda t: (t.datetime_complete or datetime.datetime.min, t.number), default=None)
     what = (f"the last (trial {last.number}) with {last.user_attrs['fail_reason'].splitlines()[0][:300].rstrip('.')}"
             if last is not None else "see the trials' fail_reason")
@@ -361,7 +368,7 @@ def _wait_for_slot(study: optuna.Study, trial: optuna.Trial, n_trials: int, cfg:
     trial: recorded as pruned before any work, and its worker stops."""
     waiting = False
     while True:
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        trials = trained(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)))
         if sum(t.state == TrialState.COMPLETE for t in trials) >= n_trials:
             trial.set_user_attr("surplus", True)
             study.stop()
@@ -375,6 +382,21 @@ def _wait_for_slot(study: optuna.Study, trial: optuna.Trial, n_trials: int, cfg:
                   f"workers', or a killed run's until its heartbeat is {cfg.grace_period} s old).", file=sys.stderr)
         time.sleep(cfg.heartbeat_interval)
         optuna.storages.fail_stale_trials(study)
+
+
+def tell_derived(study: optuna.Study, frozen: optuna.trial.FrozenTrial, space: StudyConfig) -> int:
+    """Tell Optuna each interior whole-epoch point of a finished trial as a COMPLETE trial of that
+    many epochs (``summary.derived_points``), marked ``derived_from``, so the sampler learns from
+    every measurement instead of re-buying what it has measured. No MLflow run, no slot, no row
+    of its own in the tables. Returns how many were told."""
+    book = study.user_attrs.get("references", {}).get("book_top100_ratio", math.nan)
+    points = derived_points(frozen, space.epochs.low, space.epochs.high)
+    for p in points:
+        params = {**frozen.params, "epochs": int(p["epoch"])}
+        values = [P.style_score(p["top100_ratio"], book), float(p["memorization"])]
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=frozen.distributions, values=values,
+                                                  user_attrs={DERIVED: frozen.number, "step": int(p["step"])}))
+    return len(points)
 
 
 def _selection(study: optuna.Study, summary: Summary, chosen: dict[str, Any]) -> tuple:

@@ -67,6 +67,36 @@ class Summary:
         return row.iloc[0].to_dict() if len(row) else {}
 
 
+#: The user attribute that marks a derived trial: an interior point of a trained trial, told to
+#: Optuna as a trial of its own (``study.derived_trials``) so the sampler learns from every point.
+DERIVED = "derived_from"
+
+
+def is_derived(trial: Any) -> bool:
+    return DERIVED in trial.user_attrs
+
+
+def trained(trials: list[Any]) -> list[Any]:
+    """The trials that trained (not derived ones): what ``n_trials``, slots and tables count."""
+    return [t for t in trials if not is_derived(t)]
+
+
+def derived_points(trial: Any, low: int, high: int) -> list[dict[str, Any]]:
+    """The points of a finished trial that Optuna may learn from as trials of their own: interior
+    points (the end is the trial itself) at a whole epoch within the search space's [low, high],
+    with finite metrics. Training is the same up to them whatever the epoch count (constant rate
+    after warm-up, the data order from the trial's seed, measuring draws no training random
+    numbers), so epoch e of an E-epoch trial *is* an e-epoch trial."""
+    end = int(trial.user_attrs.get("metrics", {}).get("steps", 0))
+    out = []
+    for p in trial.user_attrs.get("trajectory", []):
+        epoch, step = float(p.get("epoch", math.nan)), int(p.get("step", 0))
+        finite = all(math.isfinite(float(p.get(k, math.nan))) for k in ("top100_ratio", "memorization"))
+        if 0 < step < end and finite and epoch.is_integer() and low <= epoch <= high and epoch < trial.params["epochs"]:
+            out.append(p)
+    return out
+
+
 def recorded_bounds(attrs: dict[str, Any]) -> J.Bounds:
     """The bounds the study recorded when it was set up (older studies: memorization only)."""
     return J.Bounds(float(attrs.get("memorization_bound", math.nan)),
@@ -157,7 +187,7 @@ def candidates(study: Any) -> pd.DataFrame:
     """Every COMPLETE trial's candidates, one row per (trial, step), before the pick's columns."""
     attrs = study.user_attrs
     refs = dict(attrs.get("references", {}))
-    rows = [_candidate_row(t, p, refs, attrs) for t in study.get_trials(deepcopy=False)
+    rows = [_candidate_row(t, p, refs, attrs) for t in trained(study.get_trials(deepcopy=False))
             if t.state.name == "COMPLETE" for p in _points(study, t)]
     return pd.DataFrame(rows, columns=list(dict.fromkeys(CANDIDATE_COLUMNS + [k for r in rows for k in r])))
 
@@ -206,6 +236,7 @@ def _trial_row(study: Any, trial: Any, cands: pd.DataFrame, bound: float) -> dic
             "style_score": float(end.get("style_score", math.nan)),
             "seconds": trial.duration.total_seconds() if trial.duration else math.nan,
             "stopped_early": bool(trial.user_attrs.get("stopped_early", False)),
+            "stopped_for_copying": bool(m.get("stopped_for_copying", 0.0)),
             "remeasured": bool(end.get("remeasured", False)),
             "within_bound": bool(end.get("memorization", math.nan) <= bound),
             "degenerate": bool(end.get("degenerate", False)), "degenerate_why": str(end.get("degenerate_why", "")),
@@ -222,7 +253,7 @@ def trajectories(study: Any) -> pd.DataFrame:
     """Every trial's measurements along training, one row per (trial, point): ``number``,
     ``lr``, ``step``, ``epoch`` (0 = the base model), the sample metrics, ``heldout_loss``."""
     rows = [{"number": t.number, "lr": t.params.get("lr", math.nan), **p}
-            for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"
+            for t in trained(study.get_trials(deepcopy=False)) if t.state.name == "COMPLETE"
             for p in t.user_attrs.get("trajectory", [])]
     columns = ["number", "lr", "step", "epoch", "top100_ratio", "memorization", "heldout_loss"]
     return pd.DataFrame(rows, columns=list(dict.fromkeys(columns + [k for r in rows for k in r])))
@@ -246,7 +277,7 @@ def summarize(study: Any) -> Summary:
     rule = attrs.get("pick_rule", P.RULES[0])
     cands = candidates(study)
     picked, confidence = _judge(cands, rule, bounds, attrs)
-    rows = [_trial_row(study, t, cands, bounds.memorization) for t in study.get_trials(deepcopy=False)]
+    rows = [_trial_row(study, t, cands, bounds.memorization) for t in trained(study.get_trials(deepcopy=False))]
     table = pd.DataFrame(rows, columns=_columns(rows))
     return Summary(table, cands, picked, refs, bounds, rule, confidence)
 

@@ -21,7 +21,8 @@ from gpt2ft.errors import UserError
 from gpt2ft.model import Runtime
 
 OnMetrics = Callable[[dict[str, float], int], None]
-OnPoint = Callable[[int, float], None]  # (step, epoch) of a trajectory point
+#: Called at a trajectory point with (step, epoch); a true return stops training there.
+OnPoint = Callable[[int, float], Optional[bool]]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -41,6 +42,8 @@ class FitResult:
     the time the device spent on them, not the time it took to queue them (:class:`CudaStepTimer`)."""
     eval_seconds: float = 0.0
     stopped_early: bool = False
+    stopped_for_copying: bool = False
+    """Training ended at a trajectory point whose caller said stop (``study.stop_after``)."""
     steps_per_epoch: int = 0
 
     @property
@@ -258,25 +261,26 @@ def fit(cfg: TrainConfig, model, data: TokenData, on_metrics: Optional[OnMetrics
 
     ``on_point(step, epoch)`` is called at the trajectory's interior points: after every epoch
     (``point_every`` 0) or every ``point_every`` steps, never at the last step (the caller
-    measures the end), always after a held-out evaluation at that step (``epoch`` fractional)."""
+    measures the end), always after a held-out evaluation at that step (``epoch`` fractional); a
+    true return stops training there (``stopped_for_copying``). The evaluation drains the device
+    first, so a point is never billed for queued steps and needs no sync of its own."""
     report = on_metrics or (lambda metrics, step: None)
     model.to(runtime.device).train()
     opt, sched = _optimizer_and_schedule(model, cfg, runtime)
     n = data.train_windows.shape[0]
     per_epoch, total = _length(cfg, n)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    res = FitResult(steps_per_epoch=per_epoch)
+    gen, res = torch.Generator().manual_seed(cfg.seed), FitResult(steps_per_epoch=per_epoch)
     timer = step_timer(runtime.device)
-    # Every point follows a held-out evaluation at its step, which drains the device first, so a
-    # point is never billed for queued steps and needs no sync of its own.
-    point = on_point or (lambda step, epoch: None)
 
     def heldout(step: int) -> float:
         timer.drain()
         return _heldout(model, data, cfg, runtime, res, report, step)
 
-    heldout(0)
-    rising, step = 0, 0
+    def point(step: int) -> bool:
+        res.stopped_for_copying = bool(on_point and on_point(step, step / per_epoch))
+        return res.stopped_for_copying
+
+    rising, step, _ = 0, 0, heldout(0)
     bar = tqdm(total=total, desc="train", unit="step", disable=not progress or None, leave=False)
     losses = _LossLog(cfg, res, report, bar, runtime.device, timer)
     for epoch in range(1, cfg.epochs + 1):
@@ -293,20 +297,19 @@ def fit(cfg: TrainConfig, model, data: TokenData, on_metrics: Optional[OnMetrics
             if losses.count == cfg.log_every or step == total:
                 losses.flush(step)
             bar.update(1)
-            # A point is judged by its held-out loss too, so it is evaluated at its step (an epoch's
-            # last step is evaluated below anyway, and its point made there).
+            # A point is judged by its held-out loss too (an epoch's last step: below, with its point).
             at_point = point_every and step % point_every == 0 and step < total and i + cfg.batch_size < stop
             if step < total and (at_point or (cfg.eval_every and step % cfg.eval_every == 0)):
                 heldout(step)
-            if at_point:
-                point(step, step / per_epoch)
+            if at_point and point(step):
+                break
         losses.flush(step)  # a partial interval, so the epoch mean covers every step
+        if res.stopped_for_copying:
+            break
         rising = _end_epoch(res, cfg, heldout(step), losses.epoch_mean(), epoch, step, t_epoch, rising)
         report({"epoch": float(epoch)}, step)
-        if res.stopped_early or step >= total:
+        if res.stopped_early or step >= total or ((not point_every or step % point_every == 0) and point(step)):
             break
-        if not point_every or step % point_every == 0:
-            point(step, step / per_epoch)
     bar.close()
     res.steps, res.step_seconds = step, timer.seconds
     return res

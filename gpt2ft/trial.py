@@ -15,7 +15,8 @@ import torch
 
 from gpt2ft import logops, report
 from gpt2ft import trajectory as T
-from gpt2ft.assets import Assets, memorization_bound
+from gpt2ft import judges as J
+from gpt2ft.assets import Assets, memorization_bound, study_bounds
 from gpt2ft.config import Config, TrainConfig
 from gpt2ft.measure import measure_model
 from gpt2ft.metrics import longest_copy
@@ -46,7 +47,8 @@ class TrialResult:
         redo its MLflow writes (``from_record``) if the process dies before they are stored."""
         f = self.fit
         return {"metrics": {k: float(v) for k, v in self.metrics.items()}, "history": f.history,
-                "stopped_early": f.stopped_early, "sample_texts": self.texts, "sample_ids": self.ids,
+                "stopped_early": f.stopped_early, "stopped_for_copying": f.stopped_for_copying,
+                "sample_texts": self.texts, "sample_ids": self.ids,
                 "trajectory": self.trajectory,
                 "fit_curves": {"train_curve": f.train_curve, "heldout_curve": f.heldout_curve,
                                "steps": f.steps, "steps_per_epoch": f.steps_per_epoch}}
@@ -58,7 +60,8 @@ class TrialResult:
                         train_curve=[tuple(p) for p in curves.get("train_curve", [])],
                         heldout_curve=[tuple(p) for p in curves.get("heldout_curve", [])],
                         steps_per_epoch=int(curves.get("steps_per_epoch", 0)),
-                        stopped_early=bool(record.get("stopped_early", False)))
+                        stopped_early=bool(record.get("stopped_early", False)),
+                        stopped_for_copying=bool(record.get("stopped_for_copying", False)))
         return cls(dict(record.get("metrics", {})), fit, list(record.get("sample_texts", [])),
                    [list(i) for i in record.get("sample_ids", [])], trajectory=list(record.get("trajectory", [])))
 
@@ -96,6 +99,11 @@ class _Tracer:
         self.points: list[dict[str, float]] = []
         self.heldout: dict[int, float] = {}
         self.seconds = 0.0
+        self.last: Optional[tuple[dict[str, float], list[str], list[list[int]]]] = None
+        # The copying stop (study.stop_after): points in a row that only copy more.
+        self.stop_after = assets.config.study.stop_after
+        self.bounds = study_bounds(assets.config, assets.references.values)
+        self.copying_in_row = 0
 
     def saw(self, metrics: dict[str, float], step: int) -> None:
         """The fit's metric stream: remember each step's held-out loss (fit evaluates at every point)."""
@@ -112,13 +120,15 @@ class _Tracer:
             self.run.log_metrics(base, 0)
         return T.point(0, 0.0, base, math.nan)
 
-    def __call__(self, step: int, epoch: float) -> None:
+    def __call__(self, step: int, epoch: float) -> bool:
+        """Measure the point, hand it on, and say whether training should stop here."""
         t = time.perf_counter()
         device = self.assets.runtime.device
         # Measuring must not draw the random numbers training uses, so the weights after epoch e
         # of an E-epoch trial are those of an e-epoch trial (export retrains to a point's step).
         with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-            metrics, _, _ = measure_model(self.assets, self.model, self.assets.config.sample.n_samples, self.seed)
+            self.last = measure_model(self.assets, self.model, self.assets.config.sample.n_samples, self.seed)
+        metrics = self.last[0]
         p = T.point(step, epoch, metrics, self.heldout.get(step, math.nan))
         self.points.append(p)
         if self.run is not None:
@@ -126,6 +136,31 @@ class _Tracer:
         if self.on_candidate is not None:
             self.on_candidate(self.model, p)
         self.seconds += time.perf_counter() - t
+        return self.only_copies(p)
+
+    def only_copies(self, p: dict[str, float]) -> bool:
+        """True once ``study.stop_after`` points in a row fail a copying judge of the pick with
+        held-out loss above the trial's lowest so far: past its best held-out loss a trial only
+        copies more, and no later point can be picked."""
+        if not self.stop_after:
+            return False
+        fails = J.copying_failures(p.get("memorization", math.nan), p.get("extractable_rate", math.nan),
+                                   p["heldout_loss"], self.bounds)
+        above = p["heldout_loss"] > min(self.heldout.values(), default=math.inf)
+        self.copying_in_row = self.copying_in_row + 1 if fails and above else 0
+        return self.copying_in_row >= self.stop_after
+
+    def final(self, model, result: FitResult, n: int, seed: int) -> tuple[dict[str, float], list, list, float]:
+        """The trial's end measurement: made now, or, when training stopped at a point for
+        copying, that point's own (the same weights), which then is the end of the path."""
+        if result.stopped_for_copying and self.last is not None:
+            self.points.pop()
+            metrics, texts, ids = self.last
+            stop = {"stopped_for_copying": 1.0, "stopped_for_copying_step": float(result.steps)}
+            return {**metrics, **stop}, texts, ids, 0.0
+        t = time.perf_counter()
+        metrics, texts, ids = measure_model(self.assets, model, n, seed)
+        return {**metrics, "stopped_for_copying": 0.0}, texts, ids, time.perf_counter() - t
 
     def path(self, result: FitResult, final: dict[str, float]) -> list[dict[str, float]]:
         """Base, interior points and the end, each with the held-out loss of its step."""
@@ -178,9 +213,7 @@ def run_trial(assets: Assets, train_cfg: TrainConfig, run=None, keep_model: bool
                      on_point=tracer if sc.trajectory else None, point_every=sc.every_steps)
         if after_fit is not None:
             after_fit(model, result)
-        t = time.perf_counter()
-        metrics, texts, ids = measure_model(assets, model, sc.n_samples, train_cfg.seed)
-        t_measure = time.perf_counter() - t
+        metrics, texts, ids, t_measure = tracer.final(model, result, sc.n_samples, train_cfg.seed)
         metrics.update(_fit_metrics(result))
         path = tracer.path(result, metrics)
         bound = memorization_bound(assets.config, assets.references.values)

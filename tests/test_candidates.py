@@ -89,8 +89,8 @@ def test_an_interior_candidate_is_chosen_over_its_trials_copying_end():
 
 
 def test_a_remeasure_of_an_interior_point_counts_for_that_point():
-    study = FakeStudy([copying_trial(0)], remeasure_0_4={"top100_ratio": 0.549, "memorization": 0.0,
-                                                           "n_samples": 20})
+    again = {"top100_ratio": 0.549, "memorization": 0.0, "n_samples": 20}
+    study = FakeStudy([copying_trial(0)], remeasure_0_4=again)
     s = summarize(study)
     assert s.selected == (0, 4) and s.candidate(0, 4)["remeasured"] and s.candidate(0, 4)["n_samples"] == 20
     assert not s.candidate(0, 8)["remeasured"]
@@ -314,7 +314,8 @@ def test_export_of_an_interior_candidate_from_its_checkpoint_and_by_retraining(w
     second = export("retrained")
     assert (second["step"], second["retrained"]) == (5, True)
     assert json.loads((workdir / "retrained" / "retrained.json").read_text())["steps"] == 5
-    a, b = load_file(workdir / "from_checkpoint" / "model.safetensors"), load_file(workdir / "retrained" / "model.safetensors")
+    a = load_file(workdir / "from_checkpoint" / "model.safetensors")
+    b = load_file(workdir / "retrained" / "model.safetensors")
     assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
     end = load_file(ckpt.path(0, 15) / "model.safetensors")
     assert any(not bool((a[k] == end[k]).all()) for k in a)  # step 5 is not the trial's end

@@ -73,7 +73,9 @@ def _train(workdir, *extra):
 
 def test_a_tiny_model_trained_long_copies_and_its_trajectory_shows_when(workdir, book, monkeypatch):
     monkeypatch.setenv("GPT2FT_CORPUS", str(book))
-    client, run = _train(workdir, "--set", "train.epochs=40", "--set", "sample.every_steps=30")
+    # Without the copying stop (study.stop_after=0), to see the whole path into copying.
+    client, run = _train(workdir, "--set", "train.epochs=40", "--set", "sample.every_steps=30", "--set",
+                         "study.stop_after=0")
     steps = int(run.data.metrics["steps"])
     assert steps == 120
     path = client.download_artifacts(run.info.run_id, "trajectory.json", str(workdir))

@@ -1,0 +1,91 @@
+"""Issue 19: the study buys each number once. Optuna learns from every measured point (derived
+trials), and a trial stops once its points only copy (``study.stop_after``)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from conftest import TINY
+from test_trajectory import _train
+
+# ~11 windows of 32 tokens: 3 steps an epoch at batch 4, so a 3-epoch trial has two interior epochs.
+SHORT = ["data.max_chars=1500", "data.segment_chars=100", "data.heldout_every=4", "train.max_steps=null",
+         "study.epochs={low: 1, high: 3}", "study.batch_size=[4]", "sample.final_n_samples=4",
+         "study.enqueue=[{lr: 1.0e-3, epochs: 3, batch_size: 4}]"]
+
+
+def test_every_interior_epoch_is_told_to_optuna_and_counts_for_nothing_else(workdir, book, monkeypatch):
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from gpt2ft.cli import main
+    from gpt2ft.pick import style_score
+    from gpt2ft.summary import summarize
+
+    monkeypatch.setenv("GPT2FT_CORPUS", str(book))
+    sets = [x for o in [*SHORT, "study.n_trials=2"] for x in ("--set", o)]
+    assert main(["study", "--config", str(TINY), "--quiet", "--yes", *sets]) == 0
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}")
+    trials = study.get_trials()
+    trained = [t for t in trials if "derived_from" not in t.user_attrs]
+    derived = [t for t in trials if "derived_from" in t.user_attrs]
+    # n_trials counts trained trials: two ran, though trial 0's two epochs were told as trials first.
+    assert [t.state.name for t in trained] == ["COMPLETE", "COMPLETE"]
+    first = trained[0]
+    mine = [t for t in derived if t.user_attrs["derived_from"] == first.number]
+    assert sorted(t.params["epochs"] for t in mine) == [1, 2]
+    book_ratio = study.user_attrs["references"]["book_top100_ratio"]
+    points = {p["step"]: p for p in first.user_attrs["trajectory"]}
+    for t in mine:
+        assert t.state.name == "COMPLETE" and t.params["lr"] == first.params["lr"]
+        p = points[t.user_attrs["step"]]
+        assert p["epoch"] == t.params["epochs"]
+        assert t.values == pytest.approx([style_score(p["top100_ratio"], book_ratio), p["memorization"]])
+        assert "mlflow_run_id" not in t.user_attrs
+    # No MLflow run of their own, no row of their own: the candidates are the trained trials' points.
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("gpt2ft-tiny")
+    kinds = [r.data.tags.get("gpt2ft.kind") for r in client.search_runs([exp.experiment_id])]
+    assert kinds.count("trial") == 2
+    s = summarize(study)
+    assert sorted(s.table["number"]) == [t.number for t in trained]
+    c = s.candidates
+    assert set(c["number"]) == {t.number for t in trained} and not c.duplicated(["number", "step"]).any()
+    assert len(c[c["number"] == first.number]) == 3  # epochs 1, 2 and the end, once each
+
+
+def test_a_trial_that_only_copies_stops_and_its_last_point_is_its_end(workdir, book, monkeypatch):
+    """The memorizing tiny model of test_trajectory (120 steps without the stop): two points in a
+    row that copy while held-out loss is above its lowest end it, a measurement earlier."""
+    monkeypatch.setenv("GPT2FT_CORPUS", str(book))
+    client, run = _train(workdir, "--set", "train.epochs=40", "--set", "sample.every_steps=10")
+    m = run.data.metrics
+    assert m["stopped_for_copying"] == 1.0
+    steps = int(m["steps"])
+    assert steps < 120 and m["stopped_for_copying_step"] == steps
+    points = json.loads(open(client.download_artifacts(run.info.run_id, "trajectory.json", str(workdir))).read())
+    assert [p["step"] for p in points] == [0, *range(10, steps + 1, 10)]  # the stop point is the end, once
+    assert points[-1]["memorization"] == pytest.approx(m["memorization"]) and m["memorization"] > 0.02
+    assert points[-1]["heldout_loss"] > min(p["heldout_loss"] for p in points if math.isfinite(p["heldout_loss"]))
+
+
+def test_the_copying_stop_rule_on_literal_points():
+    from gpt2ft import judges as J
+    from gpt2ft.trial import _Tracer
+
+    tracer = _Tracer.__new__(_Tracer)
+    tracer.stop_after, tracer.copying_in_row = 2, 0
+    tracer.bounds = J.Bounds(0.02, 0.05, 4.0)
+    tracer.heldout = {0: 3.8, 4: 3.5}
+
+    def point(step, mem, loss):
+        tracer.heldout[step] = loss
+        return tracer.only_copies({"step": step, "memorization": mem, "extractable_rate": 0.0, "heldout_loss": loss})
+    assert not point(8, 0.3, 3.6)  # copies, held-out above its lowest: one in a row
+    assert not point(12, 0.3, 3.4)  # copies, but held-out loss is at a new low: the row restarts
+    assert not point(16, 0.0, 3.7)  # held-out above, but copies nothing
+    assert not point(20, 0.5, 3.7) and point(24, 0.6, 3.9)  # two in a row: stop
+    tracer.stop_after, tracer.copying_in_row = 0, 0
+    assert not point(28, 0.9, 5.0)  # 0 = off
