@@ -77,7 +77,7 @@ def test_study_resume_and_export(workdir, book, monkeypatch, capsys):
     selected = [c for c in children if c.data.tags.get("selected") == "true"]
     assert len(selected) == 1
     study = _study(workdir)
-    assert study.user_attrs["selected"] == int(selected[0].data.tags["optuna.trial"])
+    assert study.user_attrs["selected"]["trial"] == int(selected[0].data.tags["optuna.trial"])
     assert parent.data.tags["selected_run_id"] == selected[0].info.run_id
     _assert_pick_wiring(parent, children, _study(workdir))
     parent_arts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
@@ -101,7 +101,8 @@ def test_study_resume_and_export(workdir, book, monkeypatch, capsys):
     assert main(["export", "--out", str(out), "--quiet"]) == 0
     assert (out / "model.safetensors").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["trial"] == study.user_attrs["selected"]
+    assert (metrics["trial"], metrics["step"]) == (study.user_attrs["selected"]["trial"],
+                                                   study.user_attrs["selected"]["step"])
     assert "top100_ratio" in (out / "README.md").read_text()
     from transformers import pipeline
 
@@ -117,17 +118,27 @@ def test_study_resume_and_export(workdir, book, monkeypatch, capsys):
 
 def _assert_pick_wiring(parent, children, study) -> None:
     """The study's wiring, checked from what was logged: the objective is the distance to the
-    book's ratio, the bound is built from the book's and the base model's memorization, and the
-    selected trial is the one ``pick`` chooses from the logged (re-measured where made) values."""
+    book's ratio, the three bounds are built from the logged references and the study's settings,
+    and the selected candidate is the one ``pick`` chooses from the logged (re-measured where made)
+    values of each trial's end (tiny.yaml's trials end inside their first epoch: one candidate each)."""
+    from gpt2ft import judges as J
     from gpt2ft import pick as P
 
-    refs, cfg = parent.data.metrics, study.user_attrs
+    refs, params = parent.data.metrics, parent.data.params
     book = refs["book_top100_ratio"]
-    factor, floor = float(parent.data.params["study.memorization_factor"]), float(parent.data.params[
-        "study.memorization_floor"])
-    bound = max(factor * refs["book_memorization"], factor * refs["base_memorization"], floor)
-    assert refs["memorization_bound"] == pytest.approx(bound)
-    assert cfg["memorization_bound"] == pytest.approx(bound)
+    def knob(name: str) -> float:
+        return float(params[f"study.{name}"])
+    bounds = J.Bounds(
+        max(knob("memorization_factor") * refs["book_memorization"],
+            knob("memorization_factor") * refs["base_memorization"], knob("memorization_floor")),
+        max(knob("extraction_factor") * refs["book_extractable_rate"],
+            knob("extraction_factor") * refs["base_extractable_rate"], knob("extraction_floor")),
+        refs["base_heldout_loss"] + knob("heldout_margin"))
+    recorded = study.user_attrs
+    assert (refs["memorization_bound"], refs["extraction_bound"], refs["heldout_bound"]) == pytest.approx(
+        (bounds.memorization, bounds.extraction, bounds.heldout_loss))
+    assert (recorded["memorization_bound"], recorded["extraction_bound"], recorded["heldout_bound"]) == pytest.approx(
+        (bounds.memorization, bounds.extraction, bounds.heldout_loss))
     rows = []
     for child in children:
         m, number = child.data.metrics, int(child.data.tags["optuna.trial"])
@@ -135,12 +146,25 @@ def _assert_pick_wiring(parent, children, study) -> None:
         assert trial.values[0] == pytest.approx(-abs(m["top100_ratio"] - book))
         assert m["style_score"] == pytest.approx(-abs(m["top100_ratio"] - book))
         assert trial.values[1] == pytest.approx(m["memorization"])
-        top = m.get("final_top100_ratio", m["top100_ratio"])
-        rows.append(P.TrialRow(number, -abs(top - book), m.get("final_memorization", m["memorization"])))
-    expected = P.pick(rows, parent.data.params["study.pick_rule"], bound)
+        end = int(m["steps"])
+
+        def final(k):
+            return m.get(f"final_step{end}_{k}", m[k])
+        why = J.degenerate_reason(final("distinct_2"), final("repetition_4"), refs["book_distinct_2"],
+                                  refs["book_repetition_4"], float(params["study.degenerate_factor"]),
+                                  float(params["study.repetition_floor"]), final("fluency_ppl"),
+                                  refs["book_fluency_ppl"], float(params["study.fluency_factor"]))
+        rows.append(P.TrialRow(number, -abs(final("top100_ratio") - book), final("memorization"), step=end,
+                               degenerate=bool(why), why=why, extraction=final("extractable_rate"),
+                               heldout_loss=m["heldout_loss"]))
+    expected = P.pick(rows, params["study.pick_rule"], bounds=bounds)
+    assert expected.eligible, expected.reason
     chosen = [c for c in children if c.data.tags.get("selected") == "true"]
-    assert int(chosen[0].data.tags["optuna.trial"]) == expected.number
-    assert parent.data.tags["pick_reason"] == expected.reason
+    reason = parent.data.tags["pick_reason"]
+    assert reason.startswith(expected.reason)
+    if "style indistinguishable" not in reason:  # else the confidence moved it to the runner-up
+        assert int(chosen[0].data.tags["optuna.trial"]) == expected.number
+    assert parent.data.tags["selected_step"] == str(int(chosen[0].data.metrics["steps"]))
 
 
 def _count(db: Path, sql: str) -> int:
