@@ -126,8 +126,10 @@ def _assert_pick_wiring(parent, children, study) -> None:
 
     refs, params = parent.data.metrics, parent.data.params
     book = refs["book_top100_ratio"]
+
     def knob(name: str) -> float:
         return float(params[f"study.{name}"])
+
     bounds = J.Bounds(
         max(knob("memorization_factor") * refs["book_memorization"],
             knob("memorization_factor") * refs["base_memorization"], knob("memorization_floor")),
