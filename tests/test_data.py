@@ -184,9 +184,10 @@ def test_windows_have_the_block_shape(real, real_tokens, tokenizer, data_cfg):
     assert real_tokens.block_size == block
     assert tw.dim() == 2 and tw.shape[1] == block and tw.dtype == torch.long
     assert hw.dim() == 2 and hw.shape[1] == block and hw.dtype == torch.long
-    # The method's numbers: ~116k training tokens -> ~450 windows of 256; the held-out ~10%.
+    # The method's numbers: ~116k training tokens -> ~450 windows of 256; the held-out ~10% of the
+    # book gives ~55 windows, of which a fixed sample of data.heldout_windows (32) is evaluated.
     assert 400 <= tw.shape[0] <= 560, tw.shape
-    assert 40 <= hw.shape[0] <= 80, hw.shape
+    assert hw.shape[0] == data_cfg.heldout_windows == 32, hw.shape
     # Windows are the token stream itself, cut in order: the ragged tail alone is dropped.
     ids = encode(tokenizer, real.train_text)
     assert tw.shape[0] == ids.numel() // block
@@ -272,11 +273,20 @@ def test_synthetic_book_with_crlf_bom_and_footnotes(tmp_path):
     assert "Paragraph P02 begins here" in book.train_text
 
 
-def test_max_chars_keeps_the_opening(tmp_path):
+def test_max_chars_keeps_the_opening_of_the_training_part_only(tmp_path):
     path = gutenberg_file(tmp_path, numbered(40))
+    whole = load_book(DataConfig(segment_chars=100, heldout_every=2), str(path))
     book = load_book(DataConfig(segment_chars=100, heldout_every=2, max_chars=1000), str(path))
-    numbers = {int(n) for n in re.findall(r"P(\d\d)", book.train_text + book.heldout_text)}
-    assert numbers == set(range(len(numbers))) and 8 <= len(numbers) <= 10
+
+    def numbers(text):
+        return [int(n) for n in re.findall(r"P(\d\d)", text)]
+    trained = numbers(whole.train_text)
+    # The slice is the opening of the training part, whole paragraphs...
+    kept = numbers(book.train_text)
+    assert kept == trained[:len(kept)] and 8 <= len(kept) <= 10
+    # ...the rest of the training part is kept apart, and the held-out part is the whole book's.
+    assert numbers(book.train_text) + numbers(book.unused_text) == trained
+    assert book.heldout_text == whole.heldout_text and len(numbers(book.heldout_text)) == 20
 
 
 def test_text_without_markers_is_a_user_error(tmp_path):
