@@ -217,4 +217,5 @@ def test_dead_writer_and_failing_replay_do_not_stop_the_study(workdir, book, mon
     assert runs[0].info.status == "RUNNING"  # left for the next run's replay
     assert runs[1].info.status == runs[2].info.status == "FINISHED"
     assert {"style_score", "log_seconds"} <= set(runs[1].data.metrics) & set(runs[2].data.metrics)
-    assert parent.info.status == "FINISHED" and parent.data.tags["selected_trial"] == str(study.user_attrs["selected"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["selected_trial"] == str(study.user_attrs["selected"]["trial"])
