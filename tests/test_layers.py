@@ -1,6 +1,7 @@
 """The package's layering, read from its imports with ``ast``: no cycle, pure modules stay
-pure, and each heavy framework is imported only by the module whose job it is. Subpackages
-count: ``gpt2ft/plots/theme.py`` is the module ``plots.theme``."""
+pure, each heavy framework is imported only by the module whose job it is, and no module grows
+past the size of one concern. Subpackages count: ``gpt2ft/plots/theme.py`` is the module
+``plots.theme``."""
 from __future__ import annotations
 
 import ast
@@ -16,6 +17,8 @@ PURE = {"metrics", "pick", "ngram_index", "fmt", "urls", "errors", "writer"}
 #: Who may import each framework directly. MLflow is the tracking module's job; Optuna is the
 #: study's (its loop) and coordination's (storage and workers).
 OWNERS = {"mlflow": {"tracking"}, "optuna": {"study", "coordination"}, "optuna_integration": {"study"}}
+#: A module owns one thing; past this many lines it holds two.
+MAX_LINES = 500
 
 
 def _modules() -> dict[str, Path]:
@@ -97,6 +100,13 @@ def test_figure_data_is_prepared_apart_from_the_drawing():
     """What a figure shows is computed without matplotlib, so it is tested on plain tables."""
     roots = {n.split(".")[0] for n in _imports(_modules()["plots.prepare"])}
     assert not roots & {"matplotlib", "seaborn"}, roots
+
+
+def test_no_module_over_the_size_of_one_concern():
+    lengths = {m: len(p.read_text(encoding="utf-8").splitlines()) for m, p in _modules().items()}
+    assert lengths["plots.tradeoff"] > 0 and "cli" in lengths  # subpackages and top level alike
+    over = {m: n for m, n in lengths.items() if n > MAX_LINES}
+    assert not over, f"modules over {MAX_LINES} lines (split each by what it owns): {over}"
 
 
 def test_the_checker_sees_a_cycle(tmp_path, monkeypatch):
