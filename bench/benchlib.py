@@ -1,4 +1,5 @@
-"""Pieces shared by ``bench/run.py`` (CPU, ``make bench``) and ``bench/gpu.py`` (GPU).
+"""Pieces shared by ``bench/run.py`` (CPU, ``make bench``; its sections in ``bench/throughput.py``,
+``bench/trials.py``, ``bench/rss.py``) and ``bench/gpu.py`` (GPU).
 
 Nothing here imports gpt2ft or transformers at module level, so the FLOP arithmetic can be
 tested in milliseconds.
@@ -52,7 +53,9 @@ def gpt2_params(vocab: int, n_layer: int, n_embd: int, n_positions: int = 0) -> 
 
 def params_without_positions(model) -> int:
     """``N`` of the convention above for a loaded model: unique parameters minus ``wpe``."""
-    n = sum(p.numel() for p in model.parameters())  # parameters() yields a tied tensor once
+    from gpt2ft.model import n_params  # here, not at the top: the arithmetic above imports in milliseconds
+
+    n = n_params(model)  # parameters() yields a tied tensor once
     wpe = getattr(getattr(model, "transformer", None), "wpe", None)
     if wpe is not None:
         n -= wpe.weight.numel()
@@ -150,6 +153,10 @@ def bare_loop(model, windows, order, batch: int, steps: int, lr: float, device: 
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def fmt(v: Any) -> str:

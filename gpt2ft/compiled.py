@@ -33,11 +33,13 @@ log = logging.getLogger(__name__)
 
 
 def causal_lm_loss(model, x: torch.Tensor) -> torch.Tensor:
-    """``model(input_ids=x, labels=x).loss``, computed as transformers computes it.
+    """The mean next-token loss of batch ``x``: ``model(input_ids=x, labels=x).loss``, computed
+    as transformers computes it (the same function on the same logits, so the same numbers).
 
-    The loss is taken from the logits with transformers' own ``ForCausalLMLoss`` because GPT-2's
-    ``loss_function`` property logs a warning on every call (its class name maps to no loss
-    type), which breaks dynamo's graph in two."""
+    The one form of the loss: the compiled and the eager training step, held-out evaluation and
+    the study's cost estimate all call it. The loss is taken from the logits with transformers'
+    own ``ForCausalLMLoss`` because GPT-2's ``loss_function`` property logs a warning on every
+    call (its class name maps to no loss type), which breaks dynamo's graph in two."""
     logits = model(input_ids=x).logits
     return ForCausalLMLoss(logits, x, vocab_size=logits.shape[-1])
 
@@ -60,7 +62,7 @@ def forward_backward(model, x: torch.Tensor, mode: str, full_batch: bool,
         if loss is not None:
             return loss
     with autocast():
-        loss = model(input_ids=x, labels=x).loss
+        loss = causal_lm_loss(model, x)
     loss.backward()
     return loss
 

@@ -3,7 +3,8 @@
 Every section is a frozen dataclass whose fields carry a one-line docstring (the string
 literal after the field) and whose ``__post_init__`` rejects out-of-range values. Unknown
 keys are errors rather than silent defaults: a typo such as ``train.learning_rate`` must
-not quietly train with the default rate.
+not quietly train with the default rate. Reading the file and parsing ``key=value`` overrides
+is ``gpt2ft.configio``'s; this module builds and validates the typed sections from them.
 """
 from __future__ import annotations
 
@@ -14,15 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
-from gpt2ft.errors import UserError
+from gpt2ft.configio import deep_update, parse_override, read_yaml, set_dotted
+from gpt2ft.errors import ConfigError
 from gpt2ft.pick import RULES as PICK_RULES
-
-
-class ConfigError(UserError):
-    """A config file or override that cannot be used as given."""
-
 
 COMPILE_MODES = ("off", "default", "reduce-overhead")
 
@@ -462,29 +457,6 @@ def _build(cls: Any, raw: dict[str, Any], prefix: str = "") -> Any:
         raise ConfigError(f"{prefix or 'config'} is incomplete: {exc}.") from None
 
 
-def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = raw
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"cannot set {dotted}: {part} is not a section.")
-        node = child
-    node[parts[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``"train.lr=3e-5"`` -> ``("train.lr", 3e-05)``; values are read as YAML."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like section.key=value.")
-    key, _, value = text.partition("=")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
-        parsed = value
-    return key.strip(), parsed
-
-
 #: Keys renamed since a study could first be saved: (section, old, new).
 _RENAMED = (("study", "prune", "early_stop"),)
 
@@ -502,35 +474,11 @@ def build_config(raw: dict[str, Any]) -> Config:
 
 def load_config(path: str | Path | None = None, overrides: Optional[list[str]] = None) -> Config:
     """Read a YAML experiment file (or the defaults), apply ``key=value`` overrides, validate."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist; pass one of experiments/*.yaml.")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"config file {p} is not valid YAML{where}; fix its syntax.") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping of sections (model, data, train, ...).")
-        raw = loaded
+    raw = read_yaml(path) if path is not None else {}
     for item in overrides or []:
-        key, value = parse_override(item)
-        _set_dotted(raw, key, value)
+        set_dotted(raw, *parse_override(item))
     # Start from the defaults so that a partial section (``study.lr.low=1e-5``) keeps the
     # rest of its values; unknown keys survive the merge and are rejected by _build.
     merged = Config().to_dict()
-    _deep_update(merged, raw)
+    deep_update(merged, raw)
     return _build(Config, merged)
-
-
-def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> None:
-    for k, v in new.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _deep_update(base[k], v)
-        else:
-            base[k] = v

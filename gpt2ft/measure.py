@@ -59,7 +59,7 @@ def measure_samples(assets: "Assets", samples: Sequence[Sequence[int]], texts: O
     out["memorization"] = mem(samples)
     out["memorization_4"] = M.memorization(samples, idx, 4)
     out["memorization_16"] = M.memorization(samples, idx, 16)
-    out["longest_copy"] = float(M.longest_copy(samples, idx)[0])
+    out["longest_copy"] = float(longest_copy(assets, samples)[0])
     flat = [t for s in samples for t in s]
     out["style_js"] = M.js_divergence(flat, assets.data.heldout_ids)
     if cfg.bootstrap:
@@ -75,6 +75,19 @@ def measure_samples(assets: "Assets", samples: Sequence[Sequence[int]], texts: O
         probs = assets.classifier.prob(list(texts))
         out["style_prob"], out["style_prob_se"] = M.mean_se(probs)
     return out
+
+
+def longest_copy(assets: "Assets", samples: Sequence[Sequence[int]]) -> tuple[int, str]:
+    """The ``longest_copy`` metric of ``samples`` (normalised token sequences): the most tokens any
+    of them shares verbatim with the training text, and that span as text for a person to read
+    ("" when nothing is copied). The one place the span is found, for the metric and the trial's
+    ``longest_copy.txt`` alike."""
+    length, which, start = M.longest_copy(samples, assets.index)
+    if length <= 0:
+        return length, ""
+    span = samples[which][start:start + length]
+    return length, (f"Longest copied span: {length} tokens (sample {which + 1}, token {start}).\n\n"
+                    f"{assets.tokenizer.decode(span)}\n")
 
 
 def matched_js(assets: "Assets", seqs: Sequence[Sequence[int]], leave_out: bool, draws: int = 20) -> float:

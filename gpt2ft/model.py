@@ -209,6 +209,7 @@ def prompt_token_id(tokenizer) -> int:
 
 
 def n_params(model) -> int:
+    """The model's parameter count, each tensor once (a tied embedding and output layer count once)."""
     return sum(p.numel() for p in model.parameters())
 
 

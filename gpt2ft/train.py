@@ -1,4 +1,5 @@
-"""The training function: plain PyTorch, AdamW, loss from the model via ``labels=input_ids``.
+"""The training function: plain PyTorch, AdamW, the loss with ``labels=input_ids`` (one function,
+``compiled.causal_lm_loss``, for training, evaluation and the cost estimate).
 
 ``fit`` knows nothing of MLflow or Optuna: it reports through the ``on_metrics`` callback
 and returns its history. It stops early on its own rule only (held-out loss rising for
@@ -14,7 +15,7 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
-from gpt2ft.compiled import forward_backward
+from gpt2ft.compiled import causal_lm_loss, forward_backward
 from gpt2ft.config import TrainConfig
 from gpt2ft.data import TokenData
 from gpt2ft.errors import UserError
@@ -132,7 +133,7 @@ def evaluate(model, windows: torch.Tensor, batch_size: int, runtime: Runtime,
             break
         x = windows[i:i + batch_size].to(runtime.device, non_blocking=True)
         with runtime.autocast():
-            loss = model(input_ids=x, labels=x).loss
+            loss = causal_lm_loss(model, x)
         total += float(loss) * x.shape[0]
         count += x.shape[0]
     model.train(was_training)
@@ -155,9 +156,8 @@ def seconds_per_step(model, cfg: TrainConfig, windows: torch.Tensor, runtime: Ru
     x = windows[: cfg.batch_size].to(runtime.device)
     timer = step_timer(runtime.device)
     timer.start()
-    with runtime.autocast():
-        loss = model(input_ids=x, labels=x).loss
-    loss.backward()
+    # Eager (compile "off"): a compile would swamp the one step this times.
+    forward_backward(model, x, "off", True, runtime.autocast)
     opt.step()
     timer.stop()
     return timer.seconds

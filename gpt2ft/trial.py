@@ -18,8 +18,7 @@ from gpt2ft import trajectory as T
 from gpt2ft import judges as J
 from gpt2ft.assets import Assets, memorization_bound, study_bounds
 from gpt2ft.config import Config, TrainConfig
-from gpt2ft.measure import measure_model
-from gpt2ft.metrics import longest_copy
+from gpt2ft.measure import longest_copy, measure_model
 from gpt2ft.model import free_accelerator, seed_everything
 from gpt2ft.train import FitResult, fit
 
@@ -253,7 +252,7 @@ def trial_ops(assets: Assets, res: TrialResult, plots: bool = True) -> list[logo
         ("dict", {"history": res.fit.history, "train_curve": res.fit.train_curve,
                   "heldout_curve": res.fit.heldout_curve, "stopped_early": res.fit.stopped_early}, "history.json"),
         ("dict", res.trajectory, "trajectory.json")]
-    copied = longest_copy_text(assets, res.ids)
+    _, copied = longest_copy(assets, res.ids)
     if copied:
         ops.append(("text", copied, "longest_copy.txt"))
     novelty = report.novelty_data(assets, {"fine-tuned": res.ids})
@@ -262,13 +261,3 @@ def trial_ops(assets: Assets, res: TrialResult, plots: bool = True) -> list[logo
         specs = report.trial_figure_specs(assets, res, novelty)
         ops += [("figure", fn, kw, f"plots/{name}.png") for name, (fn, kw) in specs.items()]
     return ops
-
-
-def longest_copy_text(assets: Assets, ids: list[list[int]]) -> str:
-    """The longest verbatim span a sample shares with training, as text, for a person to read."""
-    length, which, start = longest_copy(ids, assets.index)
-    if length <= 0:
-        return ""
-    span = ids[which][start:start + length]
-    return (f"Longest copied span: {length} tokens (sample {which + 1}, token {start}).\n\n"
-            f"{assets.tokenizer.decode(span)}\n")

@@ -23,6 +23,7 @@ from typing import IO, Mapping, Optional, Sequence, Union
 import torch
 
 from gpt2ft.errors import TrialsFailing, UserError
+from gpt2ft.model import n_params
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 PARENT_ENV = "GPT2FT_SUPERVISOR_PID"
@@ -70,8 +71,7 @@ def resolve_jobs(value: str, assets) -> int:
     if assets.runtime.device.type != "cuda":
         return 1
     c, mc = assets.config, assets.base_model.config
-    n_params = sum(p.numel() for p in assets.base_model.parameters())
-    need = worker_bytes(n_params, mc.num_hidden_layers, mc.hidden_size, mc.vocab_size,
+    need = worker_bytes(n_params(assets.base_model), mc.num_hidden_layers, mc.hidden_size, mc.vocab_size,
                         max(c.study.batch_size), c.data.block_size)
     frees = gpu_free_bytes()
     n = auto_jobs(need, frees, cpu_cores())

@@ -13,34 +13,35 @@ text), asserting on the rendered DOM text and saving a screenshot of each page (
 ``artifacts/ui/``) for a person to look at. Exit 0 with one line per check, 1 when a check
 fails, 2 for a bad argument. ``--print-urls`` only prints each experiment's model-training URL
 (``make ui`` does, before it starts the server).
+
+This file holds the checks and what they expect; ``scripts/ui_browser.py`` drives headless
+Chromium, ``scripts/ui_mlflow.py`` starts the server and speaks its REST API.
 """
 from __future__ import annotations
 
 import argparse
-import atexit
-import html
 import json
 import os
 import re
-import shutil
 import signal
-import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-# The venv's own executables: `make ui-check` runs this file with .venv/bin/python, and
-# Path.resolve() would follow that symlink out of the venv.
-BIN = Path(sys.executable).parent
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # loaded by path (the tests) rather than run as a script
+    sys.path.insert(0, str(HERE))
+
+from ui_browser import CheckFailed, Page, check_page, ensure_chromium, shows  # noqa: E402
+from ui_mlflow import (BIN, GENAI_MARKS, TRAINING_MARKS, MlflowUI, Run, all_runs, charted_metrics,  # noqa: E402
+                       in_training_mode, list_artifacts, metric_steps, pick_experiment, print_urls, snapshot,
+                       ui_mode)
+
+ROOT = HERE.parent
 CONFIG = ROOT / "experiments" / "tiny.yaml"
 BOOK = ROOT.parent / "shared" / "data" / "gulliver.txt"
 DEFAULT_OUT = ROOT / "artifacts" / "ui"
@@ -51,6 +52,7 @@ DEFAULT_OUT = ROOT / "artifacts" / "ui"
 STUDY = ["study", "--config", str(CONFIG), "--yes", "--quiet"]
 TRAIN = ["train", "--config", str(CONFIG), "--quiet"]
 STORE_COMMANDS = [STUDY]
+
 # The tiny config stops at max_steps 20, inside its first epoch (~90 steps), so its trials would
 # have no point between the base model (step 0) and the end. A shorter book slice (~18 steps an
 # epoch at batch 4), two epochs and no step cap give every trial a point after epoch 1: three
@@ -61,198 +63,43 @@ STORE_OVERRIDES = ("data.max_chars=12000", "train.max_steps=null", "study.epochs
 TRIAL_METRICS = ("train_loss", "heldout_loss", "top100_ratio", "memorization")
 TRIAL_ARTIFACTS = ("plots/loss.png", "plots/top100_frequencies.png", "plots/novelty.png", "samples.md")
 STUDY_ARTIFACTS = ("plots/style_vs_copying.png", "plots/copying_and_loss_by_epoch.png")
+
 # Logged at step 0, after every epoch and at the end (gpt2ft.trajectory.POINT_METRICS): the
 # trial page's "Model metrics" tab must chart these, and their histories hold several steps.
 TRAJECTORY_METRICS = ("memorization", "top100_ratio")
 STUDY_TAG = "gpt2ft.kind"  # value "study" on the parent run
 PARENT_TAG = "mlflow.parentRunId"
 
-# The browser reaches the UI under this name, mapped to 127.0.0.1 by --host-resolver-rules:
-# on localhost the UI auto-opens its "MLflow Assistant" panel over a third of the page.
-UI_HOST = "mlflow-ui-check"
 # Key of the shared view (an experiment tag `mlflow.sharedViewState.<key>`, what the UI's own
 # "share view" writes) that adds the trial metrics as runs-table columns. Sorting by a metric
 # also makes the table list child runs flat instead of folded under their parent.
 VIEW_KEY = "gpt2ft-ui-check"
-WINDOW = (1400, 900)
+
 # The "Model metrics" tab draws a chart only once its card scrolls into view, and sorts cards by
 # name: a window tall enough for every card (35 metrics, 3 a row, 360 px each) renders them all.
 TALL_WINDOW = (1400, 5200)
+
 # 35 charts in model-training mode took 20-45 s of virtual time here (GenAI mode: under 20 s).
 CHART_BUDGETS_MS = (45_000, 90_000)
-BUDGET_MS = 20_000      # virtual time per page; pending fetches pause it, so this is not wall time
-RETRY_BUDGET_MS = 45_000
-START_TIMEOUT_S = 60
 SCREENSHOTS = ("runs.png", "trial_run.png", "trial_metrics.png", "trial_artifacts.png", "study_run.png",
                "study_artifacts.png")
-
-# MLflow 3 opens an experiment in its GenAI mode (traces overview, "Evaluations") unless the URL
-# carries this parameter; gpt2ft.tracking.Tracker.ui_url adds it, and so does every page here.
-TRAINING_MODE = "workflowType=machine_learning"
-# What the sidebar and breadcrumb say in each mode (rendered 2026-11-27, MLflow 3.17.2): model
-# training lists Runs / Models / Traces / Model registry and a run's breadcrumb goes through
-# "Runs"; GenAI lists Overview ... "Evaluation runs" and the breadcrumb goes through "Evaluations".
-# Both modes show the toggle "GenAI Model training", so that text tells nothing.
-TRAINING_MARKS = ("Model registry",)
-GENAI_MARKS = ("Evaluation runs", "Evaluations")
-
-
-class CheckFailed(Exception):
-    """A check did not pass; the message says what was expected and what was found."""
-
-
-class ChromiumUnavailable(CheckFailed):
-    """Chromium is not installed and could not be installed."""
 
 
 class BadArgument(Exception):
     """A command-line argument the user can fix."""
 
 
-# --------------------------------------------------------------------------------------------
-# Chromium
-
-
-def find_chromium() -> Optional[str]:
-    if Path("/usr/bin/chromium").is_file():
-        return "/usr/bin/chromium"
-    return shutil.which("chromium")
-
-
-def ensure_chromium() -> str:
-    """The Chromium executable, installed with apt-get (as root) when it is missing."""
-    found = find_chromium()
-    if found:
-        return found
-    if not shutil.which("apt-get"):
-        raise ChromiumUnavailable("chromium is not installed and there is no apt-get here; "
-                                  "install Chromium so that `chromium` is on PATH")
-    if os.geteuid() != 0:
-        raise ChromiumUnavailable("chromium is not installed and installing it needs root: "
-                                  "run `sudo apt-get install -y chromium`")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-
-    def apt(*args: str) -> subprocess.CompletedProcess:
-        try:
-            return subprocess.run(["apt-get", *args], env=env, capture_output=True, text=True, timeout=900)
-        except subprocess.TimeoutExpired:
-            raise ChromiumUnavailable(f"`apt-get {' '.join(args)}` did not finish in 15 minutes") from None
-
-    print("ui-check: chromium is missing; apt-get install -y chromium ...", file=sys.stderr, flush=True)
-    result = apt("install", "-y", "chromium")
-    if result.returncode != 0:  # a fresh machine may have no package lists yet
-        apt("update")
-        result = apt("install", "-y", "chromium")
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        raise ChromiumUnavailable("`apt-get install -y chromium` failed, also after `apt-get update`: "
-                                  + " | ".join(tail))
-    found = find_chromium()
-    if not found:
-        raise ChromiumUnavailable("`apt-get install -y chromium` succeeded but no `chromium` is on PATH")
-    return found
-
-
 @dataclass
-class Page:
-    """One page rendered by Chromium: its DOM, its visible text and the screenshot."""
-    url: str
-    dom: str
-    png: Path
-
-    @property
-    def text(self) -> str:
-        return visible_text(self.dom)
-
-
-def visible_text(dom: str) -> str:
-    """The text a person reads: no scripts, styles or tags; whitespace collapsed."""
-    body = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S | re.I)
-    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", body))).strip()
-
-
-def shows(text: str, s: str) -> bool:
-    """``s`` occurs in ``text`` as a whole token: 'trial-1' is not found in 'trial-10'."""
-    return re.search(rf"(?<![\w-]){re.escape(s)}(?![\w-])", text) is not None
-
-
-def render(chromium: str, url: str, png: Path, budget_ms: int = BUDGET_MS,
-           window: tuple[int, int] = WINDOW) -> Page:
-    """Load ``url`` in a fresh headless profile; write a screenshot and return the final DOM."""
-    png.parent.mkdir(parents=True, exist_ok=True)
-    png.unlink(missing_ok=True)
-    # ignore_cleanup_errors: a Chromium killed mid-write can leave its cache busy for a moment.
-    with tempfile.TemporaryDirectory(prefix="ui-check-chromium-", ignore_cleanup_errors=True) as profile:
-        cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={profile}", f"--window-size={window[0]},{window[1]}",
-               f"--host-resolver-rules=MAP {UI_HOST} 127.0.0.1",
-               f"--virtual-time-budget={budget_ms}", f"--screenshot={png}", "--dump-dom", url]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
-        try:
-            dom, err = proc.communicate(timeout=budget_ms / 1000 + 60)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            raise CheckFailed(f"chromium did not finish loading {url} within {budget_ms / 1000 + 60:.0f} s")
-        except BaseException:  # interrupted: leave no browser behind
-            _kill_group(proc)
-            raise
-    if proc.returncode != 0 or not png.is_file():
-        tail = " | ".join(err.strip().splitlines()[-3:])
-        raise CheckFailed(f"chromium exited with {proc.returncode} on {url} without a screenshot: {tail}")
-    return Page(url, dom, png)
-
-
-def check_page(chromium: str, url: str, png: Path, expect: list[str],
-               extra: Optional[Callable[[Page], Optional[str]]] = None, window: tuple[int, int] = WINDOW,
-               budgets: tuple[int, int] = (BUDGET_MS, RETRY_BUDGET_MS)) -> Page:
-    """Render ``url`` until its text holds every string in ``expect`` (one retry, longer budget)."""
-    for budget in budgets:
-        page = render(chromium, url, png, budget, window)
-        text = page.text
-        missing = [s for s in expect if not shows(text, s)]
-        problem = extra(page) if extra and not missing else None
-        if not missing and not problem:
-            return page
-        print(f"ui-check: {url}: {missing or problem} after {budget} ms of virtual time; retrying",
-              file=sys.stderr, flush=True)
-    what = f"missing {missing}" if missing else problem
-    raise CheckFailed(f"{url} rendered without what it should show ({what}); see {png}. "
-                      f"Rendered text starts: {text[:300]!r}")
-
-
-def in_training_mode(url: str) -> str:
-    """``url`` with MLflow's model-training mode parameter added to its ``#/...`` route."""
-    if TRAINING_MODE in url:
-        return url
-    return url + ("&" if "?" in url.partition("#")[2] else "?") + TRAINING_MODE
-
-
-def ui_mode(text: str) -> str:
-    """Which mode a rendered page's text shows: "model training", "genai" or "unknown"
-    (neither sidebar rendered, e.g. the page did not load)."""
-    if any(shows(text, s) for s in GENAI_MARKS):
-        return "genai"
-    if all(shows(text, s) for s in TRAINING_MARKS):
-        return "model training"
-    return "unknown"
-
-
-def charted_metrics(dom: str) -> set[str]:
-    """Metric names of the chart cards in ``dom`` that hold a drawn plot (a card scrolled out of
-    view, or still loading, shows only a spinner and its title is not in the DOM yet)."""
-    cards = dom.split('data-testid="experiment-view-compare-runs-card"')[1:]
-    found = set()
-    for card in cards:
-        title = re.search(r'<h4[^>]*\btitle="([^"]+)"', card)
-        if title and "js-plotly-plot" in card:
-            found.add(html.unescape(title.group(1)))
-    return found
-
-
-# --------------------------------------------------------------------------------------------
-# The store and the server
+class Found:
+    """What the REST API showed: the experiment, its runs, the study parent and the trial to open."""
+    experiment_id: str
+    experiment: str
+    runs: list[Run]
+    trials: list[Run]
+    trial: Run
+    parent: Optional[Run] = None
+    parent_plot: Optional[str] = None
+    children: dict[str, list[Run]] = field(default_factory=dict)
 
 
 def make_store(folder: Path, corpus: Optional[str] = None, n_trials: Optional[int] = None,
@@ -286,235 +133,6 @@ def store_db(store: Path) -> Path:
         raise BadArgument(f"no MLflow database at {db}; pass --store the folder holding mlflow.db "
                           "(e.g. --store mlruns), or leave --store out to make a tiny study")
     return db
-
-
-def snapshot(db: Path, folder: Path) -> Path:
-    """A consistent copy of a SQLite store. The server may migrate its database and this check
-    writes a view tag; neither should touch the user's store. Artifacts stay where they are:
-    gpt2ft's experiments record them as absolute file URIs."""
-    copy = folder / "mlflow.db"
-    src = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    dst = sqlite3.connect(copy)
-    try:
-        src.backup(dst)
-    finally:
-        src.close()
-        dst.close()
-    return copy
-
-
-def study_urls(db: Path, host: str = "http://127.0.0.1:5000") -> list[str]:
-    """One line per active experiment with runs in the SQLite store ``db``: its name, run count
-    and the URL of its runs table in model-training mode (the form of Tracker.ui_url). Read
-    with sqlite3 alone, so `make ui` prints it in a blink and never writes to the store."""
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        rows = con.execute("SELECT e.experiment_id, e.name, COUNT(r.run_uuid) FROM experiments e "
-                           "LEFT JOIN runs r ON r.experiment_id = e.experiment_id "
-                           "WHERE e.lifecycle_stage = 'active' GROUP BY e.experiment_id, e.name "
-                           "ORDER BY e.experiment_id").fetchall()
-    finally:
-        con.close()
-    return [f"{name} ({n} runs): {host}/#/experiments/{eid}/runs?{TRAINING_MODE}" for eid, name, n in rows if n]
-
-
-def print_urls(store: Path, port: int) -> int:
-    """`make ui`'s banner: the URLs of ``store``'s experiments, or why there are none; always 0,
-    so the server starts either way."""
-    db = store if store.suffix == ".db" else store / "mlflow.db"
-    if not db.is_file():
-        print(f"ui: no MLflow store at {db} yet (`make study` makes one); starting the UI anyway")
-        return 0
-    try:
-        lines = study_urls(db, f"http://127.0.0.1:{port}")
-    except sqlite3.Error as exc:  # e.g. a store mid-migration: the server may still open it
-        print(f"ui: could not read the experiments of {db} ({exc}); starting the UI anyway")
-        return 0
-    print("ui: open in MLflow's model-training mode:" if lines else f"ui: {db} holds no runs yet")
-    for line in lines:
-        print(f"  {line}")
-    return 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group, then SIGKILL what is left after 10 s."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-class MlflowUI:
-    """``mlflow ui`` on a free port of 127.0.0.1, in its own process group; always stopped."""
-
-    def __init__(self, db: Path, workdir: Path):
-        self.db, self.workdir = db, workdir
-        self.port = free_port()
-        self.api_base = f"http://127.0.0.1:{self.port}"
-        self.browser_base = f"http://{UI_HOST}:{self.port}"
-        self.log_path = workdir / "mlflow-ui.log"
-        self.proc: Optional[subprocess.Popen] = None
-        self.start_seconds = 0.0
-
-    def __enter__(self) -> "MlflowUI":
-        mlflow = [str(BIN / "mlflow")] if (BIN / "mlflow").exists() else [sys.executable, "-m", "mlflow"]
-        hosts = ",".join(f"{h}:{self.port}" for h in (UI_HOST, "127.0.0.1", "localhost"))
-        cmd = mlflow + ["ui", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-                        "--backend-store-uri", f"sqlite:///{self.db}",
-                        "--allowed-hosts", hosts, "--cors-allowed-origins", self.browser_base]
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-        env.pop("MLFLOW_TRACKING_URI", None)
-        t = time.perf_counter()
-        with open(self.log_path, "w") as log:
-            # cwd: the server resolves relative artifact roots against it; keep them out of the repo.
-            self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        atexit.register(self.stop)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        self.start_seconds = time.perf_counter() - t
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            _kill_group(self.proc)
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise CheckFailed(f"`mlflow ui` exited with {self.proc.returncode} before serving: "
-                                  f"{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.api_base + "/", timeout=5) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.5)
-        raise CheckFailed(f"`mlflow ui` did not answer HTTP 200 within {START_TIMEOUT_S} s: {self.log_tail()}")
-
-    def log_tail(self, n: int = 8) -> str:
-        try:
-            return " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-n:])
-        except OSError:
-            return "(no log)"
-
-    def get(self, path: str, query: Optional[dict] = None) -> bytes:
-        url = f"{self.api_base}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
-        try:
-            with urllib.request.urlopen(url, timeout=30) as r:
-                return r.read()
-        except urllib.error.HTTPError as exc:
-            raise CheckFailed(f"GET {path} answered HTTP {exc.code}: {exc.read()[:300]!r}") from None
-
-    def api(self, endpoint: str, body: Optional[dict] = None, query: Optional[dict] = None) -> dict:
-        """GET (with ``query``) or POST (JSON ``body``) to ``/api/2.0/mlflow/<endpoint>``."""
-        path = f"/api/2.0/mlflow/{endpoint}"
-        if body is None:
-            return json.loads(self.get(path, query) or b"{}")
-        req = urllib.request.Request(self.api_base + path, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return json.loads(r.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            raise CheckFailed(f"POST {path} answered HTTP {exc.code}: {exc.read()[:300]!r}") from None
-
-
-# --------------------------------------------------------------------------------------------
-# REST checks
-
-
-@dataclass
-class Run:
-    id: str
-    name: str
-    status: str
-    metrics: dict[str, float]
-    tags: dict[str, str]
-
-    @classmethod
-    def from_api(cls, r: dict) -> "Run":
-        data = r.get("data", {})
-        return cls(r["info"]["run_id"], r["info"].get("run_name", ""), r["info"]["status"],
-                   {m["key"]: m["value"] for m in data.get("metrics", [])},
-                   {t["key"]: t["value"] for t in data.get("tags", [])})
-
-
-@dataclass
-class Found:
-    """What the REST API showed: the experiment, its runs, the study parent and the trial to open."""
-    experiment_id: str
-    experiment: str
-    runs: list[Run]
-    trials: list[Run]
-    trial: Run
-    parent: Optional[Run] = None
-    parent_plot: Optional[str] = None
-    children: dict[str, list[Run]] = field(default_factory=dict)
-
-
-def list_artifacts(ui: MlflowUI, run_id: str, path: str = "") -> set[str]:
-    """Artifact paths of a run, one folder level below ``path`` included."""
-    out: set[str] = set()
-    for f in ui.api("artifacts/list", query={"run_id": run_id, "path": path}).get("files", []):
-        out.add(f["path"])
-        if f.get("is_dir") and path == "":
-            out |= list_artifacts(ui, run_id, f["path"])
-    return out
-
-
-def all_runs(ui: MlflowUI, experiment_id: str) -> list[Run]:
-    runs, token = [], None
-    while True:
-        body = {"experiment_ids": [experiment_id], "max_results": 1000, "order_by": ["attributes.start_time DESC"]}
-        if token:
-            body["page_token"] = token
-        page = ui.api("runs/search", body)
-        runs += [Run.from_api(r) for r in page.get("runs", [])]
-        token = page.get("next_page_token")
-        if not token:
-            return runs
-
-
-def pick_experiment(ui: MlflowUI, name: Optional[str]) -> tuple[str, str]:
-    """(id, name): the named experiment, else the one holding the most recently started run."""
-    exps = ui.api("experiments/search", {"max_results": 1000}).get("experiments", [])
-    if name:
-        for e in exps:
-            if e["name"] == name:
-                return e["experiment_id"], name
-        raise CheckFailed(f"no experiment named {name!r} in the store; it has {sorted(e['name'] for e in exps)}")
-    latest: tuple[int, str, str] = (-1, "", "")
-    for e in exps:
-        page = ui.api("runs/search", {"experiment_ids": [e["experiment_id"]], "max_results": 1,
-                                      "order_by": ["attributes.start_time DESC"]})
-        for r in page.get("runs", []):
-            latest = max(latest, (int(r["info"]["start_time"]), e["experiment_id"], e["name"]))
-    if latest[0] < 0:
-        raise CheckFailed(f"the store has no runs (experiments: {sorted(e['name'] for e in exps)})")
-    return latest[1], latest[2]
 
 
 def check_api(ui: MlflowUI, experiment: Optional[str] = None) -> tuple[Found, str]:
@@ -573,18 +191,6 @@ def check_api(ui: MlflowUI, experiment: Optional[str] = None) -> tuple[Found, st
     return found, summary
 
 
-def metric_steps(ui: MlflowUI, run_id: str, key: str) -> list[int]:
-    """The distinct steps at which ``key`` was logged to the run, in order (REST get-history)."""
-    steps, token = set(), None
-    while True:
-        query = {"run_id": run_id, "metric_key": key, "max_results": 25000, **({"page_token": token} if token else {})}
-        page = ui.api("metrics/get-history", query=query)
-        steps |= {int(m["step"]) for m in page.get("metrics", [])}
-        token = page.get("next_page_token")
-        if not token:
-            return sorted(steps)
-
-
 def check_trajectory(ui: MlflowUI, trial: Run) -> str:
     """Each TRAJECTORY_METRICS of the trial run has more than one step (base, epochs, end)."""
     steps = {k: metric_steps(ui, trial.id, k) for k in TRAJECTORY_METRICS}
@@ -605,10 +211,6 @@ def share_view(ui: MlflowUI, found: Found) -> str:
                                               "value": json.dumps(state)})
     return in_training_mode(f"{ui.browser_base}/#/experiments/{found.experiment_id}/runs"
                             f"?viewStateShareKey={VIEW_KEY}")
-
-
-# --------------------------------------------------------------------------------------------
-# Browser checks
 
 
 def _shows_image(artifact: str) -> Callable[[Page], Optional[str]]:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from gpt2ft.config import (Config, ConfigError, DataConfig, FloatRange, IntRange, StudyConfig,
-                           TrainConfig, load_config, parse_override)
+                           TrainConfig, load_config)
+from gpt2ft.configio import parse_override
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))

@@ -1,5 +1,7 @@
 """The package's layering, read from its imports with ``ast``: no cycle, pure modules stay
-pure, and each heavy framework is imported only by the module whose job it is."""
+pure, each heavy framework is imported only by the module whose job it is, and no module grows
+past the size of one concern. Subpackages count: ``gpt2ft/plots/theme.py`` is the module
+``plots.theme``."""
 from __future__ import annotations
 
 import ast
@@ -15,6 +17,20 @@ PURE = {"metrics", "pick", "ngram_index", "fmt", "urls", "errors", "writer"}
 #: Who may import each framework directly. MLflow is the tracking module's job; Optuna is the
 #: study's (its loop) and coordination's (storage and workers).
 OWNERS = {"mlflow": {"tracking"}, "optuna": {"study", "coordination"}, "optuna_integration": {"study"}}
+#: A module owns one thing; past this many lines it holds two.
+MAX_LINES = 500
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the package by its dotted name below ``gpt2ft`` (``plots.theme``; a
+    subpackage's ``__init__.py`` is the subpackage, ``plots``)."""
+    out = {}
+    for p in sorted(PACKAGE.rglob("*.py")):
+        parts = p.relative_to(PACKAGE).with_suffix("").parts
+        parts = parts[:-1] if parts[-1] == "__init__" else parts
+        if parts:
+            out[".".join(parts)] = p
+    return out
 
 
 def _imports(path: Path) -> set[str]:
@@ -31,14 +47,20 @@ def _imports(path: Path) -> set[str]:
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
-            if node.module == "gpt2ft":  # from gpt2ft import pick
-                names.update(f"gpt2ft.{a.name}" for a in node.names)
+            if node.module.split(".")[0] == "gpt2ft":  # from gpt2ft import pick: a module, maybe
+                names.update(f"{node.module}.{a.name}" for a in node.names)
     return names
 
 
 def _graph() -> dict[str, set[str]]:
-    modules = {p.stem: _imports(p) for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
-    return {m: {n.split(".")[1] for n in deps if n.startswith("gpt2ft.") and n.split(".")[1] in modules}
+    """Module -> the package's modules it imports (``gpt2ft.plots.theme.styled`` is ``plots.theme``)."""
+    modules = {name: _imports(p) for name, p in _modules().items()}
+
+    def module_of(name: str) -> str | None:
+        parts = name.split(".")[1:]
+        return next((".".join(parts[:k]) for k in range(len(parts), 0, -1) if ".".join(parts[:k]) in modules), None)
+
+    return {m: {d for d in (module_of(n) for n in deps if n.startswith("gpt2ft.")) if d and d != m}
             for m, deps in modules.items()}
 
 
@@ -63,15 +85,28 @@ def test_no_import_cycle():
 
 @pytest.mark.parametrize("module", sorted(PURE))
 def test_pure_modules_import_no_framework(module):
-    roots = {n.split(".")[0] for n in _imports(PACKAGE / f"{module}.py")}
+    roots = {n.split(".")[0] for n in _imports(_modules()[module])}
     assert not roots & {"torch", "mlflow", "optuna", "transformers", "sklearn", "matplotlib", "pandas"}, roots
 
 
 @pytest.mark.parametrize("framework", sorted(OWNERS))
 def test_frameworks_are_imported_only_by_their_owner(framework):
-    users = {p.stem for p in PACKAGE.glob("*.py")
+    users = {m for m, p in _modules().items()
              if any(n == framework or n.startswith(framework + ".") for n in _imports(p))}
     assert users <= OWNERS[framework], f"{framework} imported by {sorted(users - OWNERS[framework])}"
+
+
+def test_figure_data_is_prepared_apart_from_the_drawing():
+    """What a figure shows is computed without matplotlib, so it is tested on plain tables."""
+    roots = {n.split(".")[0] for n in _imports(_modules()["plots.prepare"])}
+    assert not roots & {"matplotlib", "seaborn"}, roots
+
+
+def test_no_module_over_the_size_of_one_concern():
+    lengths = {m: len(p.read_text(encoding="utf-8").splitlines()) for m, p in _modules().items()}
+    assert lengths["plots.tradeoff"] > 0 and "cli" in lengths  # subpackages and top level alike
+    over = {m: n for m, n in lengths.items() if n > MAX_LINES}
+    assert not over, f"modules over {MAX_LINES} lines (split each by what it owns): {over}"
 
 
 def test_the_checker_sees_a_cycle(tmp_path, monkeypatch):

@@ -109,6 +109,18 @@ def test_longest_copy_metric(small):
     assert m.longest_copy([], small) == (0, -1, -1)
 
 
+def test_longest_copy_is_one_span_for_the_metric_and_its_text(small):
+    """measure.longest_copy gives the metric and the trial's longest_copy.txt from one lookup."""
+    from types import SimpleNamespace
+
+    from gpt2ft.measure import longest_copy
+
+    assets = SimpleNamespace(index=small, tokenizer=SimpleNamespace(decode=lambda ids: " ".join(map(str, ids))))
+    assert longest_copy(assets, [[9, 9], [8, 2, 3, 4, 8], [1, 2, 3]]) == (
+        3, "Longest copied span: 3 tokens (sample 2, token 1).\n\n2 3 4\n")
+    assert longest_copy(assets, [[9, 9], [7]]) == (0, "")
+
+
 def test_extractable_rate():
     conts = [[1, 2], [3, 4], [5]]
     truths = [[1, 2], [3, 5], [5]]

@@ -11,7 +11,8 @@ from conftest import TINY
 
 
 class _NaNAfter(torch.nn.Module):
-    """A model whose loss turns NaN after ``k`` forward passes in training mode."""
+    """A model whose loss turns NaN after ``k`` forward passes in training mode (its logits over a
+    two-token vocabulary are zeros, then NaN; the loss is computed from them as for any model)."""
 
     def __init__(self, k: int):
         super().__init__()
@@ -23,7 +24,7 @@ class _NaNAfter(torch.nn.Module):
         if self.training:
             self.calls += 1
         value = self.w * 1.0 if self.calls <= self.k or not self.training else self.w * math.nan
-        return type("Out", (), {"loss": value})()
+        return type("Out", (), {"logits": value * torch.zeros(*input_ids.shape, 2)})()
 
 
 def _data(n: int = 64):

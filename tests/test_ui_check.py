@@ -22,14 +22,17 @@ def _load_ui_check():
 
 
 ui_check = _load_ui_check()
+# Its two helpers, imported by name from scripts/ (which ui_check put on sys.path).
+ui_browser = importlib.import_module("ui_browser")
+ui_mlflow = importlib.import_module("ui_mlflow")
 
 
 def test_visible_text_keeps_what_a_person_reads():
     dom = ("<html><head><script>var train_loss = 1;</script><style>td {}</style></head>"
            "<body><td>heldout_loss</td>\n  <td>8.41</td><td>a &amp; b</td></body></html>")
-    assert ui_check.visible_text(dom) == "heldout_loss 8.41 a & b"
+    assert ui_browser.visible_text(dom) == "heldout_loss 8.41 a & b"
     text = "trial-10 memorization_4 plots/loss.png 7.928"
-    assert [ui_check.shows(text, s) for s in ("trial-1", "trial-10", "memorization", "loss.png", "7.9")] == [
+    assert [ui_browser.shows(text, s) for s in ("trial-1", "trial-10", "memorization", "loss.png", "7.9")] == [
         False, True, False, True, False]
 
 
@@ -49,32 +52,32 @@ BLANK_TEXT = "MLflow You need to enable JavaScript to run this app."
 
 
 def test_mode_follows_the_sidebar_and_breadcrumb():
-    assert ui_check.ui_mode(TRAINING_TEXT) == "model training"
-    assert ui_check.ui_mode(GENAI_TEXT) == "genai"
-    assert ui_check.ui_mode(GENAI_ROOT_TEXT) == "genai"
-    assert ui_check.ui_mode(BLANK_TEXT) == "unknown"
+    assert ui_mlflow.ui_mode(TRAINING_TEXT) == "model training"
+    assert ui_mlflow.ui_mode(GENAI_TEXT) == "genai"
+    assert ui_mlflow.ui_mode(GENAI_ROOT_TEXT) == "genai"
+    assert ui_mlflow.ui_mode(BLANK_TEXT) == "unknown"
     # The GenAI breadcrumb alone gives it away, even were "Model registry" on the page.
-    assert ui_check.ui_mode(TRAINING_TEXT.replace("Runs trial-0", "Evaluations trial-0")) == "genai"
+    assert ui_mlflow.ui_mode(TRAINING_TEXT.replace("Runs trial-0", "Evaluations trial-0")) == "genai"
 
 
 def test_page_check_fails_without_the_training_mode():
-    page = ui_check.Page("u", f"<body><nav>{TRAINING_TEXT}</nav></body>", Path("p.png"))
+    page = ui_browser.Page("u", f"<body><nav>{TRAINING_TEXT}</nav></body>", Path("p.png"))
     assert ui_check._training_mode(page) is None
     for text in (GENAI_TEXT, BLANK_TEXT):
-        problem = ui_check._training_mode(ui_check.Page("u", f"<body>{text}</body>", Path("p.png")))
+        problem = ui_check._training_mode(ui_browser.Page("u", f"<body>{text}</body>", Path("p.png")))
         assert problem and "Model registry" in problem
 
 
 def test_every_page_url_asks_for_the_training_mode():
     base = "http://h:5/#/experiments/1/runs"
-    assert ui_check.in_training_mode(base) == base + "?workflowType=machine_learning"
-    assert ui_check.in_training_mode(base + "?viewStateShareKey=k") == (
+    assert ui_mlflow.in_training_mode(base) == base + "?workflowType=machine_learning"
+    assert ui_mlflow.in_training_mode(base + "?viewStateShareKey=k") == (
         base + "?viewStateShareKey=k&workflowType=machine_learning")
     # A "?" before the "#" is the server's query, not the route's.
-    assert ui_check.in_training_mode("http://h:5/?x=1#/experiments/1") == (
+    assert ui_mlflow.in_training_mode("http://h:5/?x=1#/experiments/1") == (
         "http://h:5/?x=1#/experiments/1?workflowType=machine_learning")
-    once = ui_check.in_training_mode(base)
-    assert ui_check.in_training_mode(once) == once
+    once = ui_mlflow.in_training_mode(base)
+    assert ui_mlflow.in_training_mode(once) == once
 
 
 def _card(title: str, body: str) -> str:
@@ -88,15 +91,15 @@ def test_charted_metrics_are_the_cards_with_a_drawn_plot():
     section = "<span>Model metrics (35)</span>"
     dom = (section + '<div data-testid="draggable-chart-cards-grid">' + _card("memorization", plot)
            + _card("memorization_4", spinner) + _card("top100_ratio", plot) + spinner + "</div>")
-    assert ui_check.charted_metrics(dom) == {"memorization", "top100_ratio"}
-    page = ui_check.Page("u", dom, Path("p.png"))
+    assert ui_mlflow.charted_metrics(dom) == {"memorization", "top100_ratio"}
+    page = ui_browser.Page("u", dom, Path("p.png"))
     assert ui_check._charts(("memorization", "top100_ratio"))(page) is None
     # Charts were drawn, but not this one: a failure.
     assert "memorization_4" in ui_check._charts(("memorization_4",))(page)
-    assert ui_check.charted_metrics(spinner * 35) == set()
+    assert ui_mlflow.charted_metrics(spinner * 35) == set()
     # None drawn yet (headless, busy cores): the section's chart count stands in; no section fails.
-    assert ui_check._charts(("memorization",))(ui_check.Page("u", section + spinner * 35, Path("p.png"))) is None
-    assert "Model metrics" in ui_check._charts(("memorization",))(ui_check.Page("u", spinner, Path("p.png")))
+    assert ui_check._charts(("memorization",))(ui_browser.Page("u", section + spinner * 35, Path("p.png"))) is None
+    assert "Model metrics" in ui_check._charts(("memorization",))(ui_browser.Page("u", spinner, Path("p.png")))
 
 
 def _fake_store(db: Path, experiments: list[tuple[int, str, str, int]]) -> None:
@@ -114,7 +117,7 @@ def _fake_store(db: Path, experiments: list[tuple[int, str, str, int]]) -> None:
 def test_make_ui_prints_each_study_in_training_mode(tmp_path, capsys):
     _fake_store(tmp_path / "mlflow.db", [(0, "Default", "active", 0), (1, "gpt2ft-gulliver", "active", 4),
                                          (2, "old", "deleted", 2)])
-    assert ui_check.study_urls(tmp_path / "mlflow.db", "http://127.0.0.1:5000") == [
+    assert ui_mlflow.study_urls(tmp_path / "mlflow.db", "http://127.0.0.1:5000") == [
         "gpt2ft-gulliver (4 runs): http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning"]
     assert ui_check.main(["--print-urls", "--store", str(tmp_path), "--port", "5001"]) == 0
     assert "http://127.0.0.1:5001/#/experiments/1/runs?workflowType=machine_learning" in capsys.readouterr().out
@@ -132,8 +135,8 @@ def test_store_without_database_is_a_user_error(tmp_path):
 @pytest.fixture(scope="module")
 def chromium() -> str:
     try:
-        return ui_check.ensure_chromium()
-    except ui_check.ChromiumUnavailable as exc:
+        return ui_browser.ensure_chromium()
+    except ui_browser.ChromiumUnavailable as exc:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the browser check, but {exc}")
         pytest.skip(f"chromium is not installed and could not be installed: {exc}")
@@ -161,7 +164,7 @@ def test_ui_shows_a_tiny_study(book, chromium, tmp_path, monkeypatch):
     for line in lines[4:]:
         assert "workflowType=machine_learning" in line and "the model-training mode" in line, line
     assert "the Model metrics charts (drawn ones include memorization, top100_ratio)" in lines[6]
-    assert ui_check.study_urls(store / "mlflow.db")[0].endswith("/runs?workflowType=machine_learning")
+    assert ui_mlflow.study_urls(store / "mlflow.db")[0].endswith("/runs?workflowType=machine_learning")
     assert sorted(p.name for p in out.iterdir()) == sorted(ui_check.SCREENSHOTS)
     for png in out.iterdir():
         assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 20_000, png
