@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     trials = study.get_trials(deepcopy=False)
     states = collections.Counter(t.state.name for t in trials)
     note("trials by state: " + ", ".join(f"{k}={v}" for k, v in sorted(states.items())))
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    # Derived trials (a trained trial's interior epochs, told to Optuna) have no run and no slot.
+    complete = [t for t in trials
+                if t.state == optuna.trial.TrialState.COMPLETE and "derived_from" not in t.user_attrs]
     check(len(complete) == args.n_trials, f"exactly {args.n_trials} COMPLETE trials", f"{len(complete)}")
     numbers = [t.number for t in trials]
     dup = sorted(n for n, c in collections.Counter(numbers).items() if c > 1)
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     check(len(selected) == 1, "exactly one child tagged selected=true",
           f"trials {[r.data.tags.get('optuna.trial') for r in selected]}")
     if len(selected) == 1:
-        check(selected[0].data.tags.get("optuna.trial") == str(attrs.get("selected")),
+        check(selected[0].data.tags.get("optuna.trial") == str((attrs.get("selected") or {}).get("trial")),
               "the selected child is the study's selected trial",
               f"trial {attrs.get('selected')}, run {selected[0].info.run_id}")
         if parent is not None:
