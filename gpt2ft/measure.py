@@ -48,23 +48,19 @@ def measure_samples(assets: "Assets", samples: Sequence[Sequence[int]], texts: O
     idx = assets.index
     samples = [list(s) for s in samples]
     out: dict[str, float] = {}
-
-    def top(s):
-        return M.top100_ratio(s, assets.top_ids)
-
-    def mem(s):
-        return M.memorization(s, idx, cfg.ngram)
-
-    out["top100_ratio"] = top(samples)
-    out["memorization"] = mem(samples)
-    out["memorization_4"] = M.memorization(samples, idx, 4)
-    out["memorization_16"] = M.memorization(samples, idx, 16)
+    # The pooled ratios and their bootstraps from one count per sample: M.top100_ratio and
+    # M.memorization pool these same counts, and M.bootstrap_ratio_se resamples them.
+    top = M.top100_counts(samples, assets.top_ids)
+    mem = M.memorization_counts(samples, idx, (cfg.ngram, 4, 16))
+    for name, (num, den) in (("top100_ratio", top), ("memorization", mem[cfg.ngram]),
+                             ("memorization_4", mem[4]), ("memorization_16", mem[16])):
+        out[name] = M.pooled_ratio(num, den)
     out["longest_copy"] = float(longest_copy(assets, samples)[0])
     flat = [t for s in samples for t in s]
     out["style_js"] = M.js_divergence(flat, assets.data.heldout_ids)
     if cfg.bootstrap:
-        out["top100_ratio_se"] = M.bootstrap_se(samples, top, cfg.bootstrap, seed)
-        out["memorization_se"] = M.bootstrap_se(samples, mem, cfg.bootstrap, seed)
+        out["top100_ratio_se"] = M.bootstrap_ratio_se(*top, cfg.bootstrap, seed)
+        out["memorization_se"] = M.bootstrap_ratio_se(*mem[cfg.ngram], cfg.bootstrap, seed)
     out.update({name: fn(samples) for name, fn in DIVERSITY.items()})
     if fluency:
         out["fluency_ppl"], out["fluency_ppl_se"] = perplexity(
