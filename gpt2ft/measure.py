@@ -142,16 +142,21 @@ def extraction(assets: "Assets", model) -> dict[str, float]:
     if cfg.extraction_prompts == 0:
         return {}
     k, n = cfg.extraction_prompts, cfg.extraction_tokens
-    eos = assets.tokenizer.eos_token_id
-    out = {}
     # Prompts come from the raw token streams the model was trained on, not the normalised ones.
-    for name, stream in (("extractable_rate", assets.data.train_windows),
-                         ("extractable_rate_heldout", assets.data.heldout_windows)):
-        pieces = chunks(stream.flatten().tolist(), 2 * n, k)
-        if not pieces:
-            continue
-        conts = greedy(model, assets.runtime, [p[:n] for p in pieces], n, eos)
-        out[name] = M.extractable_rate(conts, [p[n:] for p in pieces])
+    pieces = {name: chunks(stream.flatten().tolist(), 2 * n, k)
+              for name, stream in (("extractable_rate", assets.data.train_windows),
+                                   ("extractable_rate_heldout", assets.data.heldout_windows))}
+    prompts = [p[:n] for ps in pieces.values() for p in ps]
+    if not prompts:
+        return {}
+    # Every prompt has n tokens, so both sets decode in one batch: a decoding step costs about
+    # as much for 16 rows as for 8 (it reads every weight once), and one call takes half the steps.
+    conts = greedy(model, assets.runtime, prompts, n, assets.tokenizer.eos_token_id, batch_size=len(prompts))
+    out, start = {}, 0
+    for name, ps in pieces.items():
+        if ps:
+            out[name] = M.extractable_rate(conts[start:start + len(ps)], [p[n:] for p in ps])
+            start += len(ps)
     return out
 
 
