@@ -272,3 +272,16 @@ def test_a_measurement_keeps_the_values_of_the_unbatched_unvectorised_code(one_t
     assert (want["extractable_rate"], want["extractable_rate_heldout"]) == (0.5, 0.25)
     assert 0 < want["memorization"] < 1 and want["memorization_se"] > 0 and want["top100_ratio_se"] > 0
     assert {k: got[k] for k in want} == want
+
+
+def test_a_static_cache_draws_the_same_samples(one_torch_thread):
+    """generate.sample's ``decode`` changes how it decodes, not what it draws; an unknown one is refused."""
+    from gpt2ft.generate import sample
+    from gpt2ft.model import Runtime
+
+    model, rt = _tiny_lm(300, seed=0, sharpness=5.0), Runtime(torch.device("cpu"), None)
+    tok = SimpleNamespace(bos_token_id=299, eos_token_id=299)
+    dynamic = sample(model, tok, rt, n=3, new_tokens=20, seed=4)
+    assert sample(model, tok, rt, n=3, new_tokens=20, seed=4, decode="static") == dynamic
+    with pytest.raises(ValueError, match="decode must be one of"):
+        sample(model, tok, rt, n=3, new_tokens=20, seed=4, decode="paged")
