@@ -58,6 +58,7 @@ PARTS = (
     ("gpt2ft.metrics", "top100_counts", "top100_ratio"),
     ("gpt2ft.metrics", "memorization", "memorization 4/8/16"),
     ("gpt2ft.metrics", "memorization_counts", "memorization 4/8/16"),
+    ("gpt2ft.measure", "longest_copy", "longest_copy"),
     ("gpt2ft.metrics", "longest_copy", "longest_copy"),
     ("gpt2ft.metrics", "js_divergence", "style_js"),
     ("gpt2ft.metrics", "bootstrap_se", "bootstrap"),
