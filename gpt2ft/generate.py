@@ -8,9 +8,10 @@ are drawn in one batched ``generate`` call with the KV cache.
 ``decode`` chooses how that call decodes, not what it draws: ``dynamic`` (transformers'
 growing cache, the default), ``static`` (a preallocated cache) or ``static-compile`` (the
 decoding step compiled by ``torch.compile`` over the static cache; CUDA graphs on CUDA). On
-the 2-core CPU all three drew the same tokens and both static ones were slower, the compiled
-one by far once its compile is counted (docs/measure_speed.md), so the study decodes
-``dynamic``; ``bench/measure.py --decode`` measures the others on another machine.
+the 2-core CPU all three drew the same tokens and neither static one was faster (+3% and -1%
+lightly loaded, +23% and +71% loaded), while the compile costs ~2 minutes cold
+(docs/measure_speed.md); so the study decodes ``dynamic``, and ``bench/measure.py --decode``
+measures the others on another machine.
 """
 from __future__ import annotations
 
