@@ -8,7 +8,7 @@ CONFIG  ?= experiments/gulliver.yaml
 TORCH   ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 ARGS    ?=
 
-.PHONY: install test lint train study study-cpu ui export references demo bench bench-gpu bench-compile ui-check multiworker clean
+.PHONY: install test lint train study study-cpu ui export references demo bench bench-gpu bench-compile bench-measure ui-check multiworker clean
 
 $(BIN)/gpt2ft: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -63,6 +63,11 @@ bench-gpu: install
 bench-compile: install
 	$(BIN)/python bench/compile.py $(ARGS)
 
+# One measurement's cost by part: sampling, extraction, fluency, classifier, bootstrap, n-gram look-ups
+# (bench/measure.py; demo.yaml's SmolLM2 by default; ARGS=--threads 1 beside busy neighbours).
+bench-measure: install
+	$(BIN)/python bench/measure.py $(ARGS)
+
 ui-check: install
 	$(BIN)/python scripts/ui_check.py $(ARGS)
 
@@ -70,4 +75,4 @@ multiworker: install
 	bash scripts/multiworker.sh $(ARGS)
 
 clean:
-	rm -rf mlruns exports bench/results.json bench/compile.json .pytest_cache
+	rm -rf mlruns exports bench/results.json bench/compile.json bench/measure.json .pytest_cache

@@ -4,6 +4,14 @@ Sampling follows the method: ``do_sample=True``, the EOS token banned through
 ``bad_words_ids`` and ``min_length == max_length``, so every sequence has exactly
 ``new_tokens`` new tokens and the ratios are over a fixed number of tokens. All sequences
 are drawn in one batched ``generate`` call with the KV cache.
+
+``decode`` chooses how that call decodes, not what it draws: ``dynamic`` (transformers'
+growing cache, the default), ``static`` (a preallocated cache) or ``static-compile`` (the
+decoding step compiled by ``torch.compile`` over the static cache; CUDA graphs on CUDA). On
+the 2-core CPU all three drew the same tokens and neither static one was faster (+3% and -1%
+lightly loaded, +23% and +71% loaded), while the compile costs ~2 minutes cold
+(docs/measure_speed.md); so the study decodes ``dynamic``, and ``bench/measure.py --decode``
+measures the others on another machine.
 """
 from __future__ import annotations
 
@@ -13,6 +21,9 @@ import torch
 
 from gpt2ft.model import Runtime, prompt_token_id
 
+#: The ways :func:`sample` can decode (module docstring).
+DECODES = ("dynamic", "static", "static-compile")
+
 
 def _eos(tokenizer) -> int:
     return int(tokenizer.eos_token_id if tokenizer.eos_token_id is not None else prompt_token_id(tokenizer))
@@ -21,10 +32,12 @@ def _eos(tokenizer) -> int:
 @torch.no_grad()
 def sample(model, tokenizer, runtime: Runtime, n: int, new_tokens: int, seed: int,
            top_k: int = 50, temperature: float = 1.0,
-           prompt_ids: Sequence[int] | None = None) -> list[list[int]]:
+           prompt_ids: Sequence[int] | None = None, decode: str = "dynamic") -> list[list[int]]:
     """``n`` sampled sequences of exactly ``new_tokens`` new token ids (the prompt excluded).
 
-    The prompt is the BOS token unless ``prompt_ids`` are given (``gpt2ft generate``)."""
+    The prompt is the BOS token unless ``prompt_ids`` are given (``gpt2ft generate``); ``decode``
+    is one of ``DECODES``."""
+    extra = _decode_kwargs(decode, runtime.device)
     was_training = model.training
     model.eval()
     ids = list(prompt_ids) if prompt_ids else [prompt_token_id(tokenizer)]
@@ -38,9 +51,25 @@ def sample(model, tokenizer, runtime: Runtime, n: int, new_tokens: int, seed: in
             input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
             top_k=top_k, top_p=1.0, temperature=temperature,
             min_length=len(ids) + new_tokens, max_length=len(ids) + new_tokens,
-            bad_words_ids=[[eos]], pad_token_id=eos, use_cache=True)
+            bad_words_ids=[[eos]], pad_token_id=eos, use_cache=True, **extra)
     model.train(was_training)
     return out[:, len(ids):].tolist()
+
+
+def _decode_kwargs(decode: str, device: torch.device) -> dict:
+    """``generate``'s arguments for a ``decode`` of ``DECODES``."""
+    if decode not in DECODES:
+        raise ValueError(f"decode must be one of {', '.join(DECODES)}, got {decode!r}")
+    if decode == "dynamic":
+        return {}
+    if decode == "static":
+        return {"cache_implementation": "static"}
+    from transformers import CompileConfig
+
+    # CUDA graphs where there is CUDA; transformers compiles on CPU only when told to.
+    config = CompileConfig(dynamic=False, mode="reduce-overhead" if device.type == "cuda" else "default")
+    config._compile_all_devices = True
+    return {"cache_implementation": "static", "compile_config": config}
 
 
 @torch.no_grad()

@@ -48,23 +48,19 @@ def measure_samples(assets: "Assets", samples: Sequence[Sequence[int]], texts: O
     idx = assets.index
     samples = [list(s) for s in samples]
     out: dict[str, float] = {}
-
-    def top(s):
-        return M.top100_ratio(s, assets.top_ids)
-
-    def mem(s):
-        return M.memorization(s, idx, cfg.ngram)
-
-    out["top100_ratio"] = top(samples)
-    out["memorization"] = mem(samples)
-    out["memorization_4"] = M.memorization(samples, idx, 4)
-    out["memorization_16"] = M.memorization(samples, idx, 16)
+    # The pooled ratios and their bootstraps from one count per sample: M.top100_ratio and
+    # M.memorization pool these same counts, and M.bootstrap_ratio_se resamples them.
+    top = M.top100_counts(samples, assets.top_ids)
+    mem = M.memorization_counts(samples, idx, (cfg.ngram, 4, 16))
+    for name, (num, den) in (("top100_ratio", top), ("memorization", mem[cfg.ngram]),
+                             ("memorization_4", mem[4]), ("memorization_16", mem[16])):
+        out[name] = M.pooled_ratio(num, den)
     out["longest_copy"] = float(longest_copy(assets, samples)[0])
     flat = [t for s in samples for t in s]
     out["style_js"] = M.js_divergence(flat, assets.data.heldout_ids)
     if cfg.bootstrap:
-        out["top100_ratio_se"] = M.bootstrap_se(samples, top, cfg.bootstrap, seed)
-        out["memorization_se"] = M.bootstrap_se(samples, mem, cfg.bootstrap, seed)
+        out["top100_ratio_se"] = M.bootstrap_ratio_se(*top, cfg.bootstrap, seed)
+        out["memorization_se"] = M.bootstrap_ratio_se(*mem[cfg.ngram], cfg.bootstrap, seed)
     out.update({name: fn(samples) for name, fn in DIVERSITY.items()})
     if fluency:
         out["fluency_ppl"], out["fluency_ppl_se"] = perplexity(
@@ -146,16 +142,21 @@ def extraction(assets: "Assets", model) -> dict[str, float]:
     if cfg.extraction_prompts == 0:
         return {}
     k, n = cfg.extraction_prompts, cfg.extraction_tokens
-    eos = assets.tokenizer.eos_token_id
-    out = {}
     # Prompts come from the raw token streams the model was trained on, not the normalised ones.
-    for name, stream in (("extractable_rate", assets.data.train_windows),
-                         ("extractable_rate_heldout", assets.data.heldout_windows)):
-        pieces = chunks(stream.flatten().tolist(), 2 * n, k)
-        if not pieces:
-            continue
-        conts = greedy(model, assets.runtime, [p[:n] for p in pieces], n, eos)
-        out[name] = M.extractable_rate(conts, [p[n:] for p in pieces])
+    pieces = {name: chunks(stream.flatten().tolist(), 2 * n, k)
+              for name, stream in (("extractable_rate", assets.data.train_windows),
+                                   ("extractable_rate_heldout", assets.data.heldout_windows))}
+    prompts = [p[:n] for ps in pieces.values() for p in ps]
+    if not prompts:
+        return {}
+    # Every prompt has n tokens, so both sets decode in one batch: a decoding step costs about
+    # as much for 16 rows as for 8 (it reads every weight once), and one call takes half the steps.
+    conts = greedy(model, assets.runtime, prompts, n, assets.tokenizer.eos_token_id, batch_size=len(prompts))
+    out, start = {}, 0
+    for name, ps in pieces.items():
+        if ps:
+            out[name] = M.extractable_rate(conts[start:start + len(ps)], [p[n:] for p in ps])
+            start += len(ps)
     return out
 
 

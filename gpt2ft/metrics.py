@@ -73,6 +73,12 @@ def _ratio(num: int, den: int) -> float:
     return num / den if den else NAN
 
 
+def pooled_ratio(num: Sequence[int], den: Sequence[int]) -> float:
+    """``sum(num) / sum(den)``: a rate pooled over samples from their per-sample counts
+    (:func:`top100_counts`, :func:`memorization_counts`); nan when ``den`` sums to 0."""
+    return _ratio(sum(num), sum(den))
+
+
 # ------------------------------------------------------------------------ style
 
 
@@ -91,17 +97,19 @@ def top_k_ids(tokens: Sequence[int], k: int = 100) -> frozenset[int]:
     return frozenset(int(i) for i in ids[order[:k]])
 
 
+def top100_counts(samples: Samples, top_ids: frozenset[int]) -> tuple[list[int], list[int]]:
+    """Per sample: ``(tokens whose id is in top_ids, tokens)``, the two counts of
+    :func:`top100_ratio` (and of its bootstrap, :func:`bootstrap_ratio_se`)."""
+    inside = [sum(1 for t in s if int(t) in top_ids) for s in samples]
+    return inside, [len(s) for s in samples]
+
+
 def top100_ratio(samples: Samples, top_ids: frozenset[int]) -> float:
     """Share of all sampled tokens (pooled over samples) whose id is in ``top_ids``.
 
     nan when there are no sampled tokens.
     """
-    total = 0
-    inside = 0
-    for s in samples:
-        total += len(s)
-        inside += sum(1 for t in s if int(t) in top_ids)
-    return _ratio(inside, total)
+    return pooled_ratio(*top100_counts(samples, top_ids))
 
 
 def _unigram(tokens: Sequence[int]) -> dict[int, float]:
@@ -135,18 +143,23 @@ def js_divergence(a_tokens: Sequence[int], b_tokens: Sequence[int]) -> float:
 # ---------------------------------------------------------------------- copying
 
 
+def memorization_counts(samples: Samples, index: NgramIndex,
+                        ns: Iterable[int]) -> dict[int, tuple[list[int], list[int]]]:
+    """``{n: (found, total)}``: per sample, how many of its n-grams occur in training and how
+    many it has, for every n in ``ns`` (one hashing pass per sample); the counts of
+    :func:`memorization` and of its bootstrap (:func:`bootstrap_ratio_se`)."""
+    wanted = list(ns)
+    per_sample = [index.hits_by_n(s, wanted) for s in samples]
+    return {n: ([h[n][0] for h in per_sample], [h[n][1] for h in per_sample]) for n in wanted}
+
+
 def memorization(samples: Samples, index: NgramIndex, n: int = 8) -> float:
     """Share of all sampled n-grams found verbatim in the index's training tokens.
 
     n-grams are pooled over samples and never cross a sample boundary; repeats count
     every time. nan when no sample has n tokens.
     """
-    found = total = 0
-    for s in samples:
-        f, t = index.hits(s, n)
-        found += f
-        total += t
-    return _ratio(found, total)
+    return pooled_ratio(*memorization_counts(samples, index, [n])[n])
 
 
 def novelty_curve(samples: Samples, index: NgramIndex,
@@ -154,14 +167,7 @@ def novelty_curve(samples: Samples, index: NgramIndex,
     """``{n: memorization(samples, index, n)}`` for each n in ``ns`` (one hashing pass per
     sample). Novelty at n is ``1 - value``; values are non-increasing in n.
     """
-    wanted = list(ns)
-    found = dict.fromkeys(wanted, 0)
-    total = dict.fromkeys(wanted, 0)
-    for s in samples:
-        for n, (f, t) in index.hits_by_n(s, wanted).items():
-            found[n] += f
-            total[n] += t
-    return {n: _ratio(found[n], total[n]) for n in wanted}
+    return {n: pooled_ratio(f, t) for n, (f, t) in memorization_counts(samples, index, ns).items()}
 
 
 def longest_copy(samples: Samples, index: NgramIndex) -> tuple[int, int, int]:
@@ -312,27 +318,55 @@ def mean_se(values: Iterable[float]) -> tuple[float, float]:
     return mean, float(arr.std(ddof=1) / math.sqrt(arr.size))
 
 
-def bootstrap_se(samples: Samples, stat_fn: Callable[[Samples], float],
-                 n_boot: int = 200, seed: int = 0) -> float:
-    """Bootstrap standard error of ``stat_fn(samples)``.
-
-    Resamples whole sequences with replacement (sequences are the independent units; the
-    tokens inside one are not), ``n_boot`` times, with ``np.random.default_rng(seed)``, so
-    the result is deterministic for a seed. Returns the sample standard deviation
-    (ddof=1) of the finite replicate statistics; exactly 0.0 when they are all equal.
-    nan with fewer than 2 samples or fewer than 2 finite replicates.
-    """
-    n = len(samples)
-    if n < 2 or n_boot < 2:
-        return NAN
+def bootstrap_picks(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """The ``(n_boot, n)`` sequence indices the bootstrap resamples, drawn with replacement
+    row by row from ``np.random.default_rng(seed)``."""
     rng = np.random.default_rng(seed)
-    stats = []
-    for _ in range(n_boot):
-        pick = rng.integers(0, n, size=n)
-        stats.append(float(stat_fn([samples[i] for i in pick])))
+    return np.stack([rng.integers(0, n, size=n) for _ in range(n_boot)])
+
+
+def _replicate_sd(stats: Iterable[float]) -> float:
+    """The bootstrap's answer from its replicate statistics (see :func:`bootstrap_se`)."""
     arr = np.asarray([s for s in stats if math.isfinite(s)], dtype=np.float64)
     if arr.size < 2:
         return NAN
     if np.all(arr == arr[0]):
         return 0.0  # np.std can return ~1e-17 here from the rounding of the mean
     return float(arr.std(ddof=1))
+
+
+def bootstrap_se(samples: Samples, stat_fn: Callable[[Samples], float],
+                 n_boot: int = 200, seed: int = 0) -> float:
+    """Bootstrap standard error of ``stat_fn(samples)``.
+
+    Resamples whole sequences with replacement (sequences are the independent units; the
+    tokens inside one are not), ``n_boot`` times (:func:`bootstrap_picks`), so the result
+    is deterministic for a seed. Returns the sample standard deviation (ddof=1) of the
+    finite replicate statistics; exactly 0.0 when they are all equal. nan with fewer than
+    2 samples or fewer than 2 finite replicates.
+    """
+    n = len(samples)
+    if n < 2 or n_boot < 2:
+        return NAN
+    return _replicate_sd(float(stat_fn([samples[i] for i in pick])) for pick in bootstrap_picks(n, n_boot, seed))
+
+
+def bootstrap_ratio_se(num: Sequence[int], den: Sequence[int], n_boot: int = 200, seed: int = 0) -> float:
+    """:func:`bootstrap_se` of a pooled ratio ``sum(num) / sum(den)`` (nan when the sum of
+    ``den`` is 0) from the per-sequence counts, all replicates at once.
+
+    The same resamples and the same float operations as ``bootstrap_se`` with a
+    ``stat_fn`` that pools the counts (``top100_ratio``, ``memorization``): integer sums,
+    then one correctly rounded division each, so the answer is bit for bit the same.
+    """
+    n = len(num)
+    if len(den) != n:
+        raise ValueError(f"{n} numerators but {len(den)} denominators")
+    if n < 2 or n_boot < 2:
+        return NAN
+    picks = bootstrap_picks(n, n_boot, seed)
+    sums = np.asarray(num, dtype=np.int64)[picks].sum(axis=1)
+    totals = np.asarray(den, dtype=np.int64)[picks].sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        stats = np.where(totals > 0, sums / np.maximum(totals, 1), np.nan)
+    return _replicate_sd(stats)

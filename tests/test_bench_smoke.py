@@ -186,3 +186,25 @@ def test_compile_bench_arithmetic():
     assert r["study_saving_s"] == pytest.approx(29 * 5.5 * 7.5 * 0.01 - 20.0)
     slower = c.derive({"first_s": 20.0, "second_s": 0.1, "step_s": 0.031}, eager, 16, 4)
     assert slower["break_even_steps"] == float("inf")
+
+
+def test_measure_bench_times_outer_parts_and_puts_the_functions_back():
+    """bench/measure.py's sections: a part called inside another (the memorization inside the
+    bootstrap) counts for the outer one, and the patched functions are restored afterwards."""
+    from gpt2ft import metrics as M
+    from gpt2ft.ngram_index import NgramIndex
+
+    bench = load("measure")
+    original = M.bootstrap_se
+    index, samples = NgramIndex([1, 2, 3, 4]), [[1, 2, 3], [2, 3, 9], [9, 9]]
+    with bench.Sections().active() as sec:
+        M.bootstrap_se(samples, lambda s: M.memorization(s, index, 2), 20, 0)
+        M.memorization(samples, index, 2)
+    assert sec.calls == {"bootstrap": 1, "memorization 4/8/16": 1}
+    assert M.bootstrap_se is original
+    runs = [(2.0, {"sampling": 1.5, "other": 0.5}, {"sampling": 1}, {}),
+            (4.0, {"sampling": 3.0, "other": 1.0}, {"sampling": 1}, {}),
+            (3.0, {"sampling": 1.5, "other": 1.5}, {"sampling": 1}, {})]
+    b = bench.breakdown(runs)
+    assert b["seconds"] == 3.0 and b["parts"]["sampling"] == {"seconds": 1.5, "share": 0.75, "calls": 1}
+    assert list(b["parts"]) == ["sampling", "other"]

@@ -205,6 +205,63 @@ def test_bootstrap_se_too_few_samples_is_nan():
     assert math.isnan(m.bootstrap_se([], ratio_of_ones))
 
 
+def _loop_bootstrap_se(samples, stat_fn, n_boot, seed):
+    """bootstrap_se as it was written before it was vectorised: one resample per loop turn."""
+    n = len(samples)
+    if n < 2 or n_boot < 2:
+        return math.nan
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, n, size=n)
+        stats.append(float(stat_fn([samples[i] for i in pick])))
+    arr = np.asarray([s for s in stats if math.isfinite(s)], dtype=np.float64)
+    if arr.size < 2:
+        return math.nan
+    if np.all(arr == arr[0]):
+        return 0.0
+    return float(arr.std(ddof=1))
+
+
+def _random_samples(rng, n, vocab=30, longest=40):
+    # Lengths from 0: a resample of only short samples has no n-gram, a nan replicate.
+    return [list(rng.integers(0, vocab, size=int(rng.integers(0, longest)))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("n,n_boot,seed", [(2, 2, 0), (3, 50, 1), (10, 200, 0), (11, 200, 7), (50, 37, 3)])
+def test_vectorised_bootstrap_equals_the_loop_bit_for_bit(n, n_boot, seed):
+    rng = np.random.default_rng(100 + n)
+    train = rng.integers(0, 30, size=3000)
+    index = NgramIndex(train, max_n=16)
+    samples = _random_samples(rng, n)
+    samples[0] = list(train[100:150])  # some copying, so memorization is not all zeros
+    top = frozenset(range(10))
+    for stat, counts in ((lambda s: m.top100_ratio(s, top), m.top100_counts(samples, top)),
+                         (lambda s: m.memorization(s, index, 8), m.memorization_counts(samples, index, [8])[8]),
+                         (lambda s: m.memorization(s, index, 16), m.memorization_counts(samples, index, [16])[16])):
+        want = _loop_bootstrap_se(samples, stat, n_boot, seed)
+        for got in (m.bootstrap_ratio_se(*counts, n_boot, seed), m.bootstrap_se(samples, stat, n_boot, seed)):
+            assert got == want or (math.isnan(got) and math.isnan(want))  # equal, not close
+
+
+def test_vectorised_bootstrap_edges():
+    assert m.bootstrap_ratio_se([3] * 10, [5] * 10) == 0.0  # every replicate 0.6
+    assert math.isnan(m.bootstrap_ratio_se([1], [2]))  # one sequence
+    assert math.isnan(m.bootstrap_ratio_se([0, 0], [0, 0]))  # every replicate nan
+    assert math.isnan(m.bootstrap_ratio_se([1, 2], [2, 2], n_boot=1))
+    with pytest.raises(ValueError):
+        m.bootstrap_ratio_se([1, 2], [3])
+
+
+def test_counts_pool_to_the_metrics():
+    small = NgramIndex([1, 2, 3, 4, 5], max_n=3)
+    samples = [[1, 2, 3], [3, 4, 9], [7]]
+    assert m.memorization_counts(samples, small, [2, 5]) == {2: ([2, 1, 0], [2, 2, 0]), 5: ([0, 0, 0], [0, 0, 0])}
+    assert m.pooled_ratio(*m.memorization_counts(samples, small, [2])[2]) == m.memorization(samples, small, 2) == 0.75
+    assert m.top100_counts([[1, 2, 1], [], [3]], frozenset({1, 3})) == ([2, 0, 1], [3, 0, 1])
+    assert math.isnan(m.pooled_ratio([0, 0], [0, 0]))
+
+
 def test_metric_names_documented():
     assert list(m.METRIC_NAMES) == ["top100_ratio", "memorization", "memorization_4",
                                     "memorization_16", "longest_copy", "style_js",

@@ -195,3 +195,93 @@ def test_degenerate_rule_falls_back_to_the_training_texts_diversity():
     assert row["degenerate"] and "0.5" in row["degenerate_why"]
     refs["train_distinct_2"] = math.nan  # nothing to judge by: not flagged
     assert not summarize(study).trial(0)["degenerate"]
+
+
+def _tiny_lm(vocab: int, seed: int, sharpness: float):
+    """A 1-layer GPT-2 over GPT-2's vocabulary; a large ``sharpness`` makes it confident, so its
+    samples repeat themselves and can be copied."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=128, n_layer=1, n_embd=16, n_head=2,
+                                       bos_token_id=vocab - 1, eos_token_id=vocab - 1))
+    with torch.no_grad():
+        model.transformer.wte.weight.mul_(sharpness)
+    return model.eval()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """A tiny model beside busy neighbours: two OpenMP threads make each small op ~10x slower."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_a_measurement_keeps_the_values_of_the_unbatched_unvectorised_code(one_torch_thread):
+    """measure_model counts each sample once for the pooled ratios and their bootstrap, and
+    greedy-decodes the training and held-out prompts in one batch; every value is the one the
+    per-resample loop and the two extraction calls gave, exactly (not approximately)."""
+    from conftest import TINY
+    from gpt2ft.config import ModelConfig, load_config
+    from gpt2ft.generate import greedy, sample
+    from gpt2ft.measure import measure_model, renormalise
+    from gpt2ft.model import Runtime, load_tokenizer
+    from gpt2ft.ngram_index import NgramIndex
+
+    tok = load_tokenizer(ModelConfig(name="random-gpt2"))
+    eos, rt, n = tok.eos_token_id, Runtime(torch.device("cpu"), None), 16
+    model = _tiny_lm(len(tok), seed=0, sharpness=20.0)
+    config = load_config(TINY, ["metrics.extraction_prompts=4", f"metrics.extraction_tokens={n}"])
+    # The prompts are rows 0, 2, 4, 6 of each stream (four pieces spread over eight): training rows
+    # 0 and 2 and held-out row 4 continue as the model continues them, so they are extractable.
+    gen = torch.Generator().manual_seed(0)
+    train, held = (torch.randint(0, len(tok) - 1, (8, 2 * n), generator=gen) for _ in range(2))
+    for windows, rows in ((train, (0, 2)), (held, (4,))):
+        for r in rows:
+            windows[r, n:] = torch.tensor(greedy(model, rt, [windows[r, :n].tolist()], n, eos)[0])
+    # Training text that holds one sample whole and part of another: copying to count.
+    ids, _ = renormalise(tok, sample(model, tok, rt, 4, config.sample.new_tokens, seed=0))
+    book = ids[0] + train.flatten().tolist() + ids[1][:20]
+    top = frozenset(sorted(set(ids[2]))[:10])
+    assets = SimpleNamespace(config=config, tokenizer=tok, runtime=rt, base_model=_tiny_lm(len(tok), 1, 1.0),
+                             index=NgramIndex(book), top_ids=top, classifier=None,
+                             data=SimpleNamespace(train_windows=train, heldout_windows=held, heldout_ids=book))
+    got, _, got_ids = measure_model(assets, model, 4, seed=0)
+    assert got_ids == ids
+
+    def top_ratio(seqs):  # the loops these metrics were written as
+        return sum(int(t) in top for s in seqs for t in s) / sum(len(s) for s in seqs)
+
+    def mem(k):
+        def stat(seqs):
+            hits = [assets.index.hits(s, k) for s in seqs]
+            total = sum(t for _, t in hits)
+            return sum(f for f, _ in hits) / total if total else math.nan
+        return stat
+
+    boot = config.metrics.bootstrap
+    want = {"top100_ratio": top_ratio(ids), "memorization": mem(8)(ids), "memorization_4": mem(4)(ids),
+            "memorization_16": mem(16)(ids), "top100_ratio_se": M.bootstrap_se(ids, top_ratio, boot, 0),
+            "memorization_se": M.bootstrap_se(ids, mem(8), boot, 0)}
+    for name, stream in (("extractable_rate", train), ("extractable_rate_heldout", held)):
+        prompts = stream[0::2]  # one greedy call per stream, as before
+        conts = greedy(model, rt, prompts[:, :n].tolist(), n, eos)
+        want[name] = M.extractable_rate(conts, prompts[:, n:].tolist())
+    assert (want["extractable_rate"], want["extractable_rate_heldout"]) == (0.5, 0.25)
+    assert 0 < want["memorization"] < 1 and want["memorization_se"] > 0 and want["top100_ratio_se"] > 0
+    assert {k: got[k] for k in want} == want
+
+
+def test_a_static_cache_draws_the_same_samples(one_torch_thread):
+    """generate.sample's ``decode`` changes how it decodes, not what it draws; an unknown one is refused."""
+    from gpt2ft.generate import sample
+    from gpt2ft.model import Runtime
+
+    model, rt = _tiny_lm(300, seed=0, sharpness=5.0), Runtime(torch.device("cpu"), None)
+    tok = SimpleNamespace(bos_token_id=299, eos_token_id=299)
+    dynamic = sample(model, tok, rt, n=3, new_tokens=20, seed=4)
+    assert sample(model, tok, rt, n=3, new_tokens=20, seed=4, decode="static") == dynamic
+    with pytest.raises(ValueError, match="decode must be one of"):
+        sample(model, tok, rt, n=3, new_tokens=20, seed=4, decode="paged")
