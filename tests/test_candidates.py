@@ -319,3 +319,22 @@ def test_export_of_an_interior_candidate_from_its_checkpoint_and_by_retraining(w
     assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
     end = load_file(ckpt.path(0, 15) / "model.safetensors")
     assert any(not bool((a[k] == end[k]).all()) for k in a)  # step 5 is not the trial's end
+
+
+def test_the_tables_columns_follow_the_pick_at_the_bounds_exactly():
+    """within_bound, eligible and on_front in the candidate and trial tables are the pick's own rules:
+    a candidate exactly at every bound is within and eligible; one a hair above is neither."""
+    at = FakeTrial(0, [pt(0, 0.37), pt(4, 0.50, mem=0.02, ext=0.05, loss=3.9)])
+    above = FakeTrial(1, [pt(0, 0.37), pt(4, 0.549, mem=0.0200001, ext=0.0, loss=3.7)])
+    worse = FakeTrial(2, [pt(0, 0.37), pt(4, 0.45, mem=0.01, ext=0.0, loss=3.7)])
+    s = summarize(FakeStudy([at, above, worse]))
+    c = s.candidates.set_index("number")
+    assert c.loc[0, "within_bound"] and c.loc[0, "eligible"] and c.loc[0, "why_not"] == ""
+    assert not c.loc[1, "within_bound"] and not c.loc[1, "eligible"]
+    assert c.loc[1, "why_not"] == "memorization 0.02 > 0.02"
+    # The front is the eligible candidates' (1 is not on it though it dominates on style).
+    assert list(c["on_front"]) == [True, False, True]
+    assert s.selected == (0, 4) and list(c["contender"]) == [True, False, False]
+    t = s.table.set_index("number")
+    assert list(t["eligible"]) == [True, False, True] and list(t["selected"]) == [True, False, False]
+    assert list(t["within_bound"]) == [True, False, True]
