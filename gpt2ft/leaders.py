@@ -38,7 +38,7 @@ def point_row(study: Any, number: int, point: dict[str, float]) -> P.TrialRow:
     attrs = study.user_attrs
     refs = attrs.get("references", {})
     why = S.degenerate_why(point, refs, attrs)
-    style = P.style_score(point.get("top100_ratio", math.nan), refs.get("book_top100_ratio", math.nan))
+    style = S.study_style(attrs, point.get("top100_ratio", math.nan))
     return P.TrialRow(number, style, float(point.get("memorization", math.nan)), degenerate=bool(why), why=why,
                       step=int(point["step"]), extraction=float(point.get("extractable_rate", math.nan)),
                       heldout_loss=float(point.get("heldout_loss", math.nan)))

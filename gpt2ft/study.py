@@ -28,13 +28,13 @@ from tqdm.auto import tqdm
 
 from gpt2ft import coordination as C
 from gpt2ft import leaders, logops
-from gpt2ft import pick as P
 from gpt2ft import report
 from gpt2ft.assets import Assets, study_bounds
 from gpt2ft.checkpoints import Checkpoints
 from gpt2ft.config import Config, StudyConfig
 from gpt2ft.errors import UserError
-from gpt2ft.summary import DERIVED, Summary, derived_points, summarize, trained, trajectories
+from gpt2ft.summary import (DERIVED, Summary, derived_points, recorded_bounds, study_style, summarize, trained,
+                            trajectories)
 from gpt2ft.trial import TrialResult, run_trial, trial_ops, trial_train_config
 from gpt2ft.urls import mask_url
 from gpt2ft.writer import BackgroundWriter, WriterDied, WriterTimeout
@@ -170,12 +170,11 @@ class StudyRunner:
             points = leaders.keeper(self.study, trial.number, self.checkpoints, self.assets.tokenizer,
                                     self.config.study.checkpoints_per_trial)
             res = run_trial(self.assets, tcfg, run, progress=self.progress, after_fit=keep, defer_log=True,
-                            on_candidate=points)
+                            on_candidate=points, bounds=recorded_bounds(self.study.user_attrs))
             for future in saving:
                 future.result()  # a checkpoint that could not be written fails the trial, as before
             m = res.metrics
-            book = self.study.user_attrs.get("references", {}).get("book_top100_ratio", math.nan)
-            style = P.style_score(m["top100_ratio"], book)
+            style = study_style(self.study.user_attrs, m["top100_ratio"])
             if not (math.isfinite(style) and math.isfinite(m["memorization"])):
                 # Before any write is queued, so the run ends FAILED with this reason and stays so.
                 raise RuntimeError("metrics are not finite (no samples to measure)")
@@ -331,18 +330,17 @@ def replay_unlogged(runner: StudyRunner) -> int:
     be writing it: completed less than ``study.grace_period`` seconds ago. Each trial stands
     alone: one whose writes fail again is reported and left RUNNING for the next run.
     Returns how many runs were redone."""
-    book = runner.study.user_attrs.get("references", {}).get("book_top100_ratio", math.nan)
     now, redone = datetime.datetime.now(), 0
     for t in runner.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         try:
-            redone += _replay_one(runner, t, book, now)
+            redone += _replay_one(runner, t, now)
         except Exception as exc:  # the others, the re-measure and the pick still happen
             log.warning("trial %d: its samples, tables and plots could not be written now (%s: %s); the next run "
                         "tries again", t.number, exc.__class__.__name__, str(exc).splitlines()[0] if str(exc) else "")
     return redone
 
 
-def _replay_one(runner: StudyRunner, t: optuna.trial.FrozenTrial, book: float, now: datetime.datetime) -> bool:
+def _replay_one(runner: StudyRunner, t: optuna.trial.FrozenTrial, now: datetime.datetime) -> bool:
     """Redo one trial's writes if its run is unfinished and no other command may still write it."""
     run_id = t.user_attrs.get("mlflow_run_id")
     if not run_id or runner.tracker.status(run_id) != "RUNNING":
@@ -351,7 +349,7 @@ def _replay_one(runner: StudyRunner, t: optuna.trial.FrozenTrial, book: float, n
     if age < runner.config.study.grace_period and t.user_attrs.get("command_id") != runner.command_id:
         return False
     res = TrialResult.from_record(t.user_attrs)
-    style = P.style_score(res.metrics.get("top100_ratio", math.nan), book)
+    style = study_style(runner.study.user_attrs, res.metrics.get("top100_ratio", math.nan))
     logops.apply(runner.tracker.handle(run_id), trial_ops(runner.assets, res) + _run_end(res, style), res.fit.steps)
     print(f"[study] trial {t.number}: its samples, tables and plots were not stored (process "
           "stopped or write failed); written now", file=sys.stderr)
@@ -389,11 +387,10 @@ def tell_derived(study: optuna.Study, frozen: optuna.trial.FrozenTrial, space: S
     many epochs (``summary.derived_points``), marked ``derived_from``, so the sampler learns from
     every measurement instead of re-buying what it has measured. No MLflow run, no slot, no row
     of its own in the tables. Returns how many were told."""
-    book = study.user_attrs.get("references", {}).get("book_top100_ratio", math.nan)
     points = derived_points(frozen, space.epochs.low, space.epochs.high)
     for p in points:
         params = {**frozen.params, "epochs": int(p["epoch"])}
-        values = [P.style_score(p["top100_ratio"], book), float(p["memorization"])]
+        values = [study_style(study.user_attrs, p["top100_ratio"]), float(p["memorization"])]
         study.add_trial(optuna.trial.create_trial(params=params, distributions=frozen.distributions, values=values,
                                                   user_attrs={DERIVED: frozen.number, "step": int(p["step"])}))
     return len(points)

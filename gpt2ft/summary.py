@@ -103,6 +103,12 @@ def recorded_bounds(attrs: dict[str, Any]) -> J.Bounds:
                     float(attrs.get("extraction_bound", math.inf)), float(attrs.get("heldout_bound", math.inf)))
 
 
+def study_style(attrs: dict[str, Any], top100_ratio: float) -> float:
+    """The study's style score of a ``top100_ratio``: ``pick.style_score`` against the book's ratio
+    the study recorded at setup (the one place the objective is computed)."""
+    return P.style_score(top100_ratio, attrs.get("references", {}).get("book_top100_ratio", math.nan))
+
+
 def remeasure_key(number: int, step: int) -> str:
     return f"remeasure_{number}_{step}"
 
@@ -166,7 +172,7 @@ def _candidate_row(trial: Any, p: dict[str, Any], refs: dict[str, float], attrs:
     return {"number": trial.number, "step": int(p["step"]), "epoch": float(p.get("epoch", math.nan)),
             "state": trial.state.name, **trial.params, "is_end": bool(p["is_end"]),
             **{k: float(p.get(k, math.nan)) for k in TABLE_METRICS},
-            "style_score": P.style_score(p.get("top100_ratio", math.nan), refs.get("book_top100_ratio", math.nan)),
+            "style_score": study_style(attrs, p.get("top100_ratio", math.nan)),
             "n_samples": float(p.get("n_samples", math.nan)), "remeasured": bool(p["remeasured"]),
             "degenerate": bool(why), "degenerate_why": why}
 

@@ -16,7 +16,7 @@ import torch
 from gpt2ft import logops, report
 from gpt2ft import trajectory as T
 from gpt2ft import judges as J
-from gpt2ft.assets import Assets, memorization_bound, study_bounds
+from gpt2ft.assets import Assets, study_bounds
 from gpt2ft.config import Config, TrainConfig
 from gpt2ft.measure import longest_copy, measure_model
 from gpt2ft.model import free_accelerator, seed_everything
@@ -91,7 +91,7 @@ class _Tracer:
     is a candidate of the pick, handed to ``on_candidate`` (the study keeps its checkpoint when
     it could be chosen)."""
 
-    def __init__(self, assets: Assets, model, run, seed: int,
+    def __init__(self, assets: Assets, model, run, seed: int, bounds: J.Bounds,
                  on_candidate: Optional[Callable[[Any, dict[str, float]], None]] = None):
         self.assets, self.model, self.run, self.seed = assets, model, run, seed
         self.on_candidate = on_candidate
@@ -101,7 +101,7 @@ class _Tracer:
         self.last: Optional[tuple[dict[str, float], list[str], list[list[int]]]] = None
         # The copying stop (study.stop_after): points in a row that only copy more.
         self.stop_after = assets.config.study.stop_after
-        self.bounds = study_bounds(assets.config, assets.references.values)
+        self.bounds = bounds
         self.copying_in_row = 0
 
     def saw(self, metrics: dict[str, float], step: int) -> None:
@@ -193,7 +193,8 @@ def _fit_metrics(result: FitResult) -> dict[str, float]:
 def run_trial(assets: Assets, train_cfg: TrainConfig, run=None, keep_model: bool = False,
               progress: bool = True, plots: bool = True,
               after_fit: Optional[Callable[[Any, FitResult], None]] = None, defer_log: bool = False,
-              on_candidate: Optional[Callable[[Any, dict[str, float]], None]] = None) -> TrialResult:
+              on_candidate: Optional[Callable[[Any, dict[str, float]], None]] = None,
+              bounds: Optional[J.Bounds] = None) -> TrialResult:
     """Fine-tune a fresh copy of the base model with ``train_cfg``, measuring its samples along
     the way (``sample.trajectory``) and at the end; log everything to ``run``.
 
@@ -206,7 +207,9 @@ def run_trial(assets: Assets, train_cfg: TrainConfig, run=None, keep_model: bool
     model = assets.fresh_model()
     t_copy = time.perf_counter() - t0
     sc = assets.config.sample
-    tracer = _Tracer(assets, model, run, train_cfg.seed, on_candidate)
+    # A study passes the bounds it recorded at setup, the pick's own; a lone run builds them.
+    bounds = bounds or study_bounds(assets.config, assets.references.values)
+    tracer = _Tracer(assets, model, run, train_cfg.seed, bounds, on_candidate)
     try:
         result = fit(train_cfg, model, assets.data, tracer.saw, assets.runtime, progress=progress,
                      on_point=tracer if sc.trajectory else None, point_every=sc.every_steps)
@@ -215,8 +218,7 @@ def run_trial(assets: Assets, train_cfg: TrainConfig, run=None, keep_model: bool
         metrics, texts, ids, t_measure = tracer.final(model, result, sc.n_samples, train_cfg.seed)
         metrics.update(_fit_metrics(result))
         path = tracer.path(result, metrics)
-        bound = memorization_bound(assets.config, assets.references.values)
-        metrics.update(T.onset_metrics(path, result.heldout_curve, bound))
+        metrics.update(T.onset_metrics(path, result.heldout_curve, bounds.memorization))
         seconds = {"copy_seconds": t_copy, "step_seconds": result.step_seconds, "eval_seconds": result.eval_seconds,
                    "measure_seconds": t_measure, "trajectory_seconds": tracer.seconds}
         out = TrialResult(metrics, result, texts, ids, seconds, model if keep_model else None, path)
