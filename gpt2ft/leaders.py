@@ -20,6 +20,7 @@ import sys
 from typing import Any, Callable
 
 from gpt2ft import confidence as K
+from gpt2ft import metrics as M
 from gpt2ft import pick as P
 from gpt2ft import summary as S
 from gpt2ft.assets import Assets
@@ -67,11 +68,6 @@ def keeper(study: Any, number: int, checkpoints: Checkpoints, tokenizer,
     return keep
 
 
-def _per_sample(ids: list[list[int]], top_ids: frozenset[int]) -> tuple[list[int], list[int]]:
-    """Each sample's count of top-100 tokens and its length: what the paired bootstrap resamples."""
-    return [sum(1 for t in s if t in top_ids) for s in ids], [len(s) for s in ids]
-
-
 def _wanted(summary: S.Summary) -> list[tuple[int, int]]:
     """The contenders and the runner-up: whom the confidence needs measured on more samples."""
     if summary.selected is None:
@@ -105,7 +101,7 @@ def _remeasure_one(study: Any, assets: Assets, checkpoints: Checkpoints, key: tu
     m, _, ids = measure_model(assets, model, n, seed)
     del model
     free_accelerator()
-    hits, lens = _per_sample(ids, assets.top_ids)
+    hits, lens = M.top100_counts(ids, assets.top_ids)  # what the paired bootstrap resamples
     study.set_user_attr(S.remeasure_key(*key), {**{k: float(v) for k, v in m.items()}, "n_samples": n,
                                                 "top100_hits": hits, "lengths": lens, "sample_ids": ids})
     on_metrics(key[0], {f"final_step{key[1]}_{k}": v for k, v in m.items()})

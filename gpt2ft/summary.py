@@ -145,7 +145,7 @@ def degenerate_why(m: dict[str, float], refs: dict[str, float], attrs: dict[str,
                                attrs.get("fluency_factor", J.FLUENCY_FACTOR))
 
 
-def _points(study: Any, trial: Any) -> list[dict[str, Any]]:
+def _points(attrs: dict[str, Any], trial: Any) -> list[dict[str, Any]]:
     """The trial's candidates: its trajectory without the base model (step 0), the end last; a
     trial of an older version without a trajectory is its end alone."""
     m = trial.user_attrs.get("metrics", {})
@@ -153,7 +153,6 @@ def _points(study: Any, trial: Any) -> list[dict[str, Any]]:
     points = [dict(p) for p in trial.user_attrs.get("trajectory", []) if int(p.get("step", 0)) > 0]
     if not points:
         points = [{"step": end, "epoch": math.nan, **m}]
-    attrs = study.user_attrs
     last = int(points[-1]["step"])
     for p in points:
         step = int(p["step"])
@@ -194,7 +193,7 @@ def candidates(study: Any) -> pd.DataFrame:
     attrs = study.user_attrs
     refs = dict(attrs.get("references", {}))
     rows = [_candidate_row(t, p, refs, attrs) for t in trained(study.get_trials(deepcopy=False))
-            if t.state.name == "COMPLETE" for p in _points(study, t)]
+            if t.state.name == "COMPLETE" for p in _points(attrs, t)]
     return pd.DataFrame(rows, columns=list(dict.fromkeys(CANDIDATE_COLUMNS + [k for r in rows for k in r])))
 
 
