@@ -124,8 +124,10 @@ class StudyRunner:
 
     def _on_stale_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Optuna failed a trial whose worker stopped beating: close its MLflow run too."""
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id:
+        # Killed between creating its run and recording the run's id: found by its tags.
+        run_ids = ([trial.user_attrs["mlflow_run_id"]] if "mlflow_run_id" in trial.user_attrs
+                   else self.tracker.open_trial_runs(study.study_name, trial.number))
+        for run_id in run_ids:
             self.tracker.fail_run(run_id, "worker process was killed; trial interrupted")
         self.checkpoints.remove(trial.number)  # saved before the kill, it can never be chosen
         log.warning("trial %d was interrupted earlier and is marked failed", trial.number)

@@ -222,6 +222,12 @@ class Tracker:
         """RUNNING, FINISHED, FAILED or KILLED."""
         return self.client.get_run(run_id).info.status
 
+    def open_trial_runs(self, study_name: str, number: int) -> list[str]:
+        """The ids of a study's trial runs still RUNNING for trial ``number``."""
+        return [r.info.run_id for r in self.runs(
+            f"tags.`optuna.study` = '{study_name}' and tags.`optuna.trial` = '{number}' "
+            "and attributes.status = 'RUNNING'")]
+
     def fail_run(self, run_id: str, reason: str) -> None:
         """Close a run left RUNNING by a killed process as FAILED, with the reason as a tag."""
         run = self.client.get_run(run_id)

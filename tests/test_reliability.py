@@ -220,3 +220,19 @@ def test_dead_writer_and_failing_replay_do_not_stop_the_study(workdir, book, mon
     assert {"style_score", "log_seconds"} <= set(runs[1].data.metrics) & set(runs[2].data.metrics)
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["selected_trial"] == str(study.user_attrs["selected"]["trial"])
+
+
+def test_a_trial_killed_before_recording_its_run_id_is_still_found(tmp_path):
+    """A kill between creating a trial's MLflow run and recording its id in Optuna leaves only the
+    run's tags to find it by: exactly that study's trial, and only while it is RUNNING."""
+    from gpt2ft.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "found")
+    tags = {"optuna.study": "s", "optuna.trial": 1, "gpt2ft.kind": "trial"}
+    mine = tracker.start("trial-1", tags=tags)
+    tracker.start("trial-1", tags={**tags, "optuna.study": "other"})
+    tracker.start("trial-2", tags={**tags, "optuna.trial": 2})
+    assert tracker.open_trial_runs("s", 1) == [mine.id]
+    tracker.fail_run(mine.id, "killed")
+    assert tracker.open_trial_runs("s", 1) == []
+    assert tracker.client.get_run(mine.id).info.status == "FAILED"
