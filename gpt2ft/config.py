@@ -155,6 +155,9 @@ class SampleConfig:
     """Also measure the samples along training, not only at the end (MLflow step metrics)."""
     every_steps: int = 0
     """Trajectory points every N optimizer steps; 0 = after every epoch."""
+    precision: str = "auto"
+    """Weights a measurement decodes with: auto (bf16 where the device multiplies bf16 natively:
+    CUDA, a CPU with AVX512-BF16/AMX; else fp32), fp32 or bf16 (gpt2ft.sampler)."""
 
     def __post_init__(self) -> None:
         _check(self.n_samples >= 1, "sample.n_samples must be >= 1.")
@@ -163,6 +166,8 @@ class SampleConfig:
         _check(self.top_k >= 0, "sample.top_k must be >= 0.")
         _check(self.temperature > 0, "sample.temperature must be > 0.")
         _check(self.every_steps >= 0, "sample.every_steps must be >= 0 (0 = after every epoch).")
+        _check(self.precision in ("auto", "fp32", "bf16"),
+               f"sample.precision must be auto, fp32 or bf16, got {self.precision!r}.")
 
 
 @dataclass(frozen=True)

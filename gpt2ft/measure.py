@@ -64,7 +64,7 @@ def measure_samples(assets: "Assets", samples: Sequence[Sequence[int]], texts: O
     out.update({name: fn(samples) for name, fn in DIVERSITY.items()})
     if fluency:
         out["fluency_ppl"], out["fluency_ppl_se"] = perplexity(
-            assets.base_model, chunks_of(samples, FLUENCY_PIECES), assets.runtime.device)
+            assets.fluency_judge, chunks_of(samples, FLUENCY_PIECES), assets.runtime.device)
     if assets.classifier is not None and assets.classifier.usable:
         if texts is None:
             texts = [assets.tokenizer.decode(s) for s in samples]
@@ -164,6 +164,8 @@ def measure_model(assets: "Assets", model, n_samples: int,
                   seed: int) -> tuple[dict[str, float], list[str], list[list[int]]]:
     """Sample from ``model`` as the method does and measure; returns (metrics, texts, ids)."""
     sc = assets.config.sample
+    # The weights in the sampling precision (gpt2ft.sampler): the same for sampling and extraction.
+    model = assets.sampler.weights_of(model)
     raw = sample(model, assets.tokenizer, assets.runtime, n_samples, sc.new_tokens, seed,
                  sc.top_k, sc.temperature)
     ids, texts = renormalise(assets.tokenizer, raw)

@@ -215,7 +215,10 @@ def n_params(model) -> int:
 
 def describe(config: Config, runtime: Runtime) -> dict[str, str]:
     """Tags recorded with every run: device, precision and library versions."""
+    from gpt2ft.sampler import precision_name, sampling_dtype  # sampler imports nothing of ours
+
     tags = {"device": str(runtime.device), "precision": runtime.precision,
+            "sample_precision": precision_name(sampling_dtype(config.sample.precision, runtime.device)),
             "torch_version": torch.__version__, "transformers_version": transformers.__version__,
             "model_name": config.model.name}
     if runtime.device.type == "cuda":

@@ -205,3 +205,15 @@ def test_a_write_that_collides_with_another_workers_is_a_warning(tmp_path, monke
     cache._save(folder, "k", assets)  # without a collision the entry lands
     assert json.loads((folder / "meta.json").read_text())["key"] == "k"
     assert (folder / "model" / "model.safetensors").is_file() and (folder / "setup.pkl").is_file()
+
+
+def test_key_holds_the_resolved_sampling_precision(book, monkeypatch):
+    """The base model's references are sampled at ``sample.precision`` as resolved: ``auto`` is
+    bf16 on a CPU that multiplies bf16 natively and fp32 on one that does not."""
+    import gpt2ft.sampler as sampler
+
+    assert _key(book, "sample.precision=fp32") != _key(book, "sample.precision=bf16")
+    monkeypatch.setattr(sampler, "bf16_is_native", lambda device: True)
+    assert _key(book) == _key(book, "sample.precision=bf16")
+    monkeypatch.setattr(sampler, "bf16_is_native", lambda device: False)
+    assert _key(book) == _key(book, "sample.precision=fp32")

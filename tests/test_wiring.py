@@ -229,6 +229,7 @@ def test_a_measurement_keeps_the_values_of_the_unbatched_unvectorised_code(one_t
     from gpt2ft.measure import measure_model, renormalise
     from gpt2ft.model import Runtime, load_tokenizer
     from gpt2ft.ngram_index import NgramIndex
+    from gpt2ft.sampler import Sampler
 
     tok = load_tokenizer(ModelConfig(name="random-gpt2"))
     eos, rt, n = tok.eos_token_id, Runtime(torch.device("cpu"), None), 16
@@ -245,7 +246,9 @@ def test_a_measurement_keeps_the_values_of_the_unbatched_unvectorised_code(one_t
     ids, _ = renormalise(tok, sample(model, tok, rt, 4, config.sample.new_tokens, seed=0))
     book = ids[0] + train.flatten().tolist() + ids[1][:20]
     top = frozenset(sorted(set(ids[2]))[:10])
-    assets = SimpleNamespace(config=config, tokenizer=tok, runtime=rt, base_model=_tiny_lm(len(tok), 1, 1.0),
+    judge = _tiny_lm(len(tok), 1, 1.0)
+    assets = SimpleNamespace(config=config, tokenizer=tok, runtime=rt, base_model=judge, fluency_judge=judge,
+                             sampler=Sampler(None),
                              index=NgramIndex(book), top_ids=top, classifier=None,
                              data=SimpleNamespace(train_windows=train, heldout_windows=held, heldout_ids=book))
     got, _, got_ids = measure_model(assets, model, 4, seed=0)

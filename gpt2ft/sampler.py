@@ -1,0 +1,77 @@
+"""The weights a measurement decodes with: the trained model's own, or one persistent copy of
+them in a lower precision (``sample.precision``).
+
+A measurement is mostly decoding (100 sampling steps at 10 rows, the extraction's greedy steps;
+docs/measure_speed.md) and a decoding step reads every weight once. Where the hardware multiplies
+bf16 natively (CUDA; a CPU with AVX512-BF16 or AMX) a bf16 copy decodes in about two thirds of the
+time: on this project's 2-core CPU, SmolLM2's 10 x 100 samples took 6.0 s in bf16 against 8.9 s in
+fp32. The copy is made once per process and each measurement copies the trained weights into it
+in place (``load_state_dict`` casts), so training never sees it and its fp32 weights stay exact,
+and on CUDA a compiled decode over the copy would not recompile per trial.
+
+bf16 draws are not fp32's: the logits differ in their last bits and a sampled sequence soon
+takes another path. Every model of a study (the base model's references, each trial, the
+re-measured contenders) is measured at the one resolved precision, recorded with the setup, so
+their numbers compare; a study's numbers move when the precision does.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+
+#: ``sample.precision`` values.
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def bf16_is_native(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 in hardware (else bf16 is emulated, and slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def sampling_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The dtype a measurement decodes in, or None for the model's own (fp32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"sample.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16" or (precision == "auto" and bf16_is_native(device)):
+        return torch.bfloat16
+    return None
+
+
+def precision_name(dtype: Optional[torch.dtype]) -> str:
+    return "bf16" if dtype is torch.bfloat16 else "fp32"
+
+
+class Sampler:
+    """Hands a measurement the model to decode with: ``model`` itself when no lower precision is
+    asked for, else the persistent copy holding ``model``'s weights."""
+
+    def __init__(self, dtype: Optional[torch.dtype]):
+        self.dtype = dtype
+        self._copy = None
+        self._shapes: dict[str, tuple] = {}
+
+    @property
+    def precision(self) -> str:
+        return precision_name(self.dtype)
+
+    @torch.no_grad()
+    def weights_of(self, model):
+        if self.dtype is None or next(model.parameters()).dtype == self.dtype:
+            return model
+        shapes = {k: (type(model).__name__, tuple(v.shape)) for k, v in model.state_dict().items()}
+        if self._copy is None or shapes != self._shapes:
+            # Another architecture (tests build several): a new copy. Otherwise in place.
+            self._copy = copy.deepcopy(model).to(self.dtype).eval()
+            for p in self._copy.parameters():
+                p.requires_grad_(False)
+                p.grad = None
+            self._shapes = shapes
+        else:
+            self._copy.load_state_dict(model.state_dict())
+        return self._copy

@@ -1,0 +1,90 @@
+"""The weights a measurement decodes with (gpt2ft.sampler): one persistent copy per process in
+the sampling precision, refreshed in place from the trained weights, never touching them."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from gpt2ft.sampler import Sampler, sampling_dtype
+
+
+def _tiny(seed: int, n_embd: int = 16) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_layer=1, n_embd=n_embd, n_head=2))
+
+
+def test_precision_resolves_per_device(monkeypatch):
+    import gpt2ft.sampler as S
+
+    cpu = torch.device("cpu")
+    assert sampling_dtype("fp32", cpu) is None
+    assert sampling_dtype("bf16", cpu) is torch.bfloat16
+    monkeypatch.setattr(S, "bf16_is_native", lambda device: False)
+    assert sampling_dtype("auto", cpu) is None
+    monkeypatch.setattr(S, "bf16_is_native", lambda device: True)
+    assert sampling_dtype("auto", cpu) is torch.bfloat16
+    with pytest.raises(ValueError, match="sample.precision"):
+        sampling_dtype("fp8", cpu)
+
+
+def test_fp32_decodes_with_the_model_itself():
+    model = _tiny(0)
+    assert Sampler(None).weights_of(model) is model
+
+
+def test_one_copy_refreshed_in_place_and_the_trained_weights_untouched():
+    model = _tiny(0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sampler = Sampler(torch.bfloat16)
+    first = sampler.weights_of(model)
+    assert first is not model and not first.training
+    for k, v in first.state_dict().items():
+        assert v.dtype == torch.bfloat16 and torch.equal(v, before[k].to(torch.bfloat16)), k
+    # A training step moves the weights: the same copy now holds the new ones.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)
+    second = sampler.weights_of(model)
+    assert second is first
+    for k, v in second.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k].to(torch.bfloat16)), k
+    # The trained model stays fp32 and trainable; the tied embedding stays tied in the copy.
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in model.parameters())
+    assert second.lm_head.weight.data_ptr() == second.transformer.wte.weight.data_ptr()
+    # Another architecture gets a copy of its own.
+    other = sampler.weights_of(_tiny(1, n_embd=32))
+    assert other is not first and other.transformer.wte.weight.shape[1] == 32
+
+
+def test_bf16_samples_are_the_method_s_samples():
+    """bf16 decoding keeps the method's contract: n sequences of exactly new_tokens, EOS banned,
+    reproducible for a seed."""
+    from gpt2ft.generate import sample
+    from gpt2ft.model import Runtime
+
+    class Tok:
+        eos_token_id = 63
+        bos_token_id = 63
+
+    model = _tiny(0)
+    copy = Sampler(torch.bfloat16).weights_of(model)
+    runtime = Runtime(torch.device("cpu"), None)
+    a = sample(copy, Tok(), runtime, 3, 12, seed=5)
+    assert a == sample(copy, Tok(), runtime, 3, 12, seed=5)
+    assert [len(s) for s in a] == [12] * 3 and all(63 not in s for s in a)
+
+
+def test_the_fluency_judge_is_the_base_model_in_the_sampling_precision():
+    """Assets.fluency_judge: the base model's weights at the sampler's dtype, made once; fp32
+    keeps the base model itself."""
+    from types import SimpleNamespace
+
+    from gpt2ft.assets import Assets
+
+    base = _tiny(3)
+    judge = Assets.fluency_judge.func(SimpleNamespace(sampler=Sampler(torch.bfloat16), base_model=base))
+    assert judge is not base
+    for k, v in judge.state_dict().items():
+        assert torch.equal(v, base.state_dict()[k].to(torch.bfloat16)), k
+    assert Assets.fluency_judge.func(SimpleNamespace(sampler=Sampler(None), base_model=base)) is base
