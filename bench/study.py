@@ -1,0 +1,213 @@
+"""The study as it was against the study as issue 19 made it, side by side (``make bench-study``).
+
+Two runs of one experiment (default ``experiments/demo.yaml``: its search space, seed and
+``n_trials``), each ``gpt2ft study --yes --quiet`` in a folder of its own (its own ``./mlruns``,
+setup cache and checkpoints, so both pay the same setup):
+
+* **before**: the switches of issue 19 off: ``study.derived_trials=false`` (Optuna learns only
+  from each trial's last point), ``study.stop_after=0`` (no copying stop) and
+  ``sample.precision=fp32`` (the measurement as it decoded before);
+* **after**: the experiment as committed (derived trials, the copying stop, bf16 decoding
+  where the device multiplies bf16 natively).
+
+Read from each run's MLflow store and Optuna database:
+
+* wall time of the command, the setup's share of it, and the rest (the trials and the pick);
+* optimizer steps trained (sum of the trials' ``steps``), measuring seconds (sum of
+  ``measure_seconds``; the end-of-study re-measure of the contenders is not in it) and the
+  study's measure share (measuring seconds / the trials' ``trial_seconds``);
+* trials trained, points told to Optuna as derived trials, candidates the pick weighed (rows of
+  ``candidates.csv``), the trials the copying stop ended and at which step;
+* the pick: trial and step, style distance ``|top100_ratio - book_top100_ratio|`` with its
+  standard error, memorization, extractable rate, held-out loss, ``pick_confidence``.
+
+Ratios are after / before. The target of issue 19 is a wall time at most 0.6 x before's with a
+pick at least as good; "at least as good" is judged here as: eligible, and a style distance no
+more than two combined standard errors above before's (the two picks are measured from different
+samples, so a smaller difference is noise).
+
+Usage, from the repository root (GPT2FT_CORPUS / GPT2FT_OTHER_CORPORA as for a study)::
+
+    python3 bench/study.py                      # demo.yaml, ~30 min on the 2-core CPU
+    python3 bench/study.py --config experiments/tiny.yaml --set study.n_trials=2   # a smoke run
+
+JSON goes to ``--out`` (default bench/study.json); the runs stay in ``--workdir``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for _p in (str(ROOT), str(HERE)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import benchlib as B  # noqa: E402
+
+#: The switches issue 19 added, set to what the study did before it.
+BEFORE = ("study.derived_trials=false", "study.stop_after=0", "sample.precision=fp32")
+ARMS = {"before": BEFORE, "after": ()}
+#: Wall-time target of issue 19 (after / before).
+TARGET = 0.6
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default="experiments/demo.yaml", help="experiment (default demo.yaml)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, both runs")
+    ap.add_argument("--workdir", default=str(HERE / "study-runs"), help="where the two runs' folders go "
+                    "(emptied first; default bench/study-runs)")
+    ap.add_argument("--out", default=str(HERE / "study.json"), help="JSON results (default bench/study.json)")
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds each run may take (default 3600)")
+    return ap
+
+
+def run_arm(name: str, config: Path, sets: Sequence[str], folder: Path, timeout: float) -> dict[str, Any]:
+    """One ``gpt2ft study`` in ``folder``, timed; what its store holds then."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "gpt2ft.cli", "study", "--config", str(config), "--yes", "--quiet"]
+    for item in sets:
+        cmd += ["--set", item]
+    B.log(f"bench-study: {name}: {' '.join(cmd[3:])}")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - t
+    (folder / "study.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench-study: the {name} run failed (exit {proc.returncode}); "
+                         f"its output is in {folder / 'study.log'}:\n{proc.stderr[-2000:]}")
+    return {"wall_seconds": wall, "sets": list(sets), **read_store(folder / "mlruns")}
+
+
+def read_store(store: Path) -> dict[str, Any]:
+    """The figures of one finished study from its MLflow store and Optuna database."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id], max_results=5000)]
+    parents = [r for r in runs if r.data.tags.get("gpt2ft.kind") == "study"]
+    if len(parents) != 1:
+        raise SystemExit(f"bench-study: {store} holds {len(parents)} study runs, expected 1")
+    parent = parents[0]
+    pm, tags = parent.data.metrics, parent.data.tags
+    trials = [r for r in runs if r.data.tags.get("gpt2ft.kind") == "trial" and r.info.status == "FINISHED"]
+    stopped = sorted((int(r.data.tags["optuna.trial"]), int(r.data.metrics["stopped_for_copying_step"]))
+                     for r in trials if r.data.metrics.get("stopped_for_copying") == 1)
+    measure = sum(r.data.metrics.get("measure_seconds", 0.0) for r in trials)
+    trial_seconds = sum(r.data.metrics.get("trial_seconds", 0.0) for r in trials)
+    with sqlite3.connect(store / "optuna.db") as con:
+        derived = con.execute("select count(*) from trial_user_attributes where key = 'derived_from'").fetchone()[0]
+    text = Path(client.download_artifacts(parent.info.run_id, "candidates.csv")).read_text()
+    candidates = list(csv.DictReader(io.StringIO(text)))
+    book = pm["book_top100_ratio"]
+    return {
+        "setup_seconds": pm.get("setup_seconds"),
+        "trials_trained": len(trials),
+        "derived_trials": derived,
+        "candidates": len(candidates),
+        "optimizer_steps": int(sum(r.data.metrics.get("steps", 0) for r in trials)),
+        "measure_seconds": measure,
+        "trial_seconds": trial_seconds,
+        "measure_share": measure / trial_seconds if trial_seconds else math.nan,
+        "stopped_for_copying": [{"trial": n, "step": s} for n, s in stopped],
+        "sample_precision": tags.get("sample_precision", "fp32"),
+        "pick": {
+            "eligible": tags.get("pick_eligible") == "true",
+            "trial": int(tags["selected_trial"]) if "selected_trial" in tags else None,
+            "step": int(tags["selected_step"]) if "selected_step" in tags else None,
+            "style_distance": abs(pm["selected_top100_ratio"] - book) if "selected_top100_ratio" in pm else math.nan,
+            "style_distance_se": pm.get("selected_top100_ratio_se", math.nan),
+            "memorization": pm.get("selected_memorization", math.nan),
+            "extractable_rate": pm.get("selected_extractable_rate", math.nan),
+            "heldout_loss": pm.get("selected_heldout_loss", math.nan),
+            "pick_confidence": pm.get("pick_confidence", math.nan),
+            "reason": tags.get("pick_reason", ""),
+        },
+    }
+
+
+def verdicts(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Optional[bool]]:
+    """Issue 19's targets, each True/False (None where a figure is missing)."""
+    ratio = after["wall_seconds"] / before["wall_seconds"]
+    a, b = after["pick"], before["pick"]
+    noise = 2 * math.sqrt(a["style_distance_se"] ** 2 + b["style_distance_se"] ** 2)
+    as_good = None if math.isnan(noise) else bool(a["eligible"] and a["style_distance"] <= b["style_distance"] + noise)
+    return {"wall_at_most_0.6": B.at_most(ratio, TARGET), "pick_at_least_as_good": as_good}
+
+
+def table(before: dict[str, Any], after: dict[str, Any]) -> str:
+    def ratio(x, y):
+        return y / x if isinstance(x, (int, float)) and isinstance(y, (int, float)) and x else None
+
+    def row(name: str, x: Any, y: Any, with_ratio: bool = True) -> dict[str, Any]:
+        return {"figure": name.replace("  ", "· "), "before": x, "after": y,
+                "after / before": ratio(x, y) if with_ratio else None}
+
+    def stops(arm):
+        return ", ".join(f"trial {s['trial']} at step {s['step']}" for s in arm["stopped_for_copying"]) or "-"
+
+    def study_wall(arm):
+        return arm["wall_seconds"] - (arm["setup_seconds"] or 0.0)
+
+    a, b = after["pick"], before["pick"]
+    rows = [
+        row("wall seconds (command)", before["wall_seconds"], after["wall_seconds"]),
+        row("  of which setup", before["setup_seconds"], after["setup_seconds"]),
+        row("  trials and pick (wall - setup)", study_wall(before), study_wall(after)),
+        row("optimizer steps", before["optimizer_steps"], after["optimizer_steps"]),
+        row("measuring seconds", before["measure_seconds"], after["measure_seconds"]),
+        row("measure share", before["measure_share"], after["measure_share"]),
+        row("trials trained", before["trials_trained"], after["trials_trained"], False),
+        row("derived trials told to Optuna", before["derived_trials"], after["derived_trials"], False),
+        row("candidates weighed by the pick", before["candidates"], after["candidates"], False),
+        row("stopped for copying", stops(before), stops(after), False),
+        row("sampling precision", before["sample_precision"], after["sample_precision"], False),
+        row("pick (trial, step)", f"{b['trial']}, {b['step']}", f"{a['trial']}, {a['step']}", False),
+        row("pick style distance", b["style_distance"], a["style_distance"], False),
+        row("  its standard error", b["style_distance_se"], a["style_distance_se"], False),
+        row("pick memorization", b["memorization"], a["memorization"], False),
+        row("pick extractable rate", b["extractable_rate"], a["extractable_rate"], False),
+        row("pick held-out loss", b["heldout_loss"], a["heldout_loss"], False),
+        row("pick confidence", b["pick_confidence"], a["pick_confidence"], False),
+    ]
+    lines = ["| figure | before | after | after / before |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['figure']} | {B.fmt(r['before'])} | {B.fmt(r['after'])} | {B.fmt(r['after / before'])} |"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = Path(args.config).resolve()
+    root = Path(args.workdir).resolve()
+    results: dict[str, Any] = {"config": str(config), "sets": args.set, "load_average_start": os.getloadavg()[0]}
+    for name, switches in ARMS.items():
+        results[name] = run_arm(name, config, [*args.set, *switches], root / name, args.timeout)
+        B.log(f"bench-study: {name} took {results[name]['wall_seconds']:.0f} s")
+    results["load_average_end"] = os.getloadavg()[0]
+    results["ratios"] = {"wall": results["after"]["wall_seconds"] / results["before"]["wall_seconds"]}
+    results["verdicts"] = verdicts(results["before"], results["after"])
+    Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(table(results["before"], results["after"]))
+    print(f"\nverdicts: {results['verdicts']} (target: wall <= {TARGET} x before, a pick at least as good)")
+    print(f"results in {args.out}; the runs in {root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
