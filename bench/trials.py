@@ -68,6 +68,8 @@ class TrialLoop:
         malloc_trim()
         live = proc_status()
         s = dict(res.seconds)
+        if not deferred:  # trial_seconds ends before the final writes; made inline they are the trial's
+            s["trial_seconds"] += s.get("log_seconds", 0.0)
         return {"trial": i, "deferred_log": deferred, **s, "wall_seconds": wall,
                 "outside_steps_share": 1.0 - s["step_seconds"] / s["trial_seconds"],
                 "steps": res.fit.steps, "rss_after_mib": raw["VmRSS"],

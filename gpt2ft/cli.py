@@ -139,7 +139,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     from gpt2ft.checkpoints import Checkpoints
     from gpt2ft.config import load_config
     from gpt2ft.coordination import default_storage, open_storage
-    from gpt2ft.study import StudyRunner
+    from gpt2ft.study import StudyRunner, open_parent
     from gpt2ft.summary import trained
     from gpt2ft.tracking import Tracker, store_folder
     from gpt2ft.urls import mask_url
@@ -164,7 +164,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     checkpoints = Checkpoints(folder / "checkpoints" / config.study.name, config.study.keep_checkpoints)
     runner = StudyRunner(config, storage_url, tracker, assets, checkpoints, progress=not args.quiet,
                          command_id=args.command_id)
-    runner.open_parent(run_tags(assets))
+    open_parent(runner, run_tags(assets))
     if worker:
         runner.run_trials(config.study.timeout)  # the parent run and the pick stay the supervisor's
         if runner.gave_up:

@@ -24,7 +24,8 @@ from gpt2ft.model import seed_everything
 from gpt2ft.fmt import fmt
 from gpt2ft.checkpoints import Checkpoints
 from gpt2ft.summary import summarize
-from gpt2ft.tracking import log_pipeline_model, resolve_uri, store_folder
+from gpt2ft.tracking import resolve_uri, store_folder
+from gpt2ft.trial_writes import log_model
 from gpt2ft.train import fit
 from gpt2ft.trial import candidate_train_config
 
@@ -136,7 +137,7 @@ def export_cli(args) -> int:
     print(f"exported trial {info['number']} at step {info['step']} of study {info['study_name']!r} to {out}")
     if not args.no_register:
         name = f"gpt2ft-{info['study_name']}"
-        version = log_pipeline_model(tracking_uri, info["mlflow_run_id"], out, name)
+        version = log_model(tracking_uri, info["mlflow_run_id"], out, name)
         print(f"logged as MLflow model {name} version {version}, alias 'champion'")
     return 0
 

@@ -36,6 +36,7 @@ from gpt2ft.errors import UserError
 from gpt2ft.summary import (DERIVED, Summary, derived_points, recorded_bounds, study_style, summarize, trained,
                             trajectories)
 from gpt2ft.trial import TrialResult, run_trial, trial_ops, trial_train_config
+from gpt2ft.trial_writes import TrialWrites
 from gpt2ft.urls import mask_url
 from gpt2ft.writer import BackgroundWriter, WriterDied, WriterTimeout
 
@@ -102,33 +103,13 @@ class StudyRunner:
         self.parent = None
         self.writer = BackgroundWriter()
         writer = config.study.writer
-        self.remote_writes = writer == "process" or (writer == "auto" and self.n_trials >= WRITER_PROCESS_MIN_TRIALS)
-
-    def open_parent(self, tags: dict[str, Any]) -> None:
-        """Join the study's MLflow parent run, or create it (one worker only) with the setup."""
-        claim = C.ParentClaim(self.study, self.storage, self.storage_url)
-        run_id = claim.existing_or_claim()
-        if run_id:
-            self.parent = self.tracker.resume(run_id)
-            return
-        try:
-            self.parent = self.tracker.start(self.study.study_name, tags={**tags, "gpt2ft.kind": "study"})
-            bounds = record_setup(self.study, self.config, self.assets, str(self.checkpoints.root))
-            # Last: a worker that sees the id finds every attribute above already written.
-            self.study.set_user_attr(claim.attr, self.parent.id)
-        finally:
-            claim.release()
-        self.parent.log_params({**self.config.flat(), "optuna.storage": mask_url(self.storage_url)})
-        self.parent.log_metrics({**self.assets.references.values, **bounds,
-                                 **self.assets.timings, "references_seconds": self.assets.references.seconds})
+        self.writes = TrialWrites(tracker, self.writer, remote=writer == "process" or (
+            writer == "auto" and self.n_trials >= WRITER_PROCESS_MIN_TRIALS))
 
     def _on_stale_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Optuna failed a trial whose worker stopped beating: close its MLflow run too."""
-        # Killed between creating its run and recording the run's id: found by its tags.
-        run_ids = ([trial.user_attrs["mlflow_run_id"]] if "mlflow_run_id" in trial.user_attrs
-                   else self.tracker.open_trial_runs(study.study_name, trial.number))
-        for run_id in run_ids:
-            self.tracker.fail_run(run_id, "worker process was killed; trial interrupted")
+        self.writes.fail(study.study_name, trial.number, trial.user_attrs.get("mlflow_run_id"),
+                         "worker process was killed; trial interrupted")
         self.checkpoints.remove(trial.number)  # saved before the kill, it can never be chosen
         log.warning("trial %d was interrupted earlier and is marked failed", trial.number)
 
@@ -141,70 +122,12 @@ class StudyRunner:
         print(f"[study {self.study.study_name}] trial {trial.number}: lr={params['lr']:.3g} "
               f"epochs={params['epochs']} batch_size={params['batch_size']}", file=sys.stderr, flush=True)
         try:
-            return self._train_and_measure(trial, params)
+            return train_and_measure(self, trial, params)
         except Exception as exc:
             trial.set_user_attr("fail_reason", f"{exc.__class__.__name__}: {exc}"[:1000])
             _settle_writer(self.writer.drain)  # its checkpoint's save may still be queued on the writer's thread
             self.checkpoints.remove(trial.number)  # a failed trial can never be chosen
             raise
-
-    def _train_and_measure(self, trial: optuna.Trial, params: dict[str, Any]) -> tuple[float, float]:
-        tcfg = trial_train_config(self.config, params)
-        tags = {"optuna.trial": trial.number, "optuna.study": self.study.study_name, "selected": "false",
-                "gpt2ft.kind": "trial"}
-        # The run stays RUNNING until the background writer has stored the trial's samples,
-        # tables and plots; FINISHED then means "everything logged" (see replay_unlogged).
-        with self.tracker.run(f"trial-{trial.number}", parent=self.parent, tags=tags, end_on_success=False) as run:
-            trial.set_user_attr("mlflow_run_id", run.id)
-            trial.set_user_attr("command_id", self.command_id)
-            run.log_params({**{f"trial.{k}": v for k, v in params.items()},
-                            **{f"train.{k}": v for k, v in dataclasses.asdict(tcfg).items()}})
-
-            saving = []
-
-            def keep(model, fit) -> None:
-                # Saved by the writer while this thread samples and measures the same weights
-                # (sampling only reads them); waited for below, before Optuna records the trial.
-                saving.append(self.writer.submit(lambda: self.checkpoints.save(trial.number, fit.steps, model,
-                                                                               self.assets.tokenizer),
-                                                 name=f"checkpoint {trial.number}"))
-
-            points = leaders.keeper(self.study, trial.number, self.checkpoints, self.assets.tokenizer,
-                                    self.config.study.checkpoints_per_trial)
-            res = run_trial(self.assets, tcfg, run, progress=self.progress, after_fit=keep, defer_log=True,
-                            on_candidate=points, bounds=recorded_bounds(self.study.user_attrs))
-            for future in saving:
-                future.result()  # a checkpoint that could not be written fails the trial, as before
-            m = res.metrics
-            style = study_style(self.study.user_attrs, m["top100_ratio"])
-            if not (math.isfinite(style) and math.isfinite(m["memorization"])):
-                # Before any write is queued, so the run ends FAILED with this reason and stays so.
-                raise RuntimeError("metrics are not finite (no samples to measure)")
-            for key, value in res.record().items():  # durable before any deferred write
-                trial.set_user_attr(key, value)
-        self._store(run, res.log_ops + _run_end(res, style), res.fit.steps, trial.number)
-        return style, m["memorization"]
-
-    def _store(self, run, ops: list[logops.Op], steps: int, number: int) -> None:
-        """A trial's final writes, in the writer process (while the next trial trains) or here.
-
-        Neither a dead writer process nor a failed write fails the trial, whose result Optuna
-        already holds: the writes are made here from then on, and what was lost (jobs the dead
-        process had, a write that raised) is redone by ``replay_unlogged`` at the study's end."""
-        if self.remote_writes:
-            try:
-                self.writer.submit_remote(logops.apply_remote, self.tracker.uri, run.id, ops, steps,
-                                          name=f"trial {number}")
-                return
-            except WriterDied as exc:
-                self.remote_writes = False
-                log.warning("the writer process has died (%s); trial %d's writes and the rest of this study's "
-                            "are made in this process", exc, number)
-        try:
-            logops.apply(run, ops, steps)
-        except Exception as exc:
-            log.warning("trial %d's writes failed (%s: %s); they are redone at the study's end", number,
-                        exc.__class__.__name__, str(exc).splitlines()[0] if str(exc) else "")
 
     def after_trial(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
         if frozen.state == TrialState.FAIL:
@@ -246,7 +169,7 @@ class StudyRunner:
         if self.study.user_attrs.get("selected") != value:
             self.study.set_user_attr("selected", value)
         if self.parent is not None:
-            self.tracker.mark_selected(self.parent, *_selection(self.study, summary, chosen))
+            self.writes.select(self.parent, *_selection(self.study, summary, chosen))
         what = f"trial {summary.pick.number} at step {summary.pick.step}" if chosen else "none"
         print(f"[study] current pick: {what} ({summary.pick.reason})", file=sys.stderr, flush=True)
         return summary
@@ -263,17 +186,11 @@ class StudyRunner:
         replay_unlogged(self)
         n, seed = self.config.sample.final_n_samples, self.config.train.seed + 1
         if n > self.config.sample.n_samples:
-            leaders.remeasure(self.study, self.assets, self.checkpoints, n, seed, self._log_remeasure)
+            leaders.remeasure(self.study, self.assets, self.checkpoints, n, seed, _on_remeasured(self))
             confidence = leaders.measure_confidence(self.study, seed)
             if self.parent is not None and math.isfinite(confidence):
                 self.parent.log_metrics({"pick_confidence": confidence})
         self.apply_pick()
-
-    def _log_remeasure(self, number: int, metrics: dict[str, float]) -> None:
-        trial = next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id:
-            self.tracker.handle(run_id).log_metrics(metrics)
 
     def run_trials(self, timeout: Optional[float]) -> None:
         """Trials until ``n_trials`` are COMPLETE (this worker and the others together)."""
@@ -297,6 +214,63 @@ class StudyRunner:
         _settle_writer(self.writer.close)
 
 
+def open_parent(runner: StudyRunner, tags: dict[str, Any]) -> None:
+    """Join the study's MLflow parent run, or create it (one worker only) with the setup."""
+    claim = C.ParentClaim(runner.study, runner.storage, runner.storage_url)
+    run_id = claim.existing_or_claim()
+    if run_id:
+        runner.parent = runner.tracker.resume(run_id)
+        return
+    try:
+        runner.parent = runner.tracker.start(runner.study.study_name, tags={**tags, "gpt2ft.kind": "study"})
+        bounds = record_setup(runner.study, runner.config, runner.assets, str(runner.checkpoints.root))
+        # Last: a worker that sees the id finds every attribute above already written.
+        runner.study.set_user_attr(claim.attr, runner.parent.id)
+    finally:
+        claim.release()
+    runner.parent.log_params({**runner.config.flat(), "optuna.storage": mask_url(runner.storage_url)})
+    runner.parent.log_metrics({**runner.assets.references.values, **bounds,
+                             **runner.assets.timings, "references_seconds": runner.assets.references.seconds})
+
+def train_and_measure(runner: StudyRunner, trial: optuna.Trial, params: dict[str, Any]) -> tuple[float, float]:
+    """One trial of the study: its MLflow run, training with the pick's checkpoints and bounds, its
+    record in Optuna (durable before any deferred write), then its final writes queued."""
+    tcfg = trial_train_config(runner.config, params)
+    tags = {"optuna.trial": trial.number, "optuna.study": runner.study.study_name, "selected": "false",
+            "gpt2ft.kind": "trial"}
+    # The run stays RUNNING until the background writer has stored the trial's samples,
+    # tables and plots; FINISHED then means "everything logged" (see replay_unlogged).
+    with runner.tracker.run(f"trial-{trial.number}", parent=runner.parent, tags=tags, end_on_success=False) as run:
+        trial.set_user_attr("mlflow_run_id", run.id)
+        trial.set_user_attr("command_id", runner.command_id)
+        run.log_params({**{f"trial.{k}": v for k, v in params.items()},
+                        **{f"train.{k}": v for k, v in dataclasses.asdict(tcfg).items()}})
+
+        saving = []
+
+        def keep(model, fit) -> None:
+            # Saved by the writer while this thread samples and measures the same weights
+            # (sampling only reads them); waited for below, before Optuna records the trial.
+            saving.append(runner.writer.submit(lambda: runner.checkpoints.save(trial.number, fit.steps, model,
+                                                                           runner.assets.tokenizer),
+                                             name=f"checkpoint {trial.number}"))
+
+        points = leaders.keeper(runner.study, trial.number, runner.checkpoints, runner.assets.tokenizer,
+                                runner.config.study.checkpoints_per_trial)
+        res = run_trial(runner.assets, tcfg, run, progress=runner.progress, after_fit=keep, defer_log=True,
+                        on_candidate=points, bounds=recorded_bounds(runner.study.user_attrs))
+        for future in saving:
+            future.result()  # a checkpoint that could not be written fails the trial, as before
+        m = res.metrics
+        style = study_style(runner.study.user_attrs, m["top100_ratio"])
+        if not (math.isfinite(style) and math.isfinite(m["memorization"])):
+            # Before any write is queued, so the run ends FAILED with this reason and stays so.
+            raise RuntimeError("metrics are not finite (no samples to measure)")
+        for key, value in res.record().items():  # durable before any deferred write
+            trial.set_user_attr(key, value)
+    runner.writes.store(run.id, res.log_ops + _run_end(res, style), res.fit.steps, trial.number)
+    return style, m["memorization"]
+
 def _settle_writer(wait) -> None:
     """Wait for the writer (``drain`` or ``close``); a writer that died or stalled is reported, not
     raised: Optuna holds every trial's result, and ``replay_unlogged`` redoes the lost writes."""
@@ -304,6 +278,15 @@ def _settle_writer(wait) -> None:
         wait()
     except (WriterDied, WriterTimeout) as exc:
         log.warning("the background writer failed (%s); its lost writes are redone from Optuna's records", exc)
+
+
+def _on_remeasured(runner: StudyRunner):
+    """``leaders.remeasure``'s callback: a re-measured trial's metrics onto its run."""
+    def on_metrics(number: int, metrics: dict[str, float]) -> None:
+        trial = next(t for t in runner.study.get_trials(deepcopy=False) if t.number == number)
+        if trial.user_attrs.get("mlflow_run_id"):
+            runner.writes.remeasured(trial.user_attrs["mlflow_run_id"], metrics)
+    return on_metrics
 
 
 def _run_end(res: TrialResult, style: float) -> list[logops.Op]:
@@ -345,14 +328,14 @@ def replay_unlogged(runner: StudyRunner) -> int:
 def _replay_one(runner: StudyRunner, t: optuna.trial.FrozenTrial, now: datetime.datetime) -> bool:
     """Redo one trial's writes if its run is unfinished and no other command may still write it."""
     run_id = t.user_attrs.get("mlflow_run_id")
-    if not run_id or runner.tracker.status(run_id) != "RUNNING":
+    if not run_id or not runner.writes.unfinished(run_id):
         return False
     age = (now - t.datetime_complete).total_seconds() if t.datetime_complete else math.inf
     if age < runner.config.study.grace_period and t.user_attrs.get("command_id") != runner.command_id:
         return False
     res = TrialResult.from_record(t.user_attrs)
     style = study_style(runner.study.user_attrs, res.metrics.get("top100_ratio", math.nan))
-    logops.apply(runner.tracker.handle(run_id), trial_ops(runner.assets, res) + _run_end(res, style), res.fit.steps)
+    runner.writes.replay(run_id, trial_ops(runner.assets, res) + _run_end(res, style), res.fit.steps)
     print(f"[study] trial {t.number}: its samples, tables and plots were not stored (process "
           "stopped or write failed); written now", file=sys.stderr)
     return True
@@ -399,7 +382,7 @@ def tell_derived(study: optuna.Study, frozen: optuna.trial.FrozenTrial, space: S
 
 
 def _selection(study: optuna.Study, summary: Summary, chosen: dict[str, Any]) -> tuple:
-    """``Tracker.mark_selected``'s arguments: the selected trial's run (None: no champion), the
+    """``TrialWrites.select``'s arguments: the selected trial's run (None: no champion), the
     parent's tags and the ``selected_*`` metrics."""
     finished = int(summary.table["state"].isin(["COMPLETE", "FAIL", "PRUNED"]).sum())
     pick = summary.pick

@@ -199,25 +199,6 @@ class Tracker:
         return self.client.search_runs([self.experiment_id], filter_string=filter_string,
                                        max_results=max_results)
 
-    def mark_selected(self, parent: Run, run_id: Optional[str], tags: dict[str, Any],
-                      metrics: dict[str, float], step: int) -> None:
-        """Make ``run_id`` the one child of ``parent`` tagged ``selected=true`` and record the
-        pick on the parent (``tags``, and ``selected_*`` ``metrics`` at ``step``).
-
-        Workers pick concurrently, each from the trials it has seen, so an older pick can land
-        after a newer one: the children's tags are compared with what MLflow holds, not with
-        this worker's last pick. The parent's tags are written every time: the same trial can
-        stay selected for a new reason (more trials, a re-measure).
-        """
-        tagged = {r.info.run_id for r in self.runs(
-            f"tags.`mlflow.parentRunId` = '{parent.id}' and tags.selected = 'true'")}
-        for old in tagged - {run_id}:
-            self.client.set_tag(old, "selected", "false")
-        if run_id and run_id not in tagged:
-            self.client.set_tag(run_id, "selected", "true")
-        parent.set_tags({**tags, "selected_run_id": run_id or ""})
-        parent.log_metrics(metrics, step)
-
     def status(self, run_id: str) -> str:
         """RUNNING, FINISHED, FAILED or KILLED."""
         return self.client.get_run(run_id).info.status
@@ -227,13 +208,6 @@ class Tracker:
         return [r.info.run_id for r in self.runs(
             f"tags.`optuna.study` = '{study_name}' and tags.`optuna.trial` = '{number}' "
             "and attributes.status = 'RUNNING'")]
-
-    def fail_run(self, run_id: str, reason: str) -> None:
-        """Close a run left RUNNING by a killed process as FAILED, with the reason as a tag."""
-        run = self.client.get_run(run_id)
-        if run.info.status == "RUNNING":
-            self.client.set_tag(run_id, "failure_reason", reason)
-            self.client.set_terminated(run_id, "FAILED")
 
 
 def log_pipeline_model(tracking_uri: str, run_id: str | None, folder: Path, name: str) -> str:

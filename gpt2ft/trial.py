@@ -21,6 +21,7 @@ from gpt2ft.config import Config, TrainConfig
 from gpt2ft.measure import longest_copy, measure_model
 from gpt2ft.model import free_accelerator, seed_everything
 from gpt2ft.train import FitResult, fit
+from gpt2ft.trial_writes import write_now
 
 #: Held-out evaluations in a row with a rising loss that count as "clearly turned upward",
 #: when ``study.early_stop`` is on and ``train.early_stop_patience`` does not say otherwise.
@@ -38,8 +39,8 @@ class TrialResult:
     trajectory: list[dict[str, float]] = field(default_factory=list)
     """Measurements along training: the base model (step 0), interior points, the end."""
     log_ops: Optional[list] = None
-    """With ``run_trial(defer_log=True)``: the trial's MLflow writes (``gpt2ft.logops``), for
-    the caller to apply later, in another process."""
+    """The trial's final MLflow writes (``gpt2ft.logops``): made by ``run_trial`` itself, or with
+    ``defer_log`` left to the caller (``trial_writes.TrialWrites.store``)."""
 
     def record(self) -> dict[str, Any]:
         """What a study stores durably for the trial (Optuna user attributes, JSON): enough to
@@ -48,6 +49,7 @@ class TrialResult:
         return {"metrics": {k: float(v) for k, v in self.metrics.items()}, "history": f.history,
                 "stopped_early": f.stopped_early, "stopped_for_copying": f.stopped_for_copying,
                 "sample_texts": self.texts, "sample_ids": self.ids,
+                "seconds": {k: float(v) for k, v in self.seconds.items() if k != "log_seconds"},
                 "trajectory": self.trajectory,
                 "fit_curves": {"train_curve": f.train_curve, "heldout_curve": f.heldout_curve,
                                "steps": f.steps, "steps_per_epoch": f.steps_per_epoch}}
@@ -62,7 +64,8 @@ class TrialResult:
                         stopped_early=bool(record.get("stopped_early", False)),
                         stopped_for_copying=bool(record.get("stopped_for_copying", False)))
         return cls(dict(record.get("metrics", {})), fit, list(record.get("sample_texts", [])),
-                   [list(i) for i in record.get("sample_ids", [])], trajectory=list(record.get("trajectory", [])))
+                   [list(i) for i in record.get("sample_ids", [])], seconds=dict(record.get("seconds", {})),
+                   trajectory=list(record.get("trajectory", [])))
 
 
 def trial_train_config(config: Config, params: dict[str, Any]) -> TrainConfig:
@@ -222,16 +225,13 @@ def run_trial(assets: Assets, train_cfg: TrainConfig, run=None, keep_model: bool
         seconds = {"copy_seconds": t_copy, "step_seconds": result.step_seconds, "eval_seconds": result.eval_seconds,
                    "measure_seconds": t_measure, "trajectory_seconds": tracer.seconds}
         out = TrialResult(metrics, result, texts, ids, seconds, model if keep_model else None, path)
-        if run is not None:
-            ops = trial_ops(assets, out, plots)
-            if defer_log:
-                out.log_ops = ops
-            else:
-                seconds["log_seconds"] = logops.apply(run, ops, result.steps)
+        # The trial's seconds end here, before its final writes (logged apart as log_seconds).
         seconds["trial_seconds"] = time.perf_counter() - t0
         seconds["measure_share"] = (t_measure + tracer.seconds) / seconds["trial_seconds"]
         if run is not None:
-            run.log_metrics({k: v for k, v in seconds.items() if k != "log_seconds"}, result.steps)
+            out.log_ops = trial_ops(assets, out, plots)
+            if not defer_log:
+                seconds["log_seconds"] = write_now(run, out.log_ops, result.steps)
         return out
     finally:
         if not keep_model:
@@ -254,6 +254,8 @@ def trial_ops(assets: Assets, res: TrialResult, plots: bool = True) -> list[logo
         ("dict", {"history": res.fit.history, "train_curve": res.fit.train_curve,
                   "heldout_curve": res.fit.heldout_curve, "stopped_early": res.fit.stopped_early}, "history.json"),
         ("dict", res.trajectory, "trajectory.json")]
+    if res.seconds:  # where the trial's time went (its writes' own log_seconds come with them)
+        ops.append(("metrics", {k: v for k, v in res.seconds.items() if k != "log_seconds"}, res.fit.steps))
     _, copied = longest_copy(assets, res.ids)
     if copied:
         ops.append(("text", copied, "longest_copy.txt"))

@@ -116,3 +116,48 @@ def test_the_checker_sees_a_cycle(tmp_path, monkeypatch):
     monkeypatch.setattr(__import__(__name__), "PACKAGE", tmp_path)
     with pytest.raises(pytest.fail.Exception, match="import cycle"):
         test_no_import_cycle()
+
+
+#: The study's loop class stays a loop: its trial, its parent run and its writes live elsewhere.
+MAX_RUNNER_LINES = 150
+
+
+def test_the_study_runner_stays_a_loop():
+    tree = ast.parse((PACKAGE / "study.py").read_text(encoding="utf-8"))
+    runner = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "StudyRunner")
+    lines = runner.end_lineno - runner.lineno + 1
+    assert 0 < lines <= MAX_RUNNER_LINES, f"StudyRunner is {lines} lines (at most {MAX_RUNNER_LINES})"
+
+
+#: What writes to MLflow runs, by module: the trial's run is created and its step metrics stream
+#: during training (study, trial); after training only trial_writes (through logops) writes to it.
+#: report and cli write the study's parent run, tracking is the client itself.
+RUN_WRITERS = {"tracking", "logops", "trial_writes", "study", "trial", "report", "cli"}
+WRITE_CALLS = {"log_metrics", "log_params", "set_tags", "log_text", "log_dict", "log_figure", "set_tag",
+               "set_terminated", "log_batch", "fail_run", "mark_selected"}
+
+
+def _write_calls(path: Path) -> list[tuple[str, int]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [(n.func.attr, n.lineno) for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in WRITE_CALLS]
+
+
+def test_only_the_owners_write_to_runs():
+    writers = {m for m, p in _modules().items() if _write_calls(p)}
+    assert writers <= RUN_WRITERS, writers - RUN_WRITERS
+    assert "trial_writes" in writers and "leaders" not in writers
+
+
+def test_the_trial_writes_nothing_to_its_run_after_training():
+    """trial.run_trial writes step metrics while it trains (its tracer) and hands its final writes
+    to trial_writes; the study writes the trial's run only when creating it (params)."""
+    trial_calls = _write_calls(PACKAGE / "trial.py")
+    tree = ast.parse((PACKAGE / "trial.py").read_text(encoding="utf-8"))
+    tracer = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "_Tracer")
+    assert trial_calls and all(tracer.lineno <= line <= tracer.end_lineno for _, line in trial_calls), trial_calls
+    study_tree = ast.parse((PACKAGE / "study.py").read_text(encoding="utf-8"))
+    study_calls = [(name, line) for name, line in _write_calls(PACKAGE / "study.py")]
+    fn = next(n for n in study_tree.body if isinstance(n, ast.FunctionDef) and n.name == "train_and_measure")
+    trial_run = [c for c in study_calls if fn.lineno <= c[1] <= fn.end_lineno]
+    assert [name for name, _ in trial_run] == ["log_params"], trial_run

@@ -226,6 +226,7 @@ def test_a_trial_killed_before_recording_its_run_id_is_still_found(tmp_path):
     """A kill between creating a trial's MLflow run and recording its id in Optuna leaves only the
     run's tags to find it by: exactly that study's trial, and only while it is RUNNING."""
     from gpt2ft.tracking import Tracker
+    from gpt2ft.trial_writes import TrialWrites
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "found")
     tags = {"optuna.study": "s", "optuna.trial": 1, "gpt2ft.kind": "trial"}
@@ -233,6 +234,9 @@ def test_a_trial_killed_before_recording_its_run_id_is_still_found(tmp_path):
     tracker.start("trial-1", tags={**tags, "optuna.study": "other"})
     tracker.start("trial-2", tags={**tags, "optuna.trial": 2})
     assert tracker.open_trial_runs("s", 1) == [mine.id]
-    tracker.fail_run(mine.id, "killed")
+    TrialWrites(tracker).fail("s", 1, None, "killed")
     assert tracker.open_trial_runs("s", 1) == []
-    assert tracker.client.get_run(mine.id).info.status == "FAILED"
+    failed = tracker.client.get_run(mine.id)
+    assert failed.info.status == "FAILED" and failed.data.tags["failure_reason"] == "killed"
+    # The other study's trial 1 and this study's trial 2 are left RUNNING.
+    assert sorted(r.info.status for r in tracker.runs()) == ["FAILED", "RUNNING", "RUNNING"]

@@ -20,6 +20,7 @@ import pytest
 
 from gpt2ft import study as S
 from gpt2ft.trial import TrialResult
+from gpt2ft.trial_writes import TrialWrites
 from gpt2ft.train import FitResult
 from gpt2ft import writer as W
 from gpt2ft.writer import BackgroundWriter, WriterDied, WriterTimeout
@@ -295,7 +296,7 @@ def test_replay_redoes_unfinished_runs_of_complete_trials_but_not_a_live_writers
     runner = SimpleNamespace(
         study=SimpleNamespace(get_trials=lambda deepcopy, states: trials,
                               user_attrs={"references": {"book_top100_ratio": 0.55}}),
-        tracker=tracker, assets=None, command_id="me",
+        tracker=tracker, writes=TrialWrites(tracker), assets=None, command_id="me",
         config=SimpleNamespace(study=SimpleNamespace(grace_period=30)))
     assert S.replay_unlogged(runner) == 2
     assert tracker.statuses == {"run0": "FINISHED", "run1": "RUNNING", "run2": "FINISHED", "run3": "FINISHED"}
