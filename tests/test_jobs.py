@@ -69,7 +69,7 @@ def test_auto_jobs_by_memory_and_cores():
     # GPT-2 124M, batch 32 x 256: 2.5 GB of weights and states, 2.6 GB of activations, 4.9 GB of logits.
     need = worker_bytes(124_439_808, 12, 768, 50257, 32, 256)
     assert 10e9 < need < 11.5e9
-    assert worker_bytes(10, 1, 1, 1, 1, 1) == 20 * 10 + 34 + 12 + CUDA_CONTEXT_BYTES
+    assert worker_bytes(10, 1, 1, 1, 1, 1) == 24 * 10 + 34 + 12 + CUDA_CONTEXT_BYTES
     assert auto_jobs(need, None, 16) == 1  # no GPU
     assert auto_jobs(need, int(80e9), 16) == 6  # memory-bound: 80 GB x 0.85 / 10.6 GB
     assert auto_jobs(need, int(80e9), 3) == 2  # core-bound: one core stays with the supervisor
