@@ -117,7 +117,7 @@ class TrainConfig:
     """``off``, ``default`` or ``reduce-overhead`` (a ``torch.compile`` mode, the latter with CUDA
     graphs): compile the training step's forward and loss once per process and batch shape, and
     reuse it for every trial's fresh model copy, since a compile per copy (15-40 s on a GPU)
-    never pays over a trial. ``off`` by default: see the README's compile figures."""
+    never pays over a trial. ``off`` by default: see docs/performance.md's compile figures."""
 
     def __post_init__(self) -> None:
         _check(0 < self.lr < 1, f"train.lr must be in (0, 1), got {self.lr}.")
@@ -158,6 +158,12 @@ class SampleConfig:
     precision: str = "auto"
     """Weights a measurement decodes with: auto (bf16 where the device multiplies bf16 natively:
     CUDA, a CPU with AVX512-BF16/AMX; else fp32), fp32 or bf16 (gpt2ft.sampler)."""
+    decode: str = "dynamic"
+    """How a measurement's sampling decodes (gpt2ft.generate.DECODES): dynamic, static (a
+    preallocated KV cache) or static-compile (its decoding step compiled; CUDA graphs on CUDA).
+    The same draws; on the 2-core CPU neither static one paid (docs/measure_speed.md). With
+    static-compile the compiled step is kept across trials: every measurement decodes with the
+    one persistent sampling copy (gpt2ft.sampler), so nothing recompiles per trial."""
 
     def __post_init__(self) -> None:
         _check(self.n_samples >= 1, "sample.n_samples must be >= 1.")
@@ -168,6 +174,8 @@ class SampleConfig:
         _check(self.every_steps >= 0, "sample.every_steps must be >= 0 (0 = after every epoch).")
         _check(self.precision in ("auto", "fp32", "bf16"),
                f"sample.precision must be auto, fp32 or bf16, got {self.precision!r}.")
+        _check(self.decode in ("dynamic", "static", "static-compile"),
+               f"sample.decode must be dynamic, static or static-compile, got {self.decode!r}.")
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,10 @@ growing cache, the default), ``static`` (a preallocated cache) or ``static-compi
 decoding step compiled by ``torch.compile`` over the static cache; CUDA graphs on CUDA). On
 the 2-core CPU all three drew the same tokens and neither static one was faster (+3% and -1%
 lightly loaded, +23% and +71% loaded), while the compile costs ~2 minutes cold
-(docs/measure_speed.md); so the study decodes ``dynamic``, and ``bench/measure.py --decode``
-measures the others on another machine.
+(docs/measure_speed.md); so ``sample.decode`` is ``dynamic`` by default, and
+``bench/measure.py --decode`` measures the others on another machine. A measurement decodes with
+one persistent sampling copy of the weights (``gpt2ft.sampler``), so a compiled decode is kept
+across trials instead of recompiling for each fresh model.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Rendering a trial's plots and storing its artifacts is Python-heavy work (matplotlib,
 SQLAlchemy). In a thread beside the training loop it holds the GIL that every PyTorch call
 must take back: on this CPU a GIL-bound thread made a small model's training steps 14x
-slower, a separate process 2% slower (README). So the trial describes its writes here as
+slower, a separate process 2% slower (docs/performance.md). So the trial describes its writes here as
 plain data ("ops": metrics, texts, tables, figure specs for ``gpt2ft.plots``, tags, the run's
 end), which the writer process (``gpt2ft.writer``) applies with its own MLflow client; the
 same ops applied in process serve ``gpt2ft train``, ``study.writer: inline`` and the replay.

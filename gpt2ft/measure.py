@@ -167,7 +167,7 @@ def measure_model(assets: "Assets", model, n_samples: int,
     # The weights in the sampling precision (gpt2ft.sampler): the same for sampling and extraction.
     model = assets.sampler.weights_of(model)
     raw = sample(model, assets.tokenizer, assets.runtime, n_samples, sc.new_tokens, seed,
-                 sc.top_k, sc.temperature)
+                 sc.top_k, sc.temperature, decode=sc.decode)
     ids, texts = renormalise(assets.tokenizer, raw)
     out = measure_samples(assets, ids, texts, seed)
     out.update(extraction(assets, model))

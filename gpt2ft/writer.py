@@ -10,7 +10,7 @@ on a GPU that second is launch time the card spends idle. The study hands such w
   as multiprocessing's spawn would, and ends when this process's pipe closes, killed or
   not). In a thread it would hold the GIL that every PyTorch call of the training loop must
   take back (measured on this CPU: a GIL-bound thread made a small model's steps 14x slower,
-  a process beside it 5%; see the README).
+  a process beside it 5%; see docs/performance.md).
 * ``submit``: work that needs this process's objects (a checkpoint of the model in memory,
   mostly tensor I/O) goes to one daemon thread.
 

@@ -88,3 +88,28 @@ def test_the_fluency_judge_is_the_base_model_in_the_sampling_precision():
     for k, v in judge.state_dict().items():
         assert torch.equal(v, base.state_dict()[k].to(torch.bfloat16)), k
     assert Assets.fluency_judge.func(SimpleNamespace(sampler=Sampler(None), base_model=base)) is base
+
+
+def test_a_measurement_decodes_the_persistent_copy_as_configured(monkeypatch):
+    """measure_model samples and extracts with the sampler's copy (the same object every
+    measurement, so a compiled decode is kept across trials) and passes ``sample.decode`` on."""
+    from types import SimpleNamespace
+
+    import gpt2ft.measure as M
+    from conftest import TINY
+    from gpt2ft.config import load_config
+
+    seen = []
+    monkeypatch.setattr(M, "sample", lambda model, *a, decode="dynamic", **k: seen.append((model, decode)) or [[1]])
+    monkeypatch.setattr(M, "renormalise", lambda tok, raw: (raw, ["x"]))
+    monkeypatch.setattr(M, "measure_samples", lambda *a, **k: {})
+    monkeypatch.setattr(M, "extraction", lambda assets, model: seen.append((model, "extraction")) or {})
+    config = load_config(TINY, ["sample.decode=static"])
+    assets = SimpleNamespace(config=config, tokenizer=None, runtime=None, sampler=Sampler(torch.bfloat16))
+    first, second = _tiny(0), _tiny(1)
+    M.measure_model(assets, first, 2, seed=0)
+    M.measure_model(assets, second, 2, seed=0)
+    copy = seen[0][0]
+    assert [d for _, d in seen] == ["static", "extraction"] * 2
+    assert all(model is copy for model, _ in seen) and copy is not first
+    assert torch.equal(copy.lm_head.weight, second.lm_head.weight.to(torch.bfloat16))
