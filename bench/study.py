@@ -13,9 +13,10 @@ setup cache and checkpoints, so both pay the same setup):
 Read from each run's MLflow store and Optuna database:
 
 * wall time of the command, the setup's share of it, and the rest (the trials and the pick);
-* optimizer steps trained (sum of the trials' ``steps``), measuring seconds (sum of
-  ``measure_seconds``; the end-of-study re-measure of the contenders is not in it) and the
-  study's measure share (measuring seconds / the trials' ``trial_seconds``);
+* optimizer steps trained (sum of the trials' ``steps``), measuring seconds (sum of the
+  trials' ``trajectory_seconds`` and ``measure_seconds``: every point and every end; the
+  end-of-study re-measure of the contenders is not in it) and the study's measure share
+  (measuring seconds / the trials' ``trial_seconds``);
 * trials trained, points told to Optuna as derived trials, candidates the pick weighed (rows of
   ``candidates.csv``), the trials the copying stop ended and at which step;
 * the pick: trial and step, style distance ``|top100_ratio - book_top100_ratio|`` with its
@@ -72,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(emptied first; default bench/study-runs)")
     ap.add_argument("--out", default=str(HERE / "study.json"), help="JSON results (default bench/study.json)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds each run may take (default 3600)")
+    ap.add_argument("--reread", action="store_true", help="run nothing: read the runs in --workdir again, "
+                    "with the wall times --out recorded")
     return ap
 
 
@@ -108,7 +111,9 @@ def read_store(store: Path) -> dict[str, Any]:
     trials = [r for r in runs if r.data.tags.get("gpt2ft.kind") == "trial" and r.info.status == "FINISHED"]
     stopped = sorted((int(r.data.tags["optuna.trial"]), int(r.data.metrics["stopped_for_copying_step"]))
                      for r in trials if r.data.metrics.get("stopped_for_copying") == 1)
-    measure = sum(r.data.metrics.get("measure_seconds", 0.0) for r in trials)
+    # Along the way (trajectory_seconds) and at the end (measure_seconds), as measure_share counts.
+    measure = sum(r.data.metrics.get("measure_seconds", 0.0) + r.data.metrics.get("trajectory_seconds", 0.0)
+                  for r in trials)
     trial_seconds = sum(r.data.metrics.get("trial_seconds", 0.0) for r in trials)
     with sqlite3.connect(store / "optuna.db") as con:
         derived = con.execute("select count(*) from trial_user_attributes where key = 'derived_from'").fetchone()[0]
@@ -196,7 +201,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     config = Path(args.config).resolve()
     root = Path(args.workdir).resolve()
     results: dict[str, Any] = {"config": str(config), "sets": args.set, "load_average_start": os.getloadavg()[0]}
-    for name, switches in ARMS.items():
+    if args.reread:
+        old = json.loads(Path(args.out).read_text())
+        results.update({k: old[k] for k in ("config", "sets", "load_average_start")})
+        for name in ARMS:
+            results[name] = {"wall_seconds": old[name]["wall_seconds"], "sets": old[name]["sets"],
+                             **read_store(root / name / "mlruns")}
+    for name, switches in ARMS.items() if not args.reread else ():
         results[name] = run_arm(name, config, [*args.set, *switches], root / name, args.timeout)
         B.log(f"bench-study: {name} took {results[name]['wall_seconds']:.0f} s")
     results["load_average_end"] = os.getloadavg()[0]
