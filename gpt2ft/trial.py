@@ -101,6 +101,7 @@ class _Tracer:
         self.points: list[dict[str, float]] = []
         self.heldout: dict[int, float] = {}
         self.seconds = 0.0
+        self.keep_seconds = 0.0  # the study keeping points' checkpoints: not measuring
         self.last: Optional[tuple[dict[str, float], list[str], list[list[int]]]] = None
         # The copying stop (study.stop_after): points in a row that only copy more.
         self.stop_after = assets.config.study.stop_after
@@ -135,9 +136,11 @@ class _Tracer:
         self.points.append(p)
         if self.run is not None:
             self.run.log_metrics({k: v for k, v in metrics.items() if k in T.POINT_METRICS}, step)
-        if self.on_candidate is not None:
-            self.on_candidate(self.model, p)
         self.seconds += time.perf_counter() - t
+        if self.on_candidate is not None:
+            t = time.perf_counter()
+            self.on_candidate(self.model, p)
+            self.keep_seconds += time.perf_counter() - t
         return self.only_copies(p)
 
     def only_copies(self, p: dict[str, float]) -> bool:
@@ -223,7 +226,8 @@ def run_trial(assets: Assets, train_cfg: TrainConfig, run=None, keep_model: bool
         path = tracer.path(result, metrics)
         metrics.update(T.onset_metrics(path, result.heldout_curve, bounds.memorization))
         seconds = {"copy_seconds": t_copy, "step_seconds": result.step_seconds, "eval_seconds": result.eval_seconds,
-                   "measure_seconds": t_measure, "trajectory_seconds": tracer.seconds}
+                   "measure_seconds": t_measure, "trajectory_seconds": tracer.seconds,
+                   "checkpoint_seconds": tracer.keep_seconds}
         out = TrialResult(metrics, result, texts, ids, seconds, model if keep_model else None, path)
         # The trial's seconds end here, before its final writes (logged apart as log_seconds).
         seconds["trial_seconds"] = time.perf_counter() - t0

@@ -102,3 +102,24 @@ def test_no_onset_when_nothing_copies(workdir, book, monkeypatch):
     assert "copying_onset_step" not in run.data.metrics
     # After every epoch by default: base, epoch 1, the end.
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "style_js")) == [0, 3, 6]
+
+
+def test_keeping_a_points_checkpoint_is_not_billed_to_measuring(monkeypatch):
+    """measure_share counts measuring only: the study's checkpoint of an eligible point, written
+    in the candidate hand-off, goes to checkpoint_seconds."""
+    import time
+    from types import SimpleNamespace
+
+    import torch
+
+    import gpt2ft.trial as TR
+    from gpt2ft.judges import Bounds
+
+    monkeypatch.setattr(TR, "measure_model", lambda *a, **k: ({"top100_ratio": 0.5, "memorization": 0.0}, [], []))
+    config = SimpleNamespace(sample=SimpleNamespace(n_samples=2), study=SimpleNamespace(stop_after=0))
+    assets = SimpleNamespace(config=config, runtime=SimpleNamespace(device=torch.device("cpu")))
+    tracer = TR._Tracer(assets, model=None, run=None, seed=0, bounds=Bounds(0.02, 0.05, 4.0),
+                        on_candidate=lambda model, p: time.sleep(0.3))
+    tracer.saw({"heldout_loss": 3.0}, 4)
+    assert tracer(4, 1.0) is False
+    assert tracer.keep_seconds >= 0.3 > tracer.seconds
