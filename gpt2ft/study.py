@@ -230,7 +230,8 @@ def open_parent(runner: StudyRunner, tags: dict[str, Any]) -> None:
         claim.release()
     runner.parent.log_params({**runner.config.flat(), "optuna.storage": mask_url(runner.storage_url)})
     runner.parent.log_metrics({**runner.assets.references.values, **bounds,
-                             **runner.assets.timings, "references_seconds": runner.assets.references.seconds})
+                               **runner.assets.timings, "references_seconds": runner.assets.references.seconds})
+
 
 def train_and_measure(runner: StudyRunner, trial: optuna.Trial, params: dict[str, Any]) -> tuple[float, float]:
     """One trial of the study: its MLflow run, training with the pick's checkpoints and bounds, its
@@ -252,8 +253,8 @@ def train_and_measure(runner: StudyRunner, trial: optuna.Trial, params: dict[str
             # Saved by the writer while this thread samples and measures the same weights
             # (sampling only reads them); waited for below, before Optuna records the trial.
             saving.append(runner.writer.submit(lambda: runner.checkpoints.save(trial.number, fit.steps, model,
-                                                                           runner.assets.tokenizer),
-                                             name=f"checkpoint {trial.number}"))
+                                                                               runner.assets.tokenizer),
+                                               name=f"checkpoint {trial.number}"))
 
         points = leaders.keeper(runner.study, trial.number, runner.checkpoints, runner.assets.tokenizer,
                                 runner.config.study.checkpoints_per_trial)
@@ -270,6 +271,7 @@ def train_and_measure(runner: StudyRunner, trial: optuna.Trial, params: dict[str
             trial.set_user_attr(key, value)
     runner.writes.store(run.id, res.log_ops + _run_end(res, style), res.fit.steps, trial.number)
     return style, m["memorization"]
+
 
 def _settle_writer(wait) -> None:
     """Wait for the writer (``drain`` or ``close``); a writer that died or stalled is reported, not
