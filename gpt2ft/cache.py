@@ -43,7 +43,7 @@ from gpt2ft.data import read_text, resolve_corpus_path
 from gpt2ft.fsutil import write_json_atomic
 from gpt2ft.gutenberg import other_novels_folder
 from gpt2ft.model import Runtime, load_checkpoint, resolve_runtime, seed_everything
-from gpt2ft.sampler import precision_name, sampling_dtype
+from gpt2ft.sampler import resolved_precision
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def relevant_config(config: Config, runtime: Optional[Runtime] = None) -> dict[s
     # Sampling settings shape the base model's samples; the final re-measure and the trials'
     # trajectories do not touch the setup.
     sample = {k: v for k, v in d["sample"].items() if k not in ("final_n_samples", "trajectory", "every_steps")}
-    sample["precision"] = precision_name(sampling_dtype(config.sample.precision, runtime.device))  # as resolved
+    sample["precision"] = resolved_precision(config.sample.precision, runtime.device)
     return {"model": d["model"], "data": data, "sample": sample, "metrics": d["metrics"],
             "train": {**{k: d["train"][k] for k in TRAIN_FIELDS}, "device": runtime.device.type,
                       "precision": runtime.precision}}

@@ -28,6 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LM
 from gpt2ft.config import Config, ModelConfig, TrainConfig
 from gpt2ft.errors import UserError
 from gpt2ft.fsutil import atomic_dir
+from gpt2ft.sampler import resolved_precision
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GPT2_FAMILY = {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2",
@@ -215,10 +216,8 @@ def n_params(model) -> int:
 
 def describe(config: Config, runtime: Runtime) -> dict[str, str]:
     """Tags recorded with every run: device, precision and library versions."""
-    from gpt2ft.sampler import precision_name, sampling_dtype  # sampler imports nothing of ours
-
     tags = {"device": str(runtime.device), "precision": runtime.precision,
-            "sample_precision": precision_name(sampling_dtype(config.sample.precision, runtime.device)),
+            "sample_precision": resolved_precision(config.sample.precision, runtime.device),
             "torch_version": torch.__version__, "transformers_version": transformers.__version__,
             "model_name": config.model.name}
     if runtime.device.type == "cuda":

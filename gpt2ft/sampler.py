@@ -43,8 +43,10 @@ def sampling_dtype(precision: str, device: torch.device) -> Optional[torch.dtype
     return None
 
 
-def precision_name(dtype: Optional[torch.dtype]) -> str:
-    return "bf16" if dtype is torch.bfloat16 else "fp32"
+def resolved_precision(precision: str, device: torch.device) -> str:
+    """``sample.precision`` as this device resolves it (bf16 or fp32): the setup cache's key and
+    the runs' ``sample_precision`` tag, since the base model's references depend on it."""
+    return "bf16" if sampling_dtype(precision, device) is torch.bfloat16 else "fp32"
 
 
 class Sampler:
@@ -56,15 +58,12 @@ class Sampler:
         self._copy = None
         self._shapes: dict[str, tuple] = {}
 
-    @property
-    def precision(self) -> str:
-        return precision_name(self.dtype)
-
     @torch.no_grad()
     def weights_of(self, model):
         if self.dtype is None or next(model.parameters()).dtype == self.dtype:
             return model
-        shapes = {k: (type(model).__name__, tuple(v.shape)) for k, v in model.state_dict().items()}
+        state = model.state_dict()
+        shapes = {k: (type(model).__name__, tuple(v.shape)) for k, v in state.items()}
         if self._copy is None or shapes != self._shapes:
             # Another architecture (tests build several): a new copy. Otherwise in place.
             self._copy = copy.deepcopy(model).to(self.dtype).eval()
@@ -75,5 +74,5 @@ class Sampler:
                 p.grad = None
             self._shapes = shapes
         else:
-            self._copy.load_state_dict(model.state_dict())
+            self._copy.load_state_dict(state)
         return self._copy

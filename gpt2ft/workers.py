@@ -37,7 +37,7 @@ def worker_bytes(n_params: int, n_layer: int, hidden: int, vocab: int, batch: in
     """GPU memory one worker needs to train this model at this batch: fp32 weights, grads and
     AdamW's two moments (16 bytes a parameter), the base model every worker keeps on the device
     (4 more: trials copy it), its bf16 copy that judges fluency and the bf16 copy a measurement
-    decodes with (2 + 2 more; gpt2ft.sampler, bf16 on a GPU that has it), 16-bit activations without recomputation
+    decodes with (2 + 2 more; gpt2ft.sampler), 16-bit activations without recomputation
     (~34 bytes per token, layer and hidden unit, Korthikanti et al. 2022), the logits in bf16
     and fp32 plus their gradient (~12 bytes per token and vocabulary entry), and a context."""
     tokens = batch * block
