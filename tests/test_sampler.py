@@ -92,7 +92,8 @@ def test_the_fluency_judge_is_the_base_model_in_the_sampling_precision():
 
 def test_a_measurement_decodes_the_persistent_copy_as_configured(monkeypatch):
     """measure_model samples and extracts with the sampler's copy (the same object every
-    measurement, so a compiled decode is kept across trials) and passes ``sample.decode`` on."""
+    measurement, so a compiled decode is kept across trials, in inference mode) and passes
+    ``sample.decode`` on."""
     from types import SimpleNamespace
 
     import gpt2ft.measure as M
@@ -100,7 +101,9 @@ def test_a_measurement_decodes_the_persistent_copy_as_configured(monkeypatch):
     from gpt2ft.config import load_config
 
     seen = []
-    monkeypatch.setattr(M, "sample", lambda model, *a, decode="dynamic", **k: seen.append((model, decode)) or [[1]])
+    modes = []
+    monkeypatch.setattr(M, "sample", lambda model, *a, decode="dynamic", **k: seen.append((model, decode))
+                        or modes.append(torch.is_inference_mode_enabled()) or [[1]])
     monkeypatch.setattr(M, "renormalise", lambda tok, raw: (raw, ["x"]))
     monkeypatch.setattr(M, "measure_samples", lambda *a, **k: {})
     monkeypatch.setattr(M, "extraction", lambda assets, model: seen.append((model, "extraction")) or {})
@@ -113,3 +116,8 @@ def test_a_measurement_decodes_the_persistent_copy_as_configured(monkeypatch):
     assert [d for _, d in seen] == ["static", "extraction"] * 2
     assert all(model is copy for model, _ in seen) and copy is not first
     assert torch.equal(copy.lm_head.weight, second.lm_head.weight.to(torch.bfloat16))
+    # The copy decodes in inference mode; the training model itself (fp32) only under no_grad,
+    # so none of its tensors becomes an inference tensor that a later backward pass would refuse.
+    assets.sampler = Sampler(None)
+    M.measure_model(assets, first, 2, seed=0)
+    assert modes == [True, True, False] and seen[-2][0] is first
