@@ -3,7 +3,7 @@
 A measurement is ``gpt2ft.measure.measure_model``: sampling (``generate.sample``), the sample
 metrics (``measure_samples``: the n-gram look-ups, the style divergence, the bootstrap, the
 diversity, the base model's fluency, the style classifier) and the extraction test
-(``generate.greedy``). This script builds the experiment's assets once (``assets.prepare``),
+(``generate.greedy_until_wrong``). This script builds the experiment's assets once (``assets.prepare``),
 then measures the base model ``--runs`` times and times each part with ``time.perf_counter``
 around the functions ``measure_model`` calls (patched for the run only, so the code measured
 is the code a trial runs). A part called inside another (the memorization inside the
@@ -54,6 +54,7 @@ import benchlib as B  # noqa: E402
 PARTS = (
     ("gpt2ft.measure", "sample", "sampling"),
     ("gpt2ft.measure", "greedy", "extraction"),
+    ("gpt2ft.measure", "greedy_until_wrong", "extraction"),
     ("gpt2ft.metrics", "top100_ratio", "top100_ratio"),
     ("gpt2ft.metrics", "top100_counts", "top100_ratio"),
     ("gpt2ft.metrics", "memorization", "memorization 4/8/16"),

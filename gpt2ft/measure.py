@@ -19,7 +19,7 @@ import torch
 from gpt2ft import metrics as M
 from gpt2ft.data import encode, normalise_ws
 from gpt2ft.fluency import perplexity
-from gpt2ft.generate import greedy, sample
+from gpt2ft.generate import greedy_until_wrong, sample
 
 if TYPE_CHECKING:  # assets imports this module; the type is only for signatures
     from gpt2ft.assets import Assets
@@ -152,12 +152,10 @@ def extraction(assets: "Assets", model) -> dict[str, float]:
     prompts = [p[:n] for ps in pieces.values() for p in ps]
     if not prompts:
         return {}
-    # Every prompt has n tokens, so both sets decode in one batch: a decoding step costs about
-    # as much for 16 rows as for 8 (it reads every weight once), and one call takes half the steps.
-    # Given the truths, the call ends once every row has left its true continuation.
+    # Every prompt has n tokens, so both sets go through one batched teacher-forced pass, which
+    # gives each greedy continuation as far as its first wrong token: all extractable_rate needs.
     truths = [p[n:] for ps in pieces.values() for p in ps]
-    conts = greedy(model, assets.runtime, prompts, n, assets.tokenizer.eos_token_id, batch_size=len(prompts),
-                   truths=truths)
+    conts = greedy_until_wrong(model, assets.runtime, prompts, truths, batch_size=len(prompts))
     out, start = {}, 0
     for name, ps in pieces.items():
         if ps:

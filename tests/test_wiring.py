@@ -277,36 +277,31 @@ def test_a_measurement_keeps_the_values_of_the_unbatched_unvectorised_code(one_t
     assert {k: got[k] for k in want} == want
 
 
-def test_the_extraction_stops_once_every_row_has_left_its_truth(one_torch_thread):
-    """Given the true continuations, greedy ends each row at its first wrong token: a row that
-    follows its truth to the end is decoded whole (and equal), the extractable rate is the full
-    decode's, and when every first token is wrong the call is the prefill alone, not n passes."""
-    from gpt2ft.generate import greedy
+def test_one_teacher_forced_pass_gives_greedy_up_to_its_first_wrong_token(one_torch_thread):
+    """greedy_until_wrong gives each prompt's greedy continuation (generate, step by step) as far as
+    its first token off the truth, from one forward pass; a row that follows its truth to the end
+    comes whole, so the extractable rate is greedy's."""
+    from gpt2ft.generate import greedy, greedy_until_wrong
     from gpt2ft.model import Runtime
 
     model, rt, n = _tiny_lm(300, seed=0, sharpness=20.0), Runtime(torch.device("cpu"), None), 12
     gen = torch.Generator().manual_seed(1)
     prompts = torch.randint(0, 299, (4, n), generator=gen).tolist()
     full = greedy(model, rt, prompts, n, 299)
-    # Truths: row 0 is the model's own continuation; the others differ from it at 0, 5 and n - 1.
-    truths = [list(c) for c in full]
-    for row, at in ((1, 0), (2, 5), (3, n - 1)):
-        truths[row][at] = (truths[row][at] + 1) % 299
+    # Truths: row 0 is the model's own continuation; the others leave it at 0, 5 and n - 1.
+    truths, wrong_at = [list(c) for c in full], {0: n, 1: 0, 2: 5, 3: n - 1}
+    for row, at in wrong_at.items():
+        if at < n:
+            truths[row][at] = (truths[row][at] + 1) % 299
     calls = []
     hook = model.register_forward_hook(lambda *a: calls.append(1))
     try:
-        cut = greedy(model, rt, prompts, n, 299, truths=truths)
-        assert len(calls) == n  # row 3 follows its truth until the last token
-        assert cut[0] == full[0] and cut[3] == full[3]
-        assert cut[2][:6] == full[2][:6] and cut[2] != truths[2]
-        assert M.extractable_rate(cut, truths) == M.extractable_rate(full, truths) == 0.25
-        calls.clear()
-        wrong = [[(t + 1) % 299 for t in c] for c in full]
-        early = greedy(model, rt, prompts, n, 299, truths=wrong)
+        cut = greedy_until_wrong(model, rt, prompts, truths)
     finally:
         hook.remove()
-    assert len(calls) == 1  # the prefill's token is already wrong in every row: no decoding step
-    assert M.extractable_rate(early, wrong) == 0.0
+    assert len(calls) == 1
+    assert cut == [full[row][:at + 1] for row, at in wrong_at.items()]
+    assert M.extractable_rate(cut, truths) == M.extractable_rate(full, truths) == 0.25
 
 
 def test_a_static_cache_draws_the_same_samples(one_torch_thread):
