@@ -27,7 +27,7 @@ from gpt2ft.judges import Bounds, heldout_bound, reference_bound
 from gpt2ft.measure import chunks, matched_diversity, matched_js, measure_model, measure_samples
 from gpt2ft.model import Runtime, describe, load_model, load_tokenizer, n_params, resolve_runtime, seed_everything
 from gpt2ft.ngram_index import NgramIndex
-from gpt2ft.sampler import Sampler, sampling_dtype
+from gpt2ft.sampler import Sampler, packs_on, sampling_dtype
 from gpt2ft.style import StyleClassifier, load_other_novels
 from gpt2ft.train import evaluate
 
@@ -71,7 +71,8 @@ class Assets:
     @functools.cached_property
     def sampler(self) -> Sampler:
         """The weights measurements decode with (one per process; not part of the setup cache)."""
-        return Sampler(sampling_dtype(self.config.sample.precision, self.runtime.device))
+        dtype = sampling_dtype(self.config.sample.precision, self.runtime.device)
+        return Sampler(dtype, packed=packs_on(self.runtime.device, dtype))
 
     @functools.cached_property
     def fluency_judge(self):

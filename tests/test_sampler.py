@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gpt2ft.sampler import Sampler, sampling_dtype
+from gpt2ft.sampler import Sampler, packs_on, sampling_dtype
 
 
 def _tiny(seed: int, n_embd: int = 16) -> GPT2LMHeadModel:
@@ -121,3 +121,30 @@ def test_a_measurement_decodes_the_persistent_copy_as_configured(monkeypatch):
     assets.sampler = Sampler(None)
     M.measure_model(assets, first, 2, seed=0)
     assert modes == [True, True, False] and seen[-2][0] is first
+
+
+needs_packing = pytest.mark.skipif(not packs_on(torch.device("cpu"), torch.bfloat16),
+                                   reason="this CPU does not multiply bf16 natively: no packed weights")
+
+
+@needs_packing
+def test_packed_weights_draw_the_same_tokens_and_follow_each_refresh():
+    """The packed copy (GPT-2: Conv1D layers and an nn.Linear head tied to the embedding) samples
+    the tokens the plain bf16 copy samples, for one model and then, refreshed, for another; a pass
+    over many rows takes the layers' own forward, bit for bit."""
+    from types import SimpleNamespace
+
+    from gpt2ft.generate import sample
+    from gpt2ft.model import Runtime
+
+    rt, tok = Runtime(torch.device("cpu"), None), SimpleNamespace(bos_token_id=63, eos_token_id=63)
+    packed, plain = Sampler(torch.bfloat16, packed=True), Sampler(torch.bfloat16)
+    for seed in (0, 1):
+        model = _tiny(seed, n_embd=64)
+        p, q = packed.weights_of(model), plain.weights_of(model)
+        assert p is not q and hasattr(p.transformer.h[0].attn.c_attn, "_packed_weight")
+        with torch.inference_mode():
+            assert sample(p, tok, rt, 10, 20, seed=3) == sample(q, tok, rt, 10, 20, seed=3)
+            many = torch.randint(0, 63, (4, 30))
+            assert torch.equal(p(many).logits, q(many).logits)
+    assert p.lm_head.weight is p.transformer.wte.weight  # still tied
