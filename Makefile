@@ -69,7 +69,7 @@ bench-measure: install
 	$(BIN)/python bench/measure.py $(ARGS)
 
 # The study before issue 19 (no derived trials, no copying stop, fp32 decoding) against as committed, side by side
-# (bench/study.py; demo.yaml by default, ~30 min on the 2-core CPU).
+# (bench/study.py; demo.yaml by default, ~16 min on the 2-core CPU).
 bench-study: install
 	$(BIN)/python bench/study.py $(ARGS)
 

@@ -29,7 +29,7 @@ samples, so a smaller difference is noise).
 
 Usage, from the repository root (GPT2FT_CORPUS / GPT2FT_OTHER_CORPORA as for a study)::
 
-    python3 bench/study.py                      # demo.yaml, ~30 min on the 2-core CPU
+    python3 bench/study.py                      # demo.yaml, ~16 min on the 2-core CPU
     python3 bench/study.py --config experiments/tiny.yaml --set study.n_trials=2   # a smoke run
 
 JSON goes to ``--out`` (default bench/study.json); the runs stay in ``--workdir``.

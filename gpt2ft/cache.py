@@ -48,7 +48,9 @@ from gpt2ft.sampler import resolved_precision
 log = logging.getLogger(__name__)
 
 #: Bump when what setup computes, or how it is stored, changes: older entries are then ignored.
-CACHE_VERSION = 2  # 2: judges on the whole book (held-out windows, top-100, classifier), extraction reference
+# 2: judges on the whole book (held-out windows, top-100, classifier), extraction reference;
+# 3: the fluency NLL over flattened rows (the references move in their fifth digit).
+CACHE_VERSION = 3
 #: train.* fields that setup uses: the seed (classifier, reference sampling), and the held-out
 #: loss of the base model (batch, eval batches; device and precision as resolved, see
 #: :func:`relevant_config`). The rest shape trials only.
