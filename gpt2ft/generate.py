@@ -17,6 +17,7 @@ across trials instead of recompiling for each fresh model.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Sequence
 
 import torch
@@ -121,10 +122,19 @@ def greedy_until_wrong(model, runtime: Runtime, prompts: Sequence[Sequence[int]]
         # Position t predicts token t + 1: the last n positions of prompt + truth[:-1] predict the truth.
         ids = torch.cat([chunk, truth[:, :-1]], dim=1)
         with runtime.autocast():
-            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=n).logits
+            logits = _last_logits(model, ids, n)
         choice = logits.argmax(dim=-1)
         right = (choice == truth).long().cumprod(dim=1).sum(dim=1).tolist()  # tokens reproduced
         for row, k in enumerate(right):
             outs.append(truth[row, :k].tolist() + choice[row, k:k + 1].tolist())
     model.train(was_training)
     return outs
+
+
+def _last_logits(model, ids: torch.Tensor, n: int) -> torch.Tensor:
+    """The logits of the last ``n`` positions: only those through ``logits_to_keep`` (transformers'
+    causal LMs), else all of them cut (a model whose forward lacks it)."""
+    mask = torch.ones_like(ids)
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        return model(input_ids=ids, attention_mask=mask, logits_to_keep=n).logits
+    return model(input_ids=ids, attention_mask=mask).logits[:, -n:]

@@ -303,6 +303,16 @@ def test_one_teacher_forced_pass_gives_greedy_up_to_its_first_wrong_token(one_to
     assert cut == [full[row][:at + 1] for row, at in wrong_at.items()]
     assert M.extractable_rate(cut, truths) == M.extractable_rate(full, truths) == 0.25
 
+    class NoKeep(torch.nn.Module):  # a causal LM whose forward has no logits_to_keep
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+    assert greedy_until_wrong(NoKeep(model), rt, prompts, truths) == cut
+
 
 def test_a_static_cache_draws_the_same_samples(one_torch_thread):
     """generate.sample's ``decode`` changes how it decodes, not what it draws; an unknown one is refused."""
