@@ -62,7 +62,8 @@ def packs_on(device: torch.device, dtype: Optional[torch.dtype]) -> bool:
     """Whether the sampling copy's products run on weights prepacked for oneDNN: bf16 on a CPU that
     multiplies bf16 natively. A decoding step multiplies 10 rows by every weight, and on this
     project's CPU ``F.linear`` re-lays each bf16 weight out on every call; packed once per
-    measurement, SmolLM2's 10 x 100 samples took 4.4 s instead of 5.1 s, the same tokens."""
+    measurement, SmolLM2's 10 x 100 samples took 4.4 s instead of 5.1 s, the same tokens. The packed
+    weights are a second bf16 copy in memory (about 2 bytes a parameter); never made on CUDA."""
     return (device.type == "cpu" and dtype is torch.bfloat16 and bf16_is_native(device)
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
