@@ -19,6 +19,11 @@ from gpt2ft.configio import deep_update, parse_override, read_yaml, set_dotted
 from gpt2ft.errors import ConfigError
 from gpt2ft.pick import RULES as PICK_RULES
 
+#: ``sample.precision`` (``gpt2ft.sampler``) and ``sample.decode`` (``gpt2ft.generate``) values,
+#: here so the config checks them without importing torch.
+SAMPLE_PRECISIONS = ("auto", "fp32", "bf16")
+SAMPLE_DECODES = ("dynamic", "static", "static-compile")
+
 COMPILE_MODES = ("off", "default", "reduce-overhead")
 
 
@@ -159,11 +164,10 @@ class SampleConfig:
     """Weights a measurement decodes with: auto (bf16 where the device multiplies bf16 natively:
     CUDA, a CPU with AVX512-BF16/AMX; else fp32), fp32 or bf16 (gpt2ft.sampler)."""
     decode: str = "dynamic"
-    """How a measurement's sampling decodes (gpt2ft.generate.DECODES): dynamic, static (a
-    preallocated KV cache) or static-compile (its decoding step compiled; CUDA graphs on CUDA).
-    The same draws; on the 2-core CPU neither static one paid (docs/measure_speed.md). With
-    static-compile the compiled step is kept across trials: every measurement decodes with the
-    one persistent sampling copy (gpt2ft.sampler), so nothing recompiles per trial."""
+    """How a measurement's sampling decodes: dynamic, static (a preallocated KV cache) or
+    static-compile (its decoding step compiled; CUDA graphs on CUDA). The same draws; on the 2-core
+    CPU neither static one paid (docs/measure_speed.md). Compiled, the step is kept across trials:
+    every measurement decodes with one persistent sampling copy (gpt2ft.sampler)."""
 
     def __post_init__(self) -> None:
         _check(self.n_samples >= 1, "sample.n_samples must be >= 1.")
@@ -172,10 +176,9 @@ class SampleConfig:
         _check(self.top_k >= 0, "sample.top_k must be >= 0.")
         _check(self.temperature > 0, "sample.temperature must be > 0.")
         _check(self.every_steps >= 0, "sample.every_steps must be >= 0 (0 = after every epoch).")
-        _check(self.precision in ("auto", "fp32", "bf16"),
-               f"sample.precision must be auto, fp32 or bf16, got {self.precision!r}.")
-        _check(self.decode in ("dynamic", "static", "static-compile"),
-               f"sample.decode must be dynamic, static or static-compile, got {self.decode!r}.")
+        for name, value, allowed in (("precision", self.precision, SAMPLE_PRECISIONS),
+                                     ("decode", self.decode, SAMPLE_DECODES)):
+            _check(value in allowed, f"sample.{name} must be one of {', '.join(allowed)}, got {value!r}.")
 
 
 @dataclass(frozen=True)

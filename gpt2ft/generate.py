@@ -22,10 +22,11 @@ from typing import Sequence
 
 import torch
 
+from gpt2ft.config import SAMPLE_DECODES
 from gpt2ft.model import Runtime, prompt_token_id
 
 #: The ways :func:`sample` can decode (module docstring).
-DECODES = ("dynamic", "static", "static-compile")
+DECODES = SAMPLE_DECODES
 
 
 def _eos(tokenizer) -> int:

@@ -23,8 +23,7 @@ from typing import Optional
 
 import torch
 
-#: ``sample.precision`` values.
-PRECISIONS = ("auto", "fp32", "bf16")
+from gpt2ft.config import SAMPLE_PRECISIONS as PRECISIONS
 
 
 def bf16_is_native(device: torch.device) -> bool:
@@ -56,6 +55,8 @@ def resolved_precision(precision: str, device: torch.device) -> str:
 #: rows the packed products equalled ``F.linear``'s bit for bit for every SmolLM2 and GPT-2 shape
 #: on this project's CPU; at 96 rows one shape differed, at 500 and more several, in the last bit.
 PACKED_MAX_ROWS = 64
+#: The row count oneDNN lays the packed weights out for: a decoding step's 10 to 20.
+PACK_FOR_ROWS = 16
 
 
 def packs_on(device: torch.device, dtype: Optional[torch.dtype]) -> bool:
@@ -90,7 +91,7 @@ def pack(model) -> None:
     for module, transposed in _linears(model):
         weight = module.weight.detach()
         weight = (weight.t() if transposed else weight).contiguous()
-        module._packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight, 16)
+        module._packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_FOR_ROWS)
         module.forward = _packed_forward.__get__(module)
 
 
@@ -112,9 +113,9 @@ class Sampler:
         if self._copy is None or shapes != self._shapes:
             # Another architecture (tests build several): a new copy. Otherwise in place.
             self._copy = copy.deepcopy(model).to(self.dtype).eval()
-            # Left requiring grad (decoding runs under no_grad anyway): with requires_grad off,
-            # the 16-row greedy extraction ran in 2.7 s instead of 1.6 s on this CPU (bf16,
-            # torch 2.13), a slower matmul path; the 10-row sampling was the same either way.
+            # Gradients the deepcopy brought along are dropped; requires_grad is left on (decoding
+            # runs under no_grad or inference mode anyway): with it off, a 16-row greedy decode ran
+            # in 2.7 s instead of 1.6 s on this CPU (bf16, torch 2.13), a slower matmul path.
             for p in self._copy.parameters():
                 p.grad = None
             self._shapes = shapes
