@@ -28,7 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LM
 from gpt2ft.config import Config, ModelConfig, TrainConfig
 from gpt2ft.errors import UserError
 from gpt2ft.fsutil import atomic_dir
-from gpt2ft.sampler import resolved_precision
+from gpt2ft.sampler import bf16_is_native, resolved_precision
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GPT2_FAMILY = {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2",
@@ -71,8 +71,8 @@ def resolve_runtime(cfg: TrainConfig) -> Runtime:
         if device.type == "mps" and not torch.backends.mps.is_available():
             raise UserError("train.device is mps but MPS is not available; use train.device=auto.")
     dtype: Optional[torch.dtype] = None
-    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"
-                                   and torch.cuda.is_bf16_supported()):
+    # auto: bf16 autocast on a GPU that multiplies bf16 natively (emulated bf16 is slower than fp32).
+    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda" and bf16_is_native(device)):
         dtype = torch.bfloat16
     if device.type == "cuda":
         # TF32 matmuls for whatever still runs in fp32 (the optimizer, the loss).

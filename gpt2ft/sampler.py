@@ -27,11 +27,18 @@ from gpt2ft.config import SAMPLE_PRECISIONS as PRECISIONS
 
 
 def bf16_is_native(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bf16 in hardware (else bf16 is emulated, and slower)."""
+    """Whether ``device`` multiplies bf16 in hardware; emulated bf16 decodes slower than fp32.
+
+    CUDA: compute capability 8.0 or more (Ampere on; ROCm always). ``torch.cuda.is_bf16_supported()``
+    alone also counts a T4's or V100's emulation, so emulation is excluded by name. CPU: AVX512-BF16
+    or AMX-BF16 (``torch.cpu.get_capabilities``); oneDNN's own bf16 check also passes plain AVX512,
+    which converts to fp32 for every product."""
     if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        caps = torch.cpu.get_capabilities()
+        native = any(bool(caps.get(k)) for k in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16"))
+        return bool(native and torch.backends.mkldnn.is_available())
     return False
 
 

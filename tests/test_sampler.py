@@ -148,3 +148,48 @@ def test_packed_weights_draw_the_same_tokens_and_follow_each_refresh():
             many = torch.randint(0, 63, (4, 30))
             assert torch.equal(p(many).logits, q(many).logits)
     assert p.lm_head.weight is p.transformer.wte.weight  # still tied
+
+
+def _gpu(monkeypatch, major: int) -> None:
+    """torch sees one CUDA GPU of compute capability ``major``.x that can build bf16 tensors (a
+    T4 or V100 emulates bf16 in fp32: ``torch.cuda.is_bf16_supported()`` says True there)."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: SimpleNamespace(major=major))
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)
+
+
+@pytest.mark.parametrize("major, native", [(7, False), (8, True), (9, True)])
+def test_bf16_on_cuda_is_native_from_ampere_on_not_emulated(monkeypatch, major, native):
+    from gpt2ft.config import TrainConfig
+    from gpt2ft.model import resolve_runtime
+    from gpt2ft.sampler import bf16_is_native
+
+    _gpu(monkeypatch, major)
+    assert torch.cuda.is_bf16_supported()  # torch's own answer counts the emulation
+    cuda = torch.device("cuda")
+    assert bf16_is_native(cuda) is native
+    assert sampling_dtype("auto", cuda) is (torch.bfloat16 if native else None)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:  # training's autocast follows the same rule
+        runtime = resolve_runtime(TrainConfig(device="auto", precision="auto"))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    assert runtime.precision == ("bf16-autocast" if native else "fp32")
+
+
+@pytest.mark.parametrize("caps, native", [({"avx512_bw": True, "avx512_bf16": False, "amx_bf16": False}, False),
+                                          ({"avx512_bw": True, "avx512_bf16": True}, True),
+                                          ({"avx512_bw": True, "amx_bf16": True}, True)])
+def test_bf16_on_a_cpu_is_native_with_its_bf16_instructions_only(monkeypatch, caps, native):
+    from gpt2ft.sampler import bf16_is_native
+
+    # oneDNN's own check passes any AVX512 CPU, which converts bf16 to fp32 for every product
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    cpu = torch.device("cpu")
+    assert bf16_is_native(cpu) is native
+    assert sampling_dtype("auto", cpu) is (torch.bfloat16 if native else None)
+    assert packs_on(cpu, torch.bfloat16) is (native and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
