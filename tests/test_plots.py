@@ -15,6 +15,7 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from gpt2ft import plots
 
@@ -201,12 +202,11 @@ def test_style_vs_copying_accepts_enum_state_strings(tmp_path: Path) -> None:
     saved_ok(fig, tmp_path / "style_enum.png")
 
 
-def test_style_vs_copying_without_references_and_log_axis(tmp_path: Path) -> None:
+def test_style_vs_copying_without_references_keeps_the_broken_axis(tmp_path: Path) -> None:
     refs = {"book_top100_ratio": NAN, "base_memorization": 0.01}  # incomplete references
-    fig = plots.style_vs_copying(trials_table(), refs, trajectories_table(),
-                                 log_memorization=True)
-    assert main_axes(fig)[0].get_xscale() == "symlog"
-    assert "Pareto band" not in all_text(fig)  # no book ratio, no band around it
+    fig = plots.style_vs_copying(trials_table(), refs, trajectories_table())
+    assert main_axes(fig)[0].get_xscale() == "function"
+    assert not [c for c in main_axes(fig)[0].collections if "Pareto front:" in str(c.get_label())]
     saved_ok(fig, tmp_path / "style_norefs.png")
 
 
@@ -297,14 +297,76 @@ def test_style_vs_copying_colour_bar_integer_trial_numbers_without_lr() -> None:
     assert "trial number" in bar.get_ylabel()
 
 
-def test_style_vs_copying_labels_the_band_on_the_band() -> None:
-    fig = plots.style_vs_copying(trials_table(), REFS)
+def test_copying_axis_sets_zero_apart_and_each_decade_alike() -> None:
+    axis = plots.CopyingAxis([0.0, 0.0017, 0.025, NAN])
+    assert axis.decade == -3  # the largest power of ten at or below 0.0017
+    x0, x_small, x_big = axis.forward(np.array([0.0, 0.0017, 0.025]))
+    assert x_small - x0 >= 1.0  # a zero and a small copy are a decade apart, not a hair
+    assert axis.forward(np.array([0.01]))[0] - axis.forward(np.array([0.001]))[0] == pytest.approx(1.0)
+    grid = np.array([-0.0008, -0.0004, 0.0, 0.0005, 0.001, 0.003, 0.02, 0.3])
+    assert np.all(np.diff(axis.forward(grid)) > 0)  # monotonic, as a matplotlib scale must be
+    assert axis.inverse(axis.forward(grid)) == pytest.approx(grid)
+    slots = [float(axis.dodged(np.array([0.0]), i, 4)[0]) for i in range(4)]
+    assert len(set(slots)) == 4 and all(-0.0008 < v < 0 for v in slots)  # inside the zero band
+    assert float(axis.dodged(np.array([0.02]), 1, 4)[0]) == 0.02  # only zeros move
+    assert plots.CopyingAxis([]).decade == -2 and plots.CopyingAxis([1e-9]).decade == -5
+    assert axis.ticks(0.03) == ([axis.zero, 0.001, 0.01, 0.1], ["0 (none)", "0.001", "0.01", "0.1"])
+
+
+def demo_like(copy_all: bool) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The demo's eleven candidates (docs/demo.md): seven copy nothing; or every one copies."""
+    rows = [(0, 3e-5, 1, .442, 0), (0, 3e-5, 2, .422, 0), (1, 1.2e-4, 1, .481, 0), (1, 1.2e-4, 2, .531, 0),
+            (1, 1.2e-4, 3, .560, .0017), (2, 4e-4, 1, .513, 0), (2, 4e-4, 2, .548, 0), (2, 4e-4, 3, .550, .0287),
+            (8, 3.9e-4, 1, .513, 0), (8, 3.9e-4, 2, .498, .0046), (8, 3.9e-4, 3, .565, .0253)]
+    traj = pd.DataFrame([(n, lr, e, 4 * e, y, m + 0.01 * e * copy_all) for n, lr, e, y, m in rows],
+                        columns=["number", "lr", "epoch", "step", "top100_ratio", "memorization"])
+    final = traj.groupby("number").last().reset_index().assign(state="COMPLETE", selected=False)
+    final["on_front"] = final["number"].isin([1, 8])
+    chosen = traj.iloc[3].to_dict()
+    return final, traj, chosen
+
+
+@pytest.mark.parametrize("copy_all", [False, True])
+def test_style_vs_copying_labels_cover_no_point_and_clean_paths_stand_apart(copy_all: bool) -> None:
+    final, traj, chosen = demo_like(copy_all)
+    refs = {"book_top100_ratio": .554, "book_memorization": .0007, "base_top100_ratio": .407,
+            "base_memorization": 0.0, "memorization_bound": .02}
+    fig = plots.style_vs_copying(final, refs, traj, chosen=chosen)
+    FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
     ax = main_axes(fig)[0]
-    labels = [t for t in ax.texts if t.get_gid() == "pareto-band-label"]
-    assert len(labels) == 1 and "Pareto band" in labels[0].get_text()
-    # Front 0 (0.50), 1 (0.55), 4 (0.57); book 0.56: the widest step is 0.06 either side.
-    x, y = labels[0].xy
-    assert x == pytest.approx(0.002) and 0.56 < y < 0.62
+    pts = np.concatenate([ax.transData.transform(np.asarray(c.get_offsets(), float)) for c in ax.collections
+                          if hasattr(c, "get_offsets") and len(c.get_offsets())]
+                         + [ax.transData.transform(line.get_xydata()) for line in trajectory_lines(fig).values()])
+    labels = [t for t in ax.texts if t.get_gid() in ("selected-label", "front-label")]
+    assert len(labels) == 3  # the pick and the two front trials
+    for label in labels:
+        box = Text.get_window_extent(label, renderer)
+        inside = (pts[:, 0] > box.x0) & (pts[:, 0] < box.x1) & (pts[:, 1] > box.y0) & (pts[:, 1] < box.y1)
+        assert not inside.any(), label.get_text()
+    starts = {n: line.get_xdata()[0] for n, line in trajectory_lines(fig).items()}
+    assert len(set(starts.values())) == 4  # every path leaves the base model from a slot of its own
+    legend = fig.legends[0].get_window_extent(renderer)
+    assert legend.y1 <= ax.get_window_extent(renderer).y0  # the legend stands below the data
+    assert "0 (none)" in [t.get_text() for t in ax.get_xticklabels()]
+
+
+def test_a_label_moves_off_the_points_its_first_place_would_cover() -> None:
+    from gpt2ft.plots.tradeoff import _place_labels
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    ax.set_xlim(0, 1), ax.set_ylim(0, 1)
+    xs, ys = np.meshgrid(np.linspace(0.52, 0.8, 8), np.linspace(0.52, 0.8, 8))  # crowd the upper right
+    ax.scatter(xs.ravel(), ys.ravel())
+    label = ax.annotate("selected: trial 1\ntop-100 ratio 0.531", (0.5, 0.5), xytext=(10, 10),
+                        textcoords="offset points", gid="selected-label")
+    _place_labels(fig, ax)
+    renderer = fig.canvas.get_renderer()
+    box = Text.get_window_extent(label, renderer)
+    pts = ax.transData.transform(np.column_stack([xs.ravel(), ys.ravel()]))
+    assert not ((pts[:, 0] > box.x0) & (pts[:, 0] < box.x1) & (pts[:, 1] > box.y0) & (pts[:, 1] < box.y1)).any()
+    assert label.get_position() != (10, 10)
 
 
 def test_style_vs_copying_selected_label_stays_inside_axes_below_title() -> None:

@@ -29,10 +29,11 @@ from gpt2ft.plots.frequencies import top100_frequencies
 from gpt2ft.plots.hyperparams import params_vs_objectives
 from gpt2ft.plots.loss import loss_curves
 from gpt2ft.plots.novelty import novelty_curves
-from gpt2ft.plots.prepare import copying_onsets, epoch_series, style_points, trajectory_paths
+from gpt2ft.plots.prepare import CopyingAxis, copying_onsets, epoch_series, style_points, trajectory_paths
 from gpt2ft.plots.tradeoff import style_vs_copying
 
 __all__ = [
+    "CopyingAxis",
     "copying_and_loss_by_epoch",
     "copying_onsets",
     "epoch_series",

@@ -165,3 +165,61 @@ def novelty_points(curve: Mapping[int, float], log_y: bool) -> tuple[list[int], 
     pts = sorted((int(n), float(v)) for n, v in curve.items()
                  if finite(n) and finite(v) and float(n) > 0 and (not log_y or float(v) > 0))
     return [n for n, _ in pts], [v for _, v in pts]
+
+
+class CopyingAxis:
+    """Memorization on a broken axis: exactly zero in a band of its own at the left, positive
+    values on a log scale to its right, a gap between them.
+
+    Most measured points of a healthy study copy nothing (memorization exactly 0) while the
+    copying ones read 0.001-0.05; on a linear axis every clean trial's path is the same vertical
+    stroke at 0 and small copying is squeezed against it. Here ``0`` and ``0.0017`` are a gap
+    apart, each decade of copying gets the same width, and within the zero band each trial has a
+    slot of its own (:meth:`dodged`), so clean paths stand side by side.
+
+    ``decade`` is the lowest power of ten drawn on the log part: the largest one at or below the
+    smallest positive value (at most 1e-2, at least 1e-5). Positions are in decades: the log
+    part is ``log10(m)``; the zero band spans one decade, ``[decade - 1.8, decade - 1]`` for data
+    in ``[-0.8 * 10**decade, 0]``: a dodged zero is stored as a small negative number that the
+    axis labels ``0``.
+    """
+
+    ZERO_BAND = 0.8  # the band's width, in decades of the log part
+
+    def __init__(self, positives: Sequence[float]) -> None:
+        pos = [float(v) for v in positives if finite(v) and float(v) > 0]
+        low = min(pos) if pos else 1e-2
+        self.decade = int(min(-2, max(-5, math.floor(math.log10(low)))))
+        self.unit = 10.0 ** self.decade
+
+    def forward(self, m: np.ndarray) -> np.ndarray:
+        """Data (memorization) to axis position, elementwise; monotonic."""
+        m = np.asarray(m, dtype=float)
+        d, u = self.decade, self.unit
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_part = np.log10(np.where(m >= u, m, u))
+        return np.where(m <= 0, d - 1 + m / u, np.where(m < u, d - 0.6 + 0.6 * m / u, log_part))
+
+    def inverse(self, x: np.ndarray) -> np.ndarray:
+        """Axis position to data; positions in the gap read as the gap's linear values."""
+        x = np.asarray(x, dtype=float)
+        d, u = self.decade, self.unit
+        gap = np.clip((x - (d - 0.6)) / 0.6, 0, 1) * u
+        return np.where(x <= d - 1, (x - (d - 1)) * u, np.where(x < d, gap, 10.0 ** np.minimum(x, 300)))
+
+    def dodged(self, m: np.ndarray, slot: int, n_slots: int) -> np.ndarray:
+        """``m`` with its exact zeros moved to slot ``slot`` of ``n_slots`` in the zero band."""
+        m = np.asarray(m, dtype=float)
+        where = -(max(n_slots, 1) - slot - 0.5) / max(n_slots, 1) * self.ZERO_BAND * self.unit
+        return np.where(m == 0, where, m)
+
+    @property
+    def zero(self) -> float:
+        """The data value at the zero band's middle (its tick, labelled 0)."""
+        return -self.ZERO_BAND / 2 * self.unit
+
+    def ticks(self, high: float) -> tuple[list[float], list[str]]:
+        """Tick values and labels: ``0`` in the band, then each decade up to ``high``."""
+        top = max(self.decade + 1, math.ceil(math.log10(high)) if finite(high) and high > 0 else 0)
+        values = [self.zero] + [10.0 ** k for k in range(self.decade, min(top, 0) + 1)]
+        return values, ["0 (none)"] + [f"{v:g}" for v in values[1:]]

@@ -1,6 +1,11 @@
 """The style-vs-copying figure of a study: each trial's style (top-100 ratio) against its copying
 (memorization), its path through the epochs, the book and base-model references, the Pareto
-front as a band and the selected candidate starred."""
+front as a band and the selected candidate starred.
+
+Memorization is drawn on a broken axis (:class:`~gpt2ft.plots.prepare.CopyingAxis`): exactly
+zero in a band of its own, where each trial has a slot so clean paths stand apart, and copying on
+a log scale beside it. Labels are placed where they cover no point, and the legend sits below
+the axes."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -8,75 +13,93 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
-from gpt2ft.plots.prepare import finite, ref, style_points, trajectory_paths
+from gpt2ft.plots.prepare import CopyingAxis, finite, ref, style_points, trajectory_paths
 from gpt2ft.plots.theme import (BASE_COLOR, BOOK_COLOR, CMAP, LABELS, SELECTED_COLOR, colour_scale, colourbar,
                                 int_or_float, memorization_lines, new_figure, no_data, styled)
 
+# Where a label may go relative to its point (points): nearest first, then further out.
+_OFFSETS = [(10, 10), (10, -10), (-10, 10), (-10, -10), (22, 28), (22, -28), (-22, 28), (-22, -28),
+            (40, 0), (-40, 0), (0, 44), (0, -44)]
 
-def _draw_trials(fig: Figure, ax: Axes, points: pd.DataFrame,
-                 trajectories: pd.DataFrame | None, base: tuple[float, float] | None) -> None:
+
+class _Slots:
+    """Each drawn trial's slot in the zero band (by trial number) and the dodge it implies."""
+
+    def __init__(self, axis: CopyingAxis, numbers: pd.Series) -> None:
+        self.axis = axis
+        self.slot = {int(n): i for i, n in enumerate(sorted(int(n) for n in numbers if finite(n)))}
+
+    def x(self, number: Any, m: Any) -> np.ndarray:
+        slot = self.slot.get(int(number), 0) if finite(number) else 0
+        return self.axis.dodged(m, slot, len(self.slot))
+
+
+def _draw_trials(fig: Figure, ax: Axes, points: pd.DataFrame, trajectories: pd.DataFrame | None,
+                 base: tuple[float, float] | None, slots: _Slots) -> None:
     """Each trial's final point and, when measured by epoch, its path there; same colour."""
     values, norm, label = colour_scale(points["number"], points["lr"])
-    ax.scatter(points["memorization"], points["top100_ratio"], c=values, cmap=CMAP,
+    xs = [float(slots.x(n, m)) for n, m in zip(points["number"], points["memorization"])]
+    ax.scatter(xs, points["top100_ratio"], c=values, cmap=CMAP,
                norm=norm, s=45, edgecolor="white", lw=0.6, zorder=3, label="trial (final)")
     if len(points) > 1:
         colourbar(fig, ax, norm, label)
     colour = {int(n): CMAP(norm(v)) for n, v in zip(points["number"], values) if finite(n)}
     paths = trajectory_paths(trajectories, points, base)
-    for i, (number, (xs, ys)) in enumerate(sorted(paths.items())):
-        ax.plot(xs, ys, color=colour[number], lw=0.9, alpha=0.65, marker="o", ms=2.5,
+    for i, (number, (path_x, ys)) in enumerate(sorted(paths.items())):
+        ax.plot(slots.x(number, path_x), ys, color=colour[number], lw=0.9, alpha=0.65, marker="o", ms=2.5,
                 zorder=2, gid=f"trajectory-{number}",
                 label="trial's path: base model → each epoch → final" if i == 0 else None)
 
 
-def _reference_marks(ax: Axes, references: Mapping[str, Any]) -> None:
+def _reference_marks(ax: Axes, references: Mapping[str, Any], axis: CopyingAxis) -> None:
     """Book lines, the pick's bound and the base model, each only when known."""
     book_style = ref(references, "book_top100_ratio")
-    book_mem = ref(references, "book_memorization")
     base_style = ref(references, "base_top100_ratio")
     base_mem = ref(references, "base_memorization")
-    bound = ref(references, "memorization_bound")
     if book_style is not None:
         ax.axhline(book_style, color=BOOK_COLOR, ls="--", lw=1.2,
                    label=f"book's own top-100 ratio ({book_style:.3f})")
-    memorization_lines(ax.axvline, book_mem, bound)
+    memorization_lines(ax.axvline, ref(references, "book_memorization"), ref(references, "memorization_bound"))
     if base_style is not None and base_mem is not None:
-        ax.scatter([base_mem], [base_style], marker="X", s=140, color=BASE_COLOR,
-                   edgecolor="black", zorder=4, label="base model before fine-tuning")
+        ax.scatter([axis.zero if base_mem == 0 else base_mem], [base_style], marker="X", s=140,
+                   color=BASE_COLOR, edgecolor="black", zorder=4, label="base model before fine-tuning")
 
 
-def _draw_front(ax: Axes, front: pd.DataFrame, book_style: float | None) -> None:
+def _draw_front(ax: Axes, front: pd.DataFrame, book_style: float | None, slots: _Slots) -> None:
     """Ring the ``on_front`` trials; draw the front as a band around the book's ratio when
     that is known, else as a line through the front."""
     if front.empty:
         return
-    ax.scatter(front["memorization"], front["top100_ratio"], s=150, facecolor="none",
+    xs = np.array([float(slots.x(n, m)) for n, m in zip(front["number"], front["memorization"])])
+    ax.scatter(xs, front["top100_ratio"], s=150, facecolor="none",
                edgecolor="0.2", lw=1.2, zorder=4, label="Pareto-front trial (number)")
-    for row in front.itertuples(index=False):
-        ax.annotate(int_or_float(row.number), (row.memorization, row.top100_ratio),
-                    xytext=(7, -12), textcoords="offset points", fontsize="x-small",
-                    color="0.2")
+    for x, row in zip(xs, front.itertuples(index=False)):
+        ax.annotate(int_or_float(row.number), (x, row.top100_ratio), xytext=_OFFSETS[0],
+                    textcoords="offset points", fontsize="x-small", color="0.2", gid="front-label")
     if book_style is not None:
         _front_funnel(ax, front, book_style)
     elif len(front) > 1:
-        ax.plot(front["memorization"], front["top100_ratio"], color="0.25", lw=1, zorder=2,
-                label="Pareto front")
+        ax.plot(xs, front["top100_ratio"], color="0.25", lw=1, zorder=2, label="Pareto front")
 
 
 def _front_funnel(ax: Axes, front: pd.DataFrame, book_style: float) -> None:
-    """Draw the Pareto front as a funnel around the book's line, labelled on the band.
+    """Draw the Pareto front as a funnel around the book's line.
 
     Style is closeness to the book's ratio, from either side, so in top100_ratio units the
     front zig-zags above and below the book line and a polyline through it misleads. The
     honest picture is a step function: d(m) = the smallest distance to the book reached by
     any front trial with memorization <= m, drawn as the band book +/- d(m). It narrows
-    to the right: each step is what extra copying bought in closeness to the book.
+    to the right: each step is what extra copying bought in closeness to the book. The band
+    starts at the axis' left edge: a front trial that copies nothing covers the whole zero band.
     """
-    xs = front["memorization"].to_numpy(float)
-    dist = np.minimum.accumulate(np.abs(front["top100_ratio"].to_numpy(float) - book_style))
     left, right = ax.get_xlim()
+    mem = front["memorization"].to_numpy(float)
+    xs = np.where(mem == 0, left, mem)
+    dist = np.minimum.accumulate(np.abs(front["top100_ratio"].to_numpy(float) - book_style))
     xs_ext = np.append(xs, max(right, xs[-1]))
     d_ext = np.append(dist, dist[-1])
     ax.fill_between(xs_ext, book_style - d_ext, book_style + d_ext, step="post",
@@ -84,49 +107,94 @@ def _front_funnel(ax: Axes, front: pd.DataFrame, book_style: float) -> None:
                     label="Pareto front: closest to the book's ratio\n"
                           "reached with this much copying or less")
     for sign in (1, -1):
-        ax.step(xs_ext, book_style + sign * d_ext, where="post", color="0.45", lw=1,
-                zorder=1)
-    # The legend is far from the band; say what it is where it is drawn, in its widest
-    # (first) step, half-way between the book line and the upper edge.
-    ax.annotate("Pareto band: closest to the book\nfor this much copying or less",
-                (xs[0], book_style + dist[0] / 2), xytext=(4, 0), textcoords="offset points",
-                ha="left", va="center", fontsize="x-small", color="0.25", zorder=2,
-                gid="pareto-band-label", annotation_clip=True,
-                bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.6))
+        ax.step(xs_ext, book_style + sign * d_ext, where="post", color="0.45", lw=1, zorder=1)
     ax.set_xlim(left, right)  # the band must not widen the view
 
 
-def _chosen_points(points: pd.DataFrame, chosen: Mapping[str, Any] | None) -> list[tuple[float, float, str]]:
-    """(memorization, top100_ratio, label) of the selected candidate: ``chosen`` (a point on its
-    trial's path, often not its end) when given, else the rows flagged ``selected``."""
+def _chosen_points(points: pd.DataFrame, chosen: Mapping[str, Any] | None,
+                   slots: _Slots) -> list[tuple[float, float, float, str]]:
+    """(x, memorization, top100_ratio, label) of the selected candidate: ``chosen`` (a point on
+    its trial's path, often not its end) when given, else the rows flagged ``selected``."""
     if chosen is not None:
         x, y = float(chosen.get("memorization", np.nan)), float(chosen.get("top100_ratio", np.nan))
         if not (np.isfinite(x) and np.isfinite(y)):
             return []
-        return [(x, y, f"selected: trial {int_or_float(chosen.get('number'))}, epoch "
-                       f"{float(chosen.get('epoch', np.nan)):.3g} (step {int_or_float(chosen.get('step'))})")]
-    return [(r.memorization, r.top100_ratio, f"selected: trial {int_or_float(r.number)}")
+        return [(float(slots.x(chosen.get("number"), x)), x, y,
+                 f"selected: trial {int_or_float(chosen.get('number'))}, epoch "
+                 f"{float(chosen.get('epoch', np.nan)):.3g} (step {int_or_float(chosen.get('step'))})")]
+    return [(float(slots.x(r.number, r.memorization)), r.memorization, r.top100_ratio,
+             f"selected: trial {int_or_float(r.number)}")
             for r in points[points["selected"]].itertuples(index=False)]
 
 
-def _mark_selected(ax: Axes, points: pd.DataFrame, chosen: Mapping[str, Any] | None = None) -> None:
-    """Star and annotate the selected candidate, the label pointing into the axes.
-
-    Call after the limits and scale are final: the label goes towards the axes' centre
-    from where the point sits, so it cannot run into the title or out of the axes.
-    """
-    for x, y, text in _chosen_points(points, chosen):
+def _mark_selected(ax: Axes, points: pd.DataFrame, chosen: Mapping[str, Any] | None, slots: _Slots) -> None:
+    """Star and annotate the selected candidate (placed later, by :func:`_place_labels`)."""
+    for x, mem, y, text in _chosen_points(points, chosen, slots):
         ax.scatter([x], [y], marker="*", s=420, color=SELECTED_COLOR, edgecolor="black",
                    lw=0.8, zorder=6, label="selected trial")
-        ax.get_xlim(), ax.get_ylim()  # settle autoscaling before reading the transform
-        fx, fy = ax.transAxes.inverted().transform(ax.transData.transform((x, y)))
-        dx, dy = (-18 if fx > 0.5 else 18), (-18 if fy > 0.5 else 18)
-        ax.annotate(f"{text}\ntop-100 ratio {y:.3f}, memorization {x:.3f}",
-                    (x, y), xytext=(dx, dy), textcoords="offset points", fontsize="small",
-                    ha="right" if dx < 0 else "left", va="top" if dy < 0 else "bottom",
+        ax.annotate(f"{text}\ntop-100 ratio {y:.3f}, memorization {mem:.3g}",
+                    (x, y), xytext=_OFFSETS[0], textcoords="offset points", fontsize="small",
                     arrowprops=dict(arrowstyle="->", color="0.2"), gid="selected-label",
-                    bbox=dict(boxstyle="round", fc="white", ec=SELECTED_COLOR, alpha=0.95),
-                    zorder=7)
+                    bbox=dict(boxstyle="round", fc="white", ec=SELECTED_COLOR, alpha=0.95), zorder=7)
+
+
+def _data_points(ax: Axes) -> np.ndarray:
+    """Every drawn point (scatter markers and path vertices) in display coordinates."""
+    xy = [c.get_offsets() for c in ax.collections if hasattr(c, "get_offsets") and len(c.get_offsets())]
+    xy += [line.get_xydata() for line in ax.get_lines() if (line.get_gid() or "").startswith("trajectory-")]
+    xy = [np.asarray(a, dtype=float) for a in xy if len(a)]
+    return ax.transData.transform(np.concatenate(xy)) if xy else np.empty((0, 2))
+
+
+def _place_labels(fig: Figure, ax: Axes) -> None:
+    """Move each label to the first offset whose box covers no point, no other label and
+    stays inside the axes (the selected candidate's first, it matters most)."""
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw_without_rendering()  # the constrained layout settles the axes first
+    frame, taken = ax.get_window_extent(renderer), []
+    pts = _data_points(ax)
+    labels = sorted((t for t in ax.texts if t.get_gid() in ("selected-label", "front-label")),
+                    key=lambda t: t.get_gid() != "selected-label")
+    for label in labels:
+        label.set_in_layout(False)
+        best = None
+        for dx, dy in _OFFSETS:
+            label.set_position((dx, dy))
+            label.set_ha("left" if dx >= 0 else "right")
+            label.set_va("bottom" if dy >= 0 else "top")
+            # The text's own box (an annotation's extent includes its arrow, the patch updates at draw).
+            box = Text.get_window_extent(label, renderer).padded(6)
+            hits = int(np.sum((pts[:, 0] >= box.x0) & (pts[:, 0] <= box.x1)
+                              & (pts[:, 1] >= box.y0) & (pts[:, 1] <= box.y1)))
+            bad = hits + 10 * any(box.overlaps(b) for b in taken) + 100 * (
+                box.x0 < frame.x0 or box.x1 > frame.x1 or box.y0 < frame.y0 or box.y1 > frame.y1)
+            if best is None or bad < best[0]:
+                best = (bad, dx, dy, box)
+            if bad == 0:
+                break
+        _, dx, dy, box = best
+        label.set_position((dx, dy))
+        label.set_ha("left" if dx >= 0 else "right")
+        label.set_va("bottom" if dy >= 0 else "top")
+        taken.append(box)
+
+
+def _copying_axis(ax: Axes, points: pd.DataFrame, trajectories: pd.DataFrame | None,
+                  references: Mapping[str, Any]) -> CopyingAxis:
+    """The broken memorization axis for these points and references, set on ``ax``."""
+    values = list(points["memorization"])
+    if trajectories is not None and "memorization" in trajectories:
+        values += list(pd.to_numeric(trajectories["memorization"], errors="coerce"))
+    values += [references.get(k) for k in ("book_memorization", "base_memorization", "memorization_bound")]
+    axis = CopyingAxis(values)
+    ax.set_xscale("function", functions=(axis.forward, axis.inverse))
+    high = max([float(v) for v in values if finite(v)] + [axis.unit * 10])
+    ticks, labels = axis.ticks(high)
+    ax.set_xticks(ticks, labels)
+    ax.set_xlim(float(axis.inverse(axis.decade - 1.9)), float(10 ** (np.log10(high) + 0.15)))
+    ax.axvspan(float(axis.inverse(axis.decade - 1.85)), float(axis.inverse(axis.decade - 0.95)),
+               color="0.92", zorder=0, lw=0)
+    return axis
 
 
 @styled
@@ -134,12 +202,12 @@ def style_vs_copying(
     trials: pd.DataFrame,
     references: Mapping[str, Any],
     trajectories: pd.DataFrame | None = None,
-    log_memorization: bool = False,
     title: str = "Style vs copying: every fine-tuning trial",
     chosen: Mapping[str, Any] | None = None,
 ) -> Figure:
     """Scatter of each trial's style (``top100_ratio``, y) against its copying
-    (``memorization``, x), optionally with each trial's path through the epochs.
+    (``memorization``, x, on the broken axis of :class:`CopyingAxis`), optionally with each
+    trial's path through the epochs.
 
     ``trials`` is the trial-summary table; read are ``number``, ``state``, ``lr``,
     ``top100_ratio``, ``memorization``, ``on_front`` and ``selected`` (see
@@ -149,43 +217,39 @@ def style_vs_copying(
     hold ``book_top100_ratio``, ``book_memorization`` (dashed lines), ``base_top100_ratio``
     and ``base_memorization`` (base-model marker) and ``memorization_bound`` (dotted);
     missing/NaN ones are skipped. ``on_front`` trials are ringed and, with the book's
-    ratio known, drawn as a labelled band book +/- (best distance reached at that
-    memorization or less). Selected trials are starred and annotated "selected: trial N".
+    ratio known, drawn as a band book +/- (best distance reached at that memorization or
+    less). Selected trials are starred and annotated "selected: trial N".
     ``trajectories`` (long format: ``number``, ``epoch``, ``step``, ``top100_ratio``,
     ``memorization``) adds a thin line per trial, base model -> each epoch -> final point,
     in the trial's colour (see :func:`trajectory_paths`). ``chosen`` (``number``, ``step``, ``epoch``,
     ``memorization``, ``top100_ratio`` of the selected candidate) puts the star on its point.
     """
-    fig = new_figure((10, 7.5))
+    fig = new_figure((10, 7))
     ax = fig.subplots()
     fig.suptitle(title)
     ax.set_title("closer to the book's dashed line = more book-like word use; "
-                 "further right = more text copied verbatim from training",
+                 "further right = more text copied verbatim from training (log scale; 0 apart)",
                  fontsize="small", color="0.3")
     points, n_hidden = style_points(trials)
-    base_mem, base_style = (ref(references, "base_memorization"),
-                            ref(references, "base_top100_ratio"))
+    axis = _copying_axis(ax, points, trajectories, references)
+    slots = _Slots(axis, points["number"])
+    base_mem, base_style = ref(references, "base_memorization"), ref(references, "base_top100_ratio")
     base = (base_mem, base_style) if base_mem is not None and base_style is not None else None
     if len(points):
-        _draw_trials(fig, ax, points, trajectories, base)
+        _draw_trials(fig, ax, points, trajectories, base, slots)
     else:
         no_data(ax, "no completed trials with both metrics yet")
-    _reference_marks(ax, references)
-    if log_memorization:
-        # symlog: memorization can be exactly 0, which a pure log axis cannot show. Before
-        # the front: its band reads the x limits, which depend on the scale.
-        ax.set_xscale("symlog", linthresh=0.01)
-    _draw_front(ax, points[points["on_front"]], ref(references, "book_top100_ratio"))
-    _mark_selected(ax, points, chosen)
+    _reference_marks(ax, references, axis)
+    _draw_front(ax, points[points["on_front"]], ref(references, "book_top100_ratio"), slots)
+    _mark_selected(ax, points, chosen, slots)
     if n_hidden:
         ax.text(0.99, 0.01, f"{n_hidden} failed/pruned/unmeasured trial(s) not shown",
-                transform=ax.transAxes, ha="right", va="bottom", fontsize="x-small",
-                color="0.4")
+                transform=ax.transAxes, ha="right", va="bottom", fontsize="x-small", color="0.4")
     ax.set_xlabel(LABELS["memorization"])
     ax.set_ylabel(LABELS["top100_ratio"])
     handles, names = ax.get_legend_handles_labels()
     if handles:
-        # Below the axes: inside, a legend this long always hides some trials.
-        fig.legend(handles, names, loc="outside lower center", ncol=3, fontsize="x-small",
-                   frameon=False)
+        # Below the axes, four to a row: inside, a legend this long always hides some trials.
+        fig.legend(handles, names, loc="outside lower center", ncol=4, fontsize="x-small", frameon=False)
+    _place_labels(fig, ax)
     return fig
