@@ -301,6 +301,8 @@ class StudyConfig:
     """Tell Optuna every interior whole-epoch point of a trial as a trial of that many epochs
     (``derived_from`` its trial; no MLflow run, no slot), so the sampler learns from every
     measurement: epoch e of an E-epoch trial is an e-epoch trial."""
+    startup_trials: int = 10
+    """Trained trials drawn at random before TPE models the space (derived trials do not count)."""
     stop_after: int = 2
     """Stop a trial once this many of its points in a row fail a copying judge of the pick while
     its held-out loss is above its lowest: later points only copy more, and none can be picked
@@ -326,7 +328,6 @@ class StudyConfig:
     """Worker processes that run trials at once on this machine: an integer >= 1, or ``auto``
     (as many as the GPU's free memory and the CPU cores allow; 1 without a GPU). A string
     because ``auto`` is a value; ``jobs: 4`` in YAML reads as ``"4"``."""
-
     writer: str = "auto"
     """Where a trial's final MLflow writes and plots are made: ``process`` (a writer process,
     while the next trial trains), ``inline`` (inside the trial) or ``auto``: the process for a
@@ -344,7 +345,8 @@ class StudyConfig:
                f"study.writer must be auto, process or inline, got {self.writer!r}.")
         _check(self.jobs == "auto" or (self.jobs.isdigit() and int(self.jobs) >= 1),
                f"study.jobs must be an integer >= 1 or auto, got {self.jobs!r}.")
-        _check(self.n_trials >= 1, "study.n_trials must be >= 1.")
+        _check(min(self.n_trials, self.startup_trials, self.max_failures) >= 1,
+               "study.n_trials, study.startup_trials and study.max_failures must be >= 1.")
         _check(self.timeout is None or self.timeout > 0, "study.timeout must be > 0.")
         _check(self.lr.low > 0 and self.lr.high < 1, "study.lr must lie within (0, 1).")
         _check(self.epochs.low >= 1, "study.epochs.low must be >= 1.")
@@ -360,10 +362,8 @@ class StudyConfig:
         _check(self.degenerate_factor >= 1, "study.degenerate_factor must be >= 1.")
         _check(0 <= self.repetition_floor <= 1, "study.repetition_floor must be in [0, 1].")
         _check(0 <= self.memorization_floor <= 1, "study.memorization_floor must be in [0, 1].")
-        _check(self.heartbeat_interval >= 1, "study.heartbeat_interval must be >= 1.")
-        _check(self.grace_period > self.heartbeat_interval,
-               "study.grace_period must be longer than study.heartbeat_interval.")
-        _check(self.max_failures >= 1, "study.max_failures must be >= 1.")
+        _check(1 <= self.heartbeat_interval < self.grace_period,
+               "study.heartbeat_interval must be >= 1 and study.grace_period longer than it.")
 
 
 @dataclass(frozen=True)

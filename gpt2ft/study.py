@@ -58,6 +58,17 @@ def suggest(trial: optuna.Trial, space: StudyConfig) -> dict[str, Any]:
     }
 
 
+def make_sampler(study: optuna.Study, space: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
+    """Random draws until ``space.startup_trials`` trained trials are COMPLETE, then TPE on every
+    COMPLETE trial, derived ones included. TPE's own random start counts every COMPLETE trial, and
+    a trained trial of E epochs adds E - 1 derived ones: in gulliver.yaml (1-10 epochs) it ended
+    after two or three trained configurations, from which TPE then modelled the rate and batch size."""
+    done = len(trained(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))))
+    if done < space.startup_trials:
+        return optuna.samplers.RandomSampler(seed=seed)  # what TPE's start-up draws with the same seed
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=0)
+
+
 def record_setup(study: optuna.Study, config: Config, assets: Assets, checkpoint_root: str) -> dict[str, float]:
     """Write what every worker and export reads from the study (config, corpus, references,
     rule, the three copying bounds, the degenerate-text rule, where checkpoints live); returns
@@ -117,7 +128,7 @@ class StudyRunner:
         _wait_for_slot(self.study, trial, self.n_trials, self.config.study)
         # One seed in every worker (and every resumed run) drew the same parameters in the same
         # order; seeding by trial number keeps a study reproducible and the workers apart.
-        self.study.sampler = optuna.samplers.TPESampler(seed=self.config.train.seed + trial.number)
+        self.study.sampler = make_sampler(self.study, self.config.study, self.config.train.seed + trial.number)
         params = suggest(trial, self.config.study)
         print(f"[study {self.study.study_name}] trial {trial.number}: lr={params['lr']:.3g} "
               f"epochs={params['epochs']} batch_size={params['batch_size']}", file=sys.stderr, flush=True)
