@@ -25,7 +25,7 @@ from gpt2ft import pick as P
 from gpt2ft import summary as S
 from gpt2ft.assets import Assets
 from gpt2ft.checkpoints import Checkpoints
-from gpt2ft.measure import measure_model
+from gpt2ft.measure import DIVERSITY, measure_model
 from gpt2ft.model import free_accelerator
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ def remeasure(study: Any, assets: Assets, checkpoints: Checkpoints, n: int, seed
     study: Optuna refuses to change a finished trial), until they no longer change; returns how
     many were measured. ``on_metrics(trial, metrics)`` logs them on the trial's run."""
     done = 0
+    record_sized_references(study, assets, n)
     for _ in range(ROUNDS):
         todo = [k for k in _wanted(S.summarize(study)) if S.remeasure_key(*k) not in study.user_attrs]
         measured = [k for k in todo if _remeasure_one(study, assets, checkpoints, k, n, seed, on_metrics)]
@@ -91,6 +92,19 @@ def remeasure(study: Any, assets: Assets, checkpoints: Checkpoints, n: int, seed
         if not measured:
             break
     return done
+
+
+def record_sized_references(study: Any, assets: Assets, n: int) -> dict[str, float]:
+    """The book's (and the training text's) ``summary.SIZED`` references matched at ``n`` samples,
+    recorded once on the study: a candidate re-measured on ``n`` samples is judged against text of
+    its own size (distinct_2 pooled over 50 samples lies below that over 10)."""
+    key = S.sized_key(n)
+    if key not in study.user_attrs:
+        seed, seqs = assets.config.train.seed, assets.references.samples
+        study.set_user_attr(key, {f"{src}_{name}": M.matched_reference(seqs.get(src, []), n, DIVERSITY[name], 20,
+                                                                       seed)[0]
+                                  for src in ("book", "train") for name in S.SIZED})
+    return study.user_attrs[key]
 
 
 def _remeasure_one(study: Any, assets: Assets, checkpoints: Checkpoints, key: tuple[int, int], n: int, seed: int,

@@ -113,6 +113,27 @@ def remeasure_key(number: int, step: int) -> str:
     return f"remeasure_{number}_{step}"
 
 
+#: Metrics of the degenerate guard whose book value depends on how much text is measured:
+#: distinct-n falls as text grows (``metrics.distinct_n``), so each is matched at the samples' count.
+SIZED = ("distinct_1", "distinct_2", "distinct_3", "repetition_4")
+
+
+def sized_key(n_samples: int) -> str:
+    """The study attribute holding the book's ``SIZED`` references matched at ``n_samples`` samples
+    (recorded by the re-measure, ``leaders.record_sized_references``)."""
+    return f"references_{int(n_samples)}_samples"
+
+
+def references_at(refs: dict[str, float], attrs: dict[str, Any], n_samples: float) -> dict[str, float]:
+    """The references a measurement of ``n_samples`` samples is judged against: the study's own
+    (matched at ``sample.n_samples``) for a trial's measurement (``n_samples`` NaN), else with the
+    ``SIZED`` values matched at ``n_samples``; NaN (no evidence) where none were recorded."""
+    if not math.isfinite(n_samples):
+        return refs
+    sized = {f"{src}_{name}": math.nan for src in ("book", "train") for name in SIZED}
+    return {**refs, **sized, **attrs.get(sized_key(int(n_samples)), {})}
+
+
 def trial_metrics(study: Any, trial: Any) -> dict[str, float]:
     """A trial's end metrics, with the re-measured values where its end was re-measured."""
     metrics = dict(trial.user_attrs.get("metrics", {}))
@@ -167,7 +188,7 @@ def _points(attrs: dict[str, Any], trial: Any) -> list[dict[str, Any]]:
 
 
 def _candidate_row(trial: Any, p: dict[str, Any], refs: dict[str, float], attrs: dict[str, Any]) -> dict[str, Any]:
-    why = degenerate_why(p, refs, attrs)
+    why = degenerate_why(p, references_at(refs, attrs, float(p.get("n_samples", math.nan))), attrs)
     return {"number": trial.number, "step": int(p["step"]), "epoch": float(p.get("epoch", math.nan)),
             "state": trial.state.name, **trial.params, "is_end": bool(p["is_end"]),
             **{k: float(p.get(k, math.nan)) for k in TABLE_METRICS},
