@@ -124,5 +124,5 @@ def still_needed(candidates: Any, rule: str, k: float = 2.0) -> set[tuple[int, i
         return keep
     best, widest = float(eligible["style_score"].max()), float(se.max())
     reach = [best - k * math.hypot(widest, float(s)) for s in se[c["eligible"]]]
-    return keep | {(int(n), int(st)) for n, st, style, r in zip(eligible["number"], eligible["step"],
-                                                                 eligible["style_score"], reach) if style >= r}
+    rows = zip(eligible["number"], eligible["step"], eligible["style_score"], reach)
+    return keep | {(int(n), int(step)) for n, step, style, r in rows if style >= r}

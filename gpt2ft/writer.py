@@ -285,6 +285,16 @@ class BackgroundWriter:
         self._local = [f for f in self._local if not f.done()] + [future]
         return future
 
+    def result(self, future: Future, what: str) -> Any:
+        """The result of a job of this writer's (``what`` names it): waits at most
+        ``stall_seconds`` for it, then raises WriterTimeout saying what did not finish (a thread
+        cannot be killed: a hung job, a save on a hung filesystem, keeps its thread)."""
+        try:
+            return future.result(timeout=self.stall_seconds)
+        except cf.TimeoutError:
+            raise WriterTimeout(f"{what} did not finish in {self.stall_seconds:.0f} s (a hung filesystem or "
+                                "store?); given up on") from None
+
     def _loop(self) -> None:
         while True:
             # Unpacked in _run's frame, which ends with the job: nothing here holds a finished

@@ -76,4 +76,3 @@ def test_far_behind_points_are_pruned_and_knee_keeps_every_eligible_point():
     assert still_needed(c, "bounded_style") == {(0, 4)}
     assert still_needed(c, "knee") == {(0, 4), (1, 4)}
     assert still_needed(c.iloc[0:0], "bounded_style") == set()
-

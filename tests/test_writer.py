@@ -227,6 +227,22 @@ def test_a_stuck_writer_thread_times_out_submit_and_drain():
     assert w.done == 2
 
 
+def test_waiting_for_one_job_is_bounded_and_says_what_hung():
+    """A checkpoint's save on a hung filesystem: the trial's wait for it ends after
+    ``stall_seconds`` with what did not finish (issue 25, item 8); a job that ends is its result."""
+    w = BackgroundWriter(stall_seconds=0.3)
+    gate = threading.Event()
+    try:
+        hung = w.submit(lambda: gate.wait(30), name="checkpoint 3")
+        t = time.perf_counter()
+        with pytest.raises(WriterTimeout, match="checkpoint of trial 3 at step 8 did not finish in 0 s"):
+            w.result(hung, "the checkpoint of trial 3 at step 8")
+        assert 0.25 < time.perf_counter() - t < 5
+    finally:
+        gate.set()
+    assert w.result(w.submit(lambda: 42), "a job") == 42
+
+
 def test_close_kills_a_writer_process_that_does_not_exit(monkeypatch):
     """A job left a thread running in the writer process, so it would not end at its EOF."""
     monkeypatch.setattr(W, "EXIT_SECONDS", 0.5)
