@@ -6,10 +6,11 @@ SmolLM2's GGUF file alone takes ~30 s, a safetensors load ~1 s). It lives under 
 store folder, ``<store>/cache/<key>/``: ``setup.pkl`` (everything but the weights),
 ``model/`` (the base weights as safetensors) and ``meta.json`` (what the key was made of).
 
-The key hashes :data:`CACHE_VERSION`, the corpus file's sha256, the library versions, a
-fingerprint of the other novels and only the config fields that change what setup computes
-(:func:`relevant_config`), with the device and precision as resolved on this machine (``auto``
-is a CPU's fp32 here and a GPU's bf16 there, and the references differ): a new
+The key hashes :data:`CACHE_VERSION`, the corpus file's sha256, the cleaning's code
+(``prose.fingerprint``), the library versions, a fingerprint of the other novels and only the
+config fields that change what setup computes (:func:`relevant_config`), with the device and
+precision as resolved on this machine (``auto`` is a CPU's fp32 here and a GPU's bf16 there,
+and the references differ): a new
 ``study.n_trials``, search range, tracking URI or trial learning rate reuses the entry. The
 pickle is this program's own file in the user's own store, read back only from there.
 
@@ -37,11 +38,11 @@ import torch
 import transformers
 from safetensors import SafetensorError
 
+from gpt2ft import prose
 from gpt2ft.assets import Assets, compute_references, prepare
 from gpt2ft.config import Config
-from gpt2ft.data import read_text, resolve_corpus_path
 from gpt2ft.fsutil import write_json_atomic
-from gpt2ft.gutenberg import other_novels_folder
+from gpt2ft.gutenberg import other_novels_folder, read_bytes, resolve_corpus_path
 from gpt2ft.model import Runtime, load_checkpoint, resolve_runtime, seed_everything
 from gpt2ft.sampler import resolved_precision
 
@@ -49,8 +50,9 @@ log = logging.getLogger(__name__)
 
 #: Bump when what setup computes, or how it is stored, changes: older entries are then ignored.
 # 2: judges on the whole book (held-out windows, top-100, classifier), extraction reference;
-# 3: the fluency NLL over flattened rows (the references move in their fifth digit).
-CACHE_VERSION = 3
+# 3: the fluency NLL over flattened rows (the references move in their fifth digit);
+# 4: the book and the other novels cleaned to their prose (gpt2ft.prose; Book.prose).
+CACHE_VERSION = 4
 #: train.* fields that setup uses: the seed (classifier, reference sampling), and the held-out
 #: loss of the base model (batch, eval batches; device and precision as resolved, see
 #: :func:`relevant_config`). The rest shape trials only.
@@ -115,8 +117,9 @@ def others_fingerprint(config: Config, corpus_path: Path) -> str:
 
 
 def cache_key(config: Config, corpus_sha256: str, others: str) -> str:
-    """16 hex digits naming one setup: version, corpus bytes, libraries, other novels, config."""
+    """16 hex digits naming one setup: version, corpus bytes, cleaning, libraries, other novels, config."""
     parts = {"version": CACHE_VERSION, "corpus_sha256": corpus_sha256, "others": others,
+             "cleaning": prose.fingerprint(),
              "torch": torch.__version__, "transformers": transformers.__version__,
              "config": relevant_config(config)}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
@@ -125,7 +128,9 @@ def cache_key(config: Config, corpus_sha256: str, others: str) -> str:
 def key_for(config: Config, corpus: Optional[str]) -> tuple[str, Path]:
     """The cache key of this config and corpus, and the corpus path it resolved to."""
     path = resolve_corpus_path(config.data, corpus)
-    _text, digest = read_text(path)  # an unreadable corpus is a UserError here, as in load_book
+    raw = read_bytes(path)
+    prose.decode(raw, str(path))  # an empty, binary or unreadable corpus is a UserError here, as in load_book
+    digest = hashlib.sha256(raw).hexdigest()
     return cache_key(config, digest, others_fingerprint(config, path)), path
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``gpt2ft train | study | export | references | generate``.
+"""Command line: ``gpt2ft train | study | export | references | generate | book``.
 
 Errors a user can cause are caught here, at the edge, and reported as one sentence with
 exit code 2; a study whose trials keep failing ends with one sentence and exit code 3 (see
@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-tokens", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top-k", type=int, default=50)
+
+    p = sub.add_parser("book", help="what of a book the study trains on: its prose kept, the rest dropped by kind")
+    p.add_argument("--corpus", help="path of the book (else $GPT2FT_CORPUS, else download)")
+    p.add_argument("--out", metavar="CLEAN.txt", help="write the prose as the study splits it")
     return parser
 
 
@@ -139,6 +143,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     from gpt2ft.checkpoints import Checkpoints
     from gpt2ft.config import load_config
     from gpt2ft.coordination import default_storage, open_storage
+    from gpt2ft.prose import dropped_text
     from gpt2ft.study import StudyRunner, open_parent
     from gpt2ft.summary import trained
     from gpt2ft.tracking import Tracker, store_folder
@@ -170,7 +175,10 @@ def cmd_study(args: argparse.Namespace) -> int:
         if runner.gave_up:
             raise TrialsFailing(runner.gave_up)
         return 0
-    runner.parent.log_metrics({"setup_seconds": ready.seconds, "setup_cache_hit": float(ready.hit)})
+    runner.parent.log_metrics({"setup_seconds": ready.seconds, "setup_cache_hit": float(ready.hit),
+                               "prose_chars": assets.book.prose.prose_chars,
+                               "dropped_chars": assets.book.prose.dropped_chars})
+    runner.parent.log_text(dropped_text(assets.book.prose), "dropped.txt")  # what was not trained on
     done = sum(t.state.name == "COMPLETE" for t in trained(runner.study.get_trials(deepcopy=False)))
     # A worker costs a process start (imports: seconds): none for slots that are already filled.
     jobs = max(1, min(resolve_jobs(config.study.jobs, assets), config.study.n_trials - done))
@@ -357,8 +365,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_book(args: argparse.Namespace) -> int:
+    """The cleaning alone (no torch): what is kept, what is dropped by kind, where the prose starts."""
+    from pathlib import Path
+
+    from gpt2ft.config import DataConfig
+    from gpt2ft.gutenberg import resolve_corpus_path
+    from gpt2ft.prose import read, summary
+
+    path = resolve_corpus_path(DataConfig(), args.corpus)
+    prose, _ = read(path)
+    print(summary(prose, str(path)))
+    print(f"\nthe prose starts: {prose.text[:200]!r}")
+    if args.out:
+        Path(args.out).write_text(prose.text, encoding="utf-8")
+        print(f"wrote {args.out}")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "study": cmd_study, "export": cmd_export,
-            "references": cmd_references, "generate": cmd_generate}
+            "references": cmd_references, "generate": cmd_generate, "book": cmd_book}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,6 +1,7 @@
-"""The book: where it comes from, how it is cleaned, split and cut into training windows.
+"""The book: read and cleaned to its prose (``gpt2ft.prose``: headings, contents, notes and
+licence out), split and cut into training windows.
 
-Split first, tokenize second: the whole book body is cut into contiguous segments of whole
+Split first, tokenize second: the whole book's prose is cut into contiguous segments of whole
 paragraphs and every k-th segment is held out, so the held-out part never overlaps the
 training part and both cover all four voyages (a single held-out tail would be the
 Houyhnhnms only). ``data.max_chars`` then keeps only the first N characters of the training
@@ -9,19 +10,18 @@ part: a slice limits what the model trains on, never the held-out text that judg
 from __future__ import annotations
 
 import hashlib
-import os
-import re
+import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
 from gpt2ft.config import DataConfig
 from gpt2ft.errors import UserError
-from gpt2ft.gutenberg import download, strip_gutenberg
+from gpt2ft.gutenberg import resolve_corpus_path
+from gpt2ft.prose import Prose, read
 
-_FOOTNOTE = re.compile(r"\{\d+\}")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,8 @@ class Book:
     heldout_segments: tuple[int, ...]
     unused_text: str = ""
     """Training segments beyond ``data.max_chars``: the book, neither trained on nor held out."""
+    prose: Optional[Prose] = None
+    """The cleaning: the prose paragraphs that were split and what was dropped, by kind."""
 
 
 @dataclass
@@ -58,46 +60,6 @@ class TokenData:
     heldout_ids: list[int]
     """Whitespace-normalised held-out text, tokenized: the human reference."""
     block_size: int
-
-
-def resolve_corpus_path(cfg: DataConfig, explicit: Optional[str] = None) -> Path:
-    """The book's path: option, config, $GPT2FT_CORPUS, else a cached Gutenberg download."""
-    for candidate in (explicit, cfg.corpus, os.environ.get("GPT2FT_CORPUS")):
-        if candidate:
-            path = Path(candidate).expanduser()
-            if path.is_dir():
-                raise UserError(f"corpus path {path} is a directory, not a file; pass --corpus PATH or set "
-                                "GPT2FT_CORPUS to the book's Gutenberg .txt file.")
-            if not path.is_file():
-                raise UserError(f"corpus file {path} does not exist; pass --corpus PATH or set "
-                                "GPT2FT_CORPUS to the book's Gutenberg .txt file.")
-            return path
-    return download(cfg.gutenberg_id, Path(cfg.cache_dir),
-                    offline_hint="without a network set GPT2FT_CORPUS (or --corpus) to a local copy")
-
-
-def read_text(path: Path) -> tuple[str, str]:
-    """(text, sha256 of the bytes); UTF-8 with or without BOM, Latin-1 as a fallback."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"corpus file {path} cannot be read ({exc.strerror}); check its permissions.") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
-    return text, hashlib.sha256(raw).hexdigest()
-
-
-def paragraphs(body: str) -> list[str]:
-    """Paragraphs with hard line wraps and footnote markers removed, whitespace collapsed."""
-    body = _FOOTNOTE.sub("", body.replace("\r\n", "\n"))
-    out = []
-    for block in re.split(r"\n\s*\n", body):
-        para = " ".join(block.split())
-        if para:
-            out.append(para)
-    return out
 
 
 def normalise_ws(text: str) -> str:
@@ -123,23 +85,24 @@ def split_segments(paras: Sequence[str], segment_chars: int, every: int) -> tupl
 
 
 def load_book(cfg: DataConfig, explicit_path: Optional[str] = None) -> Book:
-    """Find, read, clean and split the book. Raises UserError on any unusable input."""
+    """Find, read, clean (``gpt2ft.prose``) and split the book. Raises UserError on any unusable input."""
     path = resolve_corpus_path(cfg, explicit_path)
-    text, digest = read_text(path)
-    body = strip_gutenberg(text, str(path), strict=True)  # the licence must not be trained on
-    paras = paragraphs(body)
+    prose, digest = read(path)
+    if not prose.marked:
+        log.warning("%s has no Project Gutenberg START/END lines: taken whole as the book (%s characters of "
+                    "prose after the same cleaning)", path, f"{prose.prose_chars:,}")
+    paras = list(prose.paragraphs)
     segments, held = split_segments(paras, cfg.segment_chars, cfg.heldout_every)
     if len(segments) < 2 or not held:
-        raise UserError(f"{path} is too short: the book body must give at least {cfg.heldout_every} "
+        raise UserError(f"{path} is too short: the book's prose must give at least {cfg.heldout_every} "
                         f"segments of {cfg.segment_chars} characters; use the whole book.")
     held_set = set(held)
     train, unused = _cut([p for i, s in enumerate(segments) if i not in held_set for p in s], cfg.max_chars)
     heldout = "\n\n".join("\n\n".join(s) for i, s in enumerate(segments) if i in held_set)
-    cleaned = "\n\n".join(paras)
     return Book(source=str(path), sha256=digest,
-                body_sha256=hashlib.sha256(cleaned.encode("utf-8")).hexdigest(),
+                body_sha256=hashlib.sha256(prose.text.encode("utf-8")).hexdigest(),
                 train_text="\n\n".join(train), heldout_text=heldout, n_segments=len(segments),
-                heldout_segments=tuple(held), unused_text="\n\n".join(unused))
+                heldout_segments=tuple(held), unused_text="\n\n".join(unused), prose=prose)
 
 
 def _cut(paras: list[str], max_chars: Optional[int]) -> tuple[list[str], list[str]]:

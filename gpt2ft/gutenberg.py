@@ -1,12 +1,8 @@
-"""Project Gutenberg, and only here: its URL, its header/licence markers, the download cache
-and where the other novels are found.
+"""Project Gutenberg, and only here: its URL, its header/licence markers, the download cache,
+where the book and the other novels are found, and reading a book file's bytes.
 
-Two callers, two needs:
-
-* the book (``data``) is read *strictly*: a file without START/END markers is most likely
-  the wrong file, and training on Gutenberg's licence would be wrong, so it is an error;
-* the other novels (``style``) are read *leniently*: they are only the classifier's negative
-  class, so any plain ``.txt`` novel will do, with or without a Gutenberg header.
+A file without START/END markers is taken whole: a researcher's own text is a book too
+(``gpt2ft.prose`` then drops the apparatus either way, the licence included).
 """
 from __future__ import annotations
 
@@ -20,10 +16,13 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
+from gpt2ft.config import DataConfig
 from gpt2ft.errors import UserError
 
 #: Plain-text file of Gutenberg book ``id`` (the cache Gutenberg asks robots to use).
 URL_TEMPLATE = "https://www.gutenberg.org/cache/epub/{id}/pg{id}.txt"
+#: Environment variable naming the book's file.
+CORPUS_ENV = "GPT2FT_CORPUS"
 #: Environment variable naming a folder of ``.txt`` novels (the classifier's negative class).
 OTHER_CORPORA_ENV = "GPT2FT_OTHER_CORPORA"
 
@@ -36,22 +35,45 @@ _END = re.compile(r"^[ \t]*\*{3}[ \t]*END OF (?:THIS|THE) PROJECT GUTENBERG E-?B
                   re.IGNORECASE | re.MULTILINE)
 
 
-def strip_gutenberg(text: str, source: str = "text", strict: bool = True) -> str:
+def strip_gutenberg(text: str) -> str:
     """The book proper: the text between the START and END marker lines, whitespace-stripped,
-    with a leading BOM removed and line endings made ``\\n``.
-
-    ``strict`` (the book): a missing marker, or an END that does not follow the START, raises
-    a ``UserError`` naming ``source``. Lenient (the other novels): a missing marker keeps the
-    text on that side, so a plain novel without a Gutenberg header comes back whole.
-    """
+    with a leading BOM removed and line endings made ``\\n``. A missing marker keeps the text
+    on that side, so a plain text without a Gutenberg header comes back whole."""
     text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     start = _START.search(text)
     # The END is looked for only after the START: one before it belongs to something else.
     end = _END.search(text, start.end() if start else 0)
-    if strict and (start is None or end is None):
-        raise UserError(f"{source} has no Project Gutenberg START/END markers; pass the plain-text "
-                        "Gutenberg file of the book (e.g. pg829.txt).")
     return text[start.end() if start else 0:end.start() if end else len(text)].strip()
+
+
+def has_markers(text: str) -> bool:
+    """Whether ``text`` has a START line and an END line after it."""
+    start = _START.search(text)
+    return start is not None and _END.search(text, start.end()) is not None
+
+
+def resolve_corpus_path(cfg: DataConfig, explicit: Optional[str] = None) -> Path:
+    """The book's path: option, config, $GPT2FT_CORPUS, else a cached Gutenberg download."""
+    for candidate in (explicit, cfg.corpus, os.environ.get(CORPUS_ENV)):
+        if candidate:
+            path = Path(candidate).expanduser()
+            if path.is_dir():
+                raise UserError(f"corpus path {path} is a directory, not a file; pass --corpus PATH or set "
+                                f"{CORPUS_ENV} to the book's .txt file.")
+            if not path.is_file():
+                raise UserError(f"corpus file {path} does not exist; pass --corpus PATH or set "
+                                f"{CORPUS_ENV} to the book's .txt file.")
+            return path
+    return download(cfg.gutenberg_id, Path(cfg.cache_dir),
+                    offline_hint=f"without a network set {CORPUS_ENV} (or --corpus) to a local copy")
+
+
+def read_bytes(path: Path) -> bytes:
+    """The file's bytes; an unreadable file is a ``UserError``."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path} cannot be read ({exc.strerror}); check its permissions.") from None
 
 
 def download(book_id: int, cache_dir: Path, timeout: float = 30.0, offline_hint: Optional[str] = None) -> Path:

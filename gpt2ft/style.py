@@ -30,7 +30,8 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 
 from gpt2ft.config import DataConfig
 from gpt2ft.errors import UserError
-from gpt2ft.gutenberg import OTHER_CORPORA_ENV, download, strip_gutenberg
+from gpt2ft.gutenberg import OTHER_CORPORA_ENV, download
+from gpt2ft.prose import read
 
 #: Project Gutenberg IDs of the default out-of-domain novels (name -> ID).
 GUTENBERG_OTHER_NOVELS: dict[str, int] = {
@@ -49,14 +50,10 @@ _WS_RE = re.compile(r"\s+")
 
 
 def _read_novel(path: Path) -> str:
-    """The novel in ``path``, its Gutenberg header and licence dropped where it has them."""
-    try:
-        raw = path.read_text(encoding="utf-8-sig", errors="replace")
-    except OSError as exc:
-        raise UserError(f"Cannot read reference novel {path} ({exc}); check its permissions.")
-    # Lenient: a negative example only has to be some other prose, so a plain .txt novel
-    # without Gutenberg markers is welcome as it is.
-    return strip_gutenberg(raw, str(path), strict=False)
+    """The novel's prose, cleaned as the book is (``gpt2ft.prose``): a classifier that saw
+    headings and contents in the other novels only would learn "CHAPTER" as not-the-book.
+    A plain ``.txt`` novel without a Gutenberg header is welcome as it is."""
+    return read(path)[0].text
 
 
 def _read_novels(folder: Path) -> dict[str, str]:

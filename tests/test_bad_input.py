@@ -84,9 +84,11 @@ def unreadable_corpus(folder: Path) -> str:
     raise pytest.skip.Exception("running as root and no regular file here refuses reads to root")
 
 
-def unmarked_corpus(folder: Path) -> str:
-    para = "I had been in the land of the little people for many weeks, and had learned much. "
-    return _write(folder, "plain.txt", "\n\n".join([para * 5] * 200))
+def binary_corpus(folder: Path) -> str:
+    # A plain text without Gutenberg markers is a book (taken whole); bytes that are no text are not.
+    path = folder / "book.bin"
+    path.write_bytes(bytes(range(256)) * 64)
+    return str(path)
 
 
 def empty_corpus(folder: Path) -> str:
@@ -111,8 +113,8 @@ CASES = [
     Case("missing_corpus", train(), "does not exist", corpus=missing_corpus, fresh_store=False),
     Case("corpus_is_directory", train("--corpus", "."), "is a directory", fresh_store=False),
     Case("unreadable_corpus", train(), "cannot be read", corpus=unreadable_corpus, fresh_store=False),
-    Case("corpus_without_markers", train(), "START/END markers", corpus=unmarked_corpus, fresh_store=False),
-    Case("empty_corpus", train(), "markers", corpus=empty_corpus, fresh_store=False),
+    Case("binary_corpus", train(), "is not a text file", corpus=binary_corpus, fresh_store=False),
+    Case("empty_corpus", train(), "is empty", corpus=empty_corpus, fresh_store=False),
     Case("too_short_corpus", train(), "too short", corpus=short_corpus, fresh_store=False),
     Case("missing_config", ["train", "--config", "no-such.yaml", "--quiet"], "does not exist"),
     Case("invalid_yaml", ["train", "--config", "bad.yaml", "--quiet"], "not valid YAML at line",

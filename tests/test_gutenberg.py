@@ -1,5 +1,5 @@
-"""gpt2ft.gutenberg: one marker regex for the book (strict) and the other novels (lenient),
-one download cache, and where the other novels are found."""
+"""gpt2ft.gutenberg: one marker regex for the book and the other novels (a file without
+markers is taken whole), one download cache, and where the other novels are found."""
 from __future__ import annotations
 
 import io
@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from gpt2ft import assets, data, gutenberg, style
+from gpt2ft import assets, data, gutenberg, prose, style
 from gpt2ft.config import DataConfig
 from gpt2ft.errors import UserError
 from gpt2ft.gutenberg import OTHER_CORPORA_ENV, download, other_novels_folder, strip_gutenberg
@@ -54,36 +54,38 @@ def test_book_and_novels_strip_the_same_marker_variants(tmp_path, variant, newli
         assert "LICENCE" not in text and "GUTENBERG" not in text.upper() and "\r" not in text
 
 
-def test_both_call_sites_use_the_one_function():
-    assert data.strip_gutenberg is gutenberg.strip_gutenberg
-    assert style.strip_gutenberg is gutenberg.strip_gutenberg
-    assert style.download is data.download is gutenberg.download
+def test_both_call_sites_clean_with_the_one_function():
+    # The book (data) and the other novels (style) read through gpt2ft.prose, which strips here.
+    assert data.read is style.read is prose.read
+    assert prose.strip_gutenberg is gutenberg.strip_gutenberg
+    assert style.download is gutenberg.download
 
 
-def test_a_book_without_markers_is_an_error_naming_it(tmp_path):
+def test_a_book_without_markers_is_taken_whole(tmp_path):
     path = tmp_path / "plain.txt"
     path.write_text("\n\n".join(PARAS * 3), encoding="utf-8")
-    with pytest.raises(UserError, match=rf"^{re.escape(str(path))} has no Project Gutenberg START/END markers"):
-        data.load_book(DataConfig(segment_chars=100), str(path))
+    book = data.load_book(DataConfig(segment_chars=100), str(path))
+    assert not book.prose.marked
+    assert len(re.findall(r"P\d\d", book.train_text + book.heldout_text)) == 30
 
 
-@pytest.mark.parametrize("text,lenient", [
-    ("*** START OF THE PROJECT GUTENBERG EBOOK X ***\nbody only\n", "body only"),    # no END
-    ("body only\n*** END OF THE PROJECT GUTENBERG EBOOK X ***\n", "body only"),      # no START
+@pytest.mark.parametrize("text,body,marked", [
+    ("*** START OF THE PROJECT GUTENBERG EBOOK X ***\nbody only\n", "body only", False),    # no END
+    ("body only\n*** END OF THE PROJECT GUTENBERG EBOOK X ***\n", "body only", False),      # no START
     ("*** END OF THE PROJECT GUTENBERG EBOOK X ***\nbody\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\n",
-     ""),                                                                           # END before START
-    ("", ""),
+     "", False),                                                                           # END before START
+    ("", "", False),
+    ("head\n*** START OF THE PROJECT GUTENBERG EBOOK X\nBody.\n*** END OF THE PROJECT GUTENBERG EBOOK X\nlicence",
+     "Body.", True),
 ])
-def test_strict_needs_start_then_end_lenient_keeps_what_it_has(text, lenient):
-    with pytest.raises(UserError, match="novel.txt has no Project Gutenberg START/END markers"):
-        strip_gutenberg(text, "novel.txt", strict=True)
-    assert strip_gutenberg(text, "novel.txt", strict=False) == lenient
+def test_strip_keeps_what_the_markers_leave(text, body, marked):
+    assert strip_gutenberg(text) == body
+    assert gutenberg.has_markers(text) is marked
 
 
-def test_lenient_cuts_whichever_marker_there_is():
-    assert strip_gutenberg("\ufeff  Just a novel.\r\n", strict=False) == "Just a novel."
-    assert strip_gutenberg("head\n*** START OF THE PROJECT GUTENBERG EBOOK X\nBody.\n", strict=False) == "Body."
-    assert strip_gutenberg("Body.\n*** END OF THIS PROJECT GUTENBERG EBOOK X\nlicence\n", strict=False) == "Body."
+def test_strip_normalises_bom_and_line_ends():
+    assert strip_gutenberg("\ufeff  Just a novel.\r\n") == "Just a novel."
+    assert strip_gutenberg("head\r\n*** START OF THE PROJECT GUTENBERG EBOOK X\r\nBody.\r\nTwo.\r\n") == "Body.\nTwo."
 
 
 # ------------------------------------------------------------------- other_novels_folder
