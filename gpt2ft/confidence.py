@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 from gpt2ft.pick import PickResult, TrialRow
 
@@ -25,28 +25,35 @@ THRESHOLD = 0.8
 N_BOOT = 2000
 
 
-def paired_closer(a_hits: Sequence[int], a_lens: Sequence[int], b_hits: Sequence[int], b_lens: Sequence[int],
-                  target: float, n_boot: int = N_BOOT, seed: int = 0) -> float:
-    """Probability that A's pooled ratio ``sum(hits) / sum(lens)`` is closer to ``target`` than
-    B's, over ``n_boot`` bootstrap replicates that resample sample *indices* (the same indices for
-    both: the pairing). Ties count one half. Needs equally many samples on both sides; NaN when
-    there are none or the target is unknown."""
-    n = len(a_hits)
-    if n == 0 or not (len(a_lens) == len(b_hits) == len(b_lens) == n) or not math.isfinite(target):
+def paired_better(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]],
+                  score: Callable[[list[float]], float], n_boot: int = N_BOOT, seed: int = 0) -> float:
+    """Probability that A scores higher than B, over ``n_boot`` bootstrap replicates that resample
+    sample *indices* (the same indices for both: the pairing). ``a`` and ``b`` are columns of
+    per-sample counts (e.g. top-100 hits, tokens); ``score`` maps a replicate's column sums to a
+    number, higher better. Ties count one half. Needs equally many samples in every column; NaN
+    when there are none or a score is NaN."""
+    n = len(a[0]) if a else 0
+    if n == 0 or any(len(col) != n for col in (*a, *b)):
         return math.nan
     rng = random.Random(seed)
     wins = 0.0
     for _ in range(n_boot):
         idx = [rng.randrange(n) for _ in range(n)]
-        a = _distance(a_hits, a_lens, idx, target)
-        b = _distance(b_hits, b_lens, idx, target)
-        wins += 1.0 if a < b else 0.5 if a == b else 0.0
+        sa, sb = score([sum(col[i] for i in idx) for col in a]), score([sum(col[i] for i in idx) for col in b])
+        if math.isnan(sa) or math.isnan(sb):
+            return math.nan
+        wins += 1.0 if sa > sb else 0.5 if sa == sb else 0.0
     return wins / n_boot
 
 
-def _distance(hits: Sequence[int], lens: Sequence[int], idx: list[int], target: float) -> float:
-    total = sum(lens[i] for i in idx)
-    return abs(sum(hits[i] for i in idx) / total - target) if total else math.inf
+def paired_closer(a_hits: Sequence[int], a_lens: Sequence[int], b_hits: Sequence[int], b_lens: Sequence[int],
+                  target: float, n_boot: int = N_BOOT, seed: int = 0) -> float:
+    """Probability that A's pooled ratio ``sum(hits) / sum(lens)`` is closer to ``target`` than
+    B's (:func:`paired_better`); NaN when the target is unknown."""
+    if not math.isfinite(target):
+        return math.nan
+    return paired_better([a_hits, a_lens], [b_hits, b_lens],
+                         lambda s: -abs(s[0] / s[1] - target) if s[1] else -math.inf, n_boot, seed)
 
 
 def settle(result: PickResult, chosen: TrialRow, runner: TrialRow | None, confidence: float,

@@ -3,21 +3,23 @@ confidence.
 
 While a trial trains, each measured point that every judge lets through keeps its checkpoint
 (at most ``study.checkpoints_per_trial`` per trial, the best in style; superseded ones deleted).
-After each trial only the pick's *contenders* keep theirs: the pick and every eligible
-candidate within two standard errors of its style (``pick.contenders``). At the study's end
-the contenders and the runner-up are re-measured on ``sample.final_n_samples`` samples from
-their checkpoints, with one seed for all (sample *i* of each is drawn with the same random
-numbers), and ``gpt2ft.confidence`` turns the selected and runner-up's per-sample counts into
-``pick_confidence``.
+After each trial, the pick's *contenders* (the pick and every eligible candidate within two
+standard errors of its style, ``pick.contenders``), its runner-up and each trial's best eligible
+point in style keep theirs (``keep_set``). At the study's end the contenders, the pick and its
+runner-up are re-measured on ``sample.final_n_samples`` samples, with one seed for all (sample
+*i* of each is drawn with the same random numbers), and the re-measure follows the pick until the
+pick and its runner-up are both re-measured (``remeasure``). ``gpt2ft.confidence`` then turns
+their per-sample counts into ``pick_confidence`` by the rule's own criterion.
 
 The study object is used through its plain attributes, so this module does not import optuna.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from gpt2ft import confidence as K
 from gpt2ft import metrics as M
@@ -26,12 +28,11 @@ from gpt2ft import summary as S
 from gpt2ft.assets import Assets
 from gpt2ft.checkpoints import Checkpoints
 from gpt2ft.measure import DIVERSITY, measure_model
-from gpt2ft.model import free_accelerator
+from gpt2ft.model import free_accelerator, seed_everything
+from gpt2ft.train import fit
+from gpt2ft.trial import candidate_train_config
 
 log = logging.getLogger(__name__)
-#: Re-measure rounds at most: a re-measure can change who leads, and the new leaders are then
-#: re-measured too; two rounds settled every study tried, three bound the cost.
-ROUNDS = 3
 
 
 def point_row(study: Any, number: int, point: dict[str, float]) -> P.TrialRow:
@@ -68,30 +69,60 @@ def keeper(study: Any, number: int, checkpoints: Checkpoints, tokenizer,
     return keep
 
 
-def _wanted(summary: S.Summary) -> list[tuple[int, int]]:
-    """The contenders and the runner-up: whom the confidence needs measured on more samples."""
-    if summary.selected is None:
-        return []
+def pick_pair(summary: S.Summary) -> tuple[Optional[P.TrialRow], Optional[P.TrialRow]]:
+    """The rule's own pick (before any confidence settles it) and its runner-up by the rule's
+    criterion, as rows; (None, None) when nothing is eligible."""
     rows = S.candidate_rows(summary.candidates)
-    runner = P.runner_up(rows, summary.selected, summary.bounds)
-    keys = {r.key for r in P.contenders(rows, summary.selected, summary.bounds)}
-    return sorted(keys | ({runner.key} if runner else set()))
+    raw = P.pick(rows, summary.rule, bounds=summary.bounds) if rows else None
+    if raw is None or not raw.eligible:
+        return None, None
+    runner = P.runner_up(rows, raw.key, summary.bounds, summary.rule)
+    return next(r for r in rows if r.key == raw.key), runner
+
+
+def keep_set(summary: S.Summary) -> set[tuple[int, int]]:
+    """The checkpoints a finished trial keeps: the pick's contenders, its runner-up, and each
+    trial's best eligible point in style (the candidate a re-measure of the others most likely
+    makes the pick)."""
+    pick, runner = pick_pair(summary)
+    rows = S.candidate_rows(summary.candidates)
+    keep = {r.key for r in P.contenders(rows, pick.key, summary.bounds)} if pick else set()
+    keep |= {runner.key} if runner else set()
+    best: dict[int, P.TrialRow] = {}
+    for r in rows:
+        if not P.ineligible_reason(r, summary.bounds) and math.isfinite(r.style) and (
+                r.number not in best or r.style > best[r.number].style):
+            best[r.number] = r
+    return keep | {r.key for r in best.values()}
 
 
 def remeasure(study: Any, assets: Assets, checkpoints: Checkpoints, n: int, seed: int,
-              on_metrics: Callable[[int, dict[str, float]], None]) -> int:
-    """Re-measure the leaders with ``n`` samples from their checkpoints (``remeasure_N_S`` on the
-    study: Optuna refuses to change a finished trial), until they no longer change; returns how
-    many were measured. ``on_metrics(trial, metrics)`` logs them on the trial's run."""
-    done = 0
+              on_metrics: Callable[[int, dict[str, float]], None],
+              retrain: Optional[Callable[[tuple[int, int]], Any]] = None) -> int:
+    """Re-measure the leaders with ``n`` samples (``remeasure_N_S`` on the study: Optuna refuses to
+    change a finished trial) and follow the pick: whenever the re-measured values move it, the new
+    pick and its runner-up are re-measured too, until both are. Contenders are re-measured from
+    their checkpoints; the pick and its runner-up also without one, retrained to their step by
+    ``retrain(key)`` (then kept). Returns how many were measured; ``on_metrics(trial, metrics)``
+    logs them on the trial's run."""
     record_sized_references(study, assets, n)
-    for _ in range(ROUNDS):
-        todo = [k for k in _wanted(S.summarize(study)) if S.remeasure_key(*k) not in study.user_attrs]
-        measured = [k for k in todo if _remeasure_one(study, assets, checkpoints, k, n, seed, on_metrics)]
-        done += len(measured)
-        if not measured:
+    tried: set[tuple[int, int]] = set()
+    while True:
+        summary = S.summarize(study)
+        pick, runner = pick_pair(summary)
+        if pick is None:
             break
-    return done
+        must = [r.key for r in (pick, runner) if r is not None]
+        rows = S.candidate_rows(summary.candidates)
+        maybe = [r.key for r in P.contenders(rows, pick.key, summary.bounds) if checkpoints.path(*r.key).is_dir()]
+        todo = [k for k in dict.fromkeys(must + maybe)
+                if k not in tried and S.remeasure_key(*k) not in study.user_attrs]
+        if not todo:
+            break
+        for key in todo:
+            tried.add(key)
+            _remeasure_one(study, assets, checkpoints, key, n, seed, on_metrics, retrain if key in must else None)
+    return len(tried)
 
 
 def record_sized_references(study: Any, assets: Assets, n: int) -> dict[str, float]:
@@ -107,41 +138,70 @@ def record_sized_references(study: Any, assets: Assets, n: int) -> dict[str, flo
     return study.user_attrs[key]
 
 
+def retrainer(study: Any, assets: Assets) -> Callable[[tuple[int, int]], Any]:
+    """``remeasure``'s ``retrain``: a candidate trained again to its step from its trial's
+    parameters and seed (bitwise its weights on a CPU; ``tests/test_candidates.py``). Early
+    stopping is off: it only ends a run, and the candidate's step is at or before its trial's end."""
+    def retrain(key: tuple[int, int]):
+        trial = next(t for t in study.get_trials(deepcopy=False) if t.number == key[0])
+        tcfg = dataclasses.replace(candidate_train_config(assets.config, trial.params, key[1]), early_stop_patience=0)
+        seed_everything(tcfg.seed)
+        model = assets.fresh_model()
+        if fit(tcfg, model, assets.data, None, assets.runtime, progress=False).steps != key[1]:
+            return None
+        return model
+    return retrain
+
+
 def _remeasure_one(study: Any, assets: Assets, checkpoints: Checkpoints, key: tuple[int, int], n: int, seed: int,
-                   on_metrics: Callable[[int, dict[str, float]], None]) -> bool:
+                   on_metrics: Callable[[int, dict[str, float]], None],
+                   retrain: Optional[Callable[[tuple[int, int]], Any]]) -> bool:
     model = checkpoints.load(*key, assets.runtime)
+    retrained = model is None and retrain is not None
+    if retrained:
+        model = retrain(key)
+        checkpoints.save(*key, model, assets.tokenizer)  # export then finds the model it measured
     if model is None:
+        log.warning("trial %d at step %d kept no checkpoint and is not re-measured", *key)
         return False
     m, _, ids = measure_model(assets, model, n, seed)
     del model
     free_accelerator()
-    hits, lens = M.top100_counts(ids, assets.top_ids)  # what the paired bootstrap resamples
+    # What the paired bootstrap resamples: the top-100 and the copied n-gram counts per sample.
+    hits, lens = M.top100_counts(ids, assets.top_ids)
+    copied, ngrams = M.memorization_counts(ids, assets.index, (assets.config.metrics.ngram,))[
+        assets.config.metrics.ngram]
     study.set_user_attr(S.remeasure_key(*key), {**{k: float(v) for k, v in m.items()}, "n_samples": n,
-                                                "top100_hits": hits, "lengths": lens, "sample_ids": ids})
+                                                "top100_hits": hits, "lengths": lens, "copied": copied,
+                                                "ngrams": ngrams, "sample_ids": ids, "retrained": retrained})
     on_metrics(key[0], {f"final_step{key[1]}_{k}": v for k, v in m.items()})
-    print(f"[study] trial {key[0]} at step {key[1]} re-measured with {n} samples: top100_ratio "
+    print(f"[study] trial {key[0]} at step {key[1]} re-measured with {n} samples"
+          f"{' (retrained: no checkpoint was kept)' if retrained else ''}: top100_ratio "
           f"{m['top100_ratio']:.3f}, memorization {m['memorization']:.4f}", file=sys.stderr)
     return True
 
 
 def measure_confidence(study: Any, seed: int) -> float:
-    """``pick_confidence``: the probability, by a paired bootstrap over samples, that the selected
-    candidate is closer to the book than the runner-up; recorded on the study for
-    ``summary.summarize`` to settle the pick with. NaN when either was not re-measured."""
+    """``pick_confidence``: the probability, by a paired bootstrap over samples, that the rule's
+    own pick beats its runner-up by the rule's criterion (``pick.criterion``: closeness to the
+    book, or the knee score); recorded on the study for ``summary.summarize`` to settle the pick
+    with. NaN when either was not re-measured."""
     summary = S.summarize(study)
-    rows = S.candidate_rows(summary.candidates)
-    raw = P.pick(rows, summary.rule, bounds=summary.bounds) if rows else None  # before any settling
-    if raw is None or not raw.eligible:
+    pick, runner = pick_pair(summary)
+    if pick is None or runner is None:
         return math.nan
-    runner = P.runner_up(rows, raw.key, summary.bounds)
-    if runner is None:
-        return math.nan
-    a = study.user_attrs.get(S.remeasure_key(*raw.key)) or {}
+    a = study.user_attrs.get(S.remeasure_key(*pick.key)) or {}
     b = study.user_attrs.get(S.remeasure_key(*runner.key)) or {}
-    if not (a.get("top100_hits") and b.get("top100_hits")):
+    columns = ("top100_hits", "lengths", "copied", "ngrams")
+    if not all(a.get(c) and b.get(c) for c in columns):
         return math.nan
-    value = K.paired_closer(a["top100_hits"], a["lengths"], b["top100_hits"], b["lengths"],
-                            summary.references.get("book_top100_ratio", math.nan), seed=seed)
-    study.set_user_attr("pick_confidence", {"selected": list(raw.key), "runner_up": list(runner.key),
+    score = P.criterion(S.candidate_rows(summary.candidates), summary.rule, summary.bounds)
+    target = summary.references.get("book_top100_ratio", math.nan)
+
+    def of(sums: list[float]) -> float:
+        top, copied = sums[0] / sums[1] if sums[1] else math.nan, sums[2] / sums[3] if sums[3] else 0.0
+        return score(P.style_score(top, target), copied)
+    value = K.paired_better([a[c] for c in columns], [b[c] for c in columns], of, seed=seed)
+    study.set_user_attr("pick_confidence", {"selected": list(pick.key), "runner_up": list(runner.key),
                                             "value": value})
     return value

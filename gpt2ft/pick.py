@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional
 
 from gpt2ft.judges import (DEGENERATE_FACTOR, FLUENCY_FACTOR, REPETITION_FLOOR, Bounds, copying_failures,
                            degenerate_reason, reference_bound)
@@ -50,6 +50,7 @@ __all__ = [
     "PickResult",
     "TrialRow",
     "contenders",
+    "criterion",
     "degenerate_reason",
     "ineligible_reason",
     "memorization_bound",
@@ -211,14 +212,6 @@ def pareto_front(rows: Iterable[TrialRow]) -> list[TrialRow]:
     return sorted(front, key=lambda r: r.key)
 
 
-def _normalise(values: Sequence[float]) -> list[float]:
-    """Min-max scale to [0, 1]; a constant column maps to all zeros (no spread, no signal)."""
-    lo, hi = min(values), max(values)
-    if hi <= lo:
-        return [0.0 for _ in values]
-    return [(v - lo) / (hi - lo) for v in values]
-
-
 def _failures(row: TrialRow, bounds: Bounds) -> list[tuple[str, str]]:
     """Every judge ``row`` fails, as (judge, text): the degenerate guard, then the copying judges."""
     out = [("degenerate", row.why or "degenerate")] if row.degenerate else []
@@ -237,18 +230,35 @@ def _pick_bounded_style(eligible: list[TrialRow]) -> tuple[TrialRow, str]:
     return best, f"best style score ({best.style:.4g}; memorization {best.memorization:.4g})"
 
 
+def _knee_score(front: list[TrialRow]) -> Callable[[float, float], float]:
+    """Normalised style minus normalised memorization, both scaled to the front's range (a
+    column without spread is not scaled: it adds 0 on the front, and a dominated point still
+    scores below the point that dominates it)."""
+    def scale(values: list[float]) -> tuple[float, float]:
+        lo, hi = min(values), max(values)
+        return lo, (hi - lo) if hi > lo else 1.0
+    (s_lo, s_span), (m_lo, m_span) = scale([r.style for r in front]), scale([r.memorization for r in front])
+    return lambda style, mem: (style - s_lo) / s_span - (mem - m_lo) / m_span
+
+
+def criterion(rows: Iterable[TrialRow], rule: str, bounds: Bounds) -> Callable[[float, float], float]:
+    """The rule's own measure of a candidate from its (style, memorization), higher is better: the
+    style for ``bounded_style``; for ``knee`` the knee score on the eligible candidates' front
+    (:func:`_pick_knee`). The runner-up and the pick's confidence compare by it."""
+    front = pareto_front([r for r in _usable(rows) if not _failures(r, bounds)]) if rule == "knee" else []
+    return _knee_score(front) if front else (lambda style, mem: style)
+
+
 def _pick_knee(eligible: list[TrialRow]) -> tuple[TrialRow, str]:
     front = pareto_front(eligible)
-    styles = _normalise([r.style for r in front])
-    # Memorization is inverted below by subtraction: low copying is good.
-    mems = _normalise([r.memorization for r in front])
+    knee = _knee_score(front)
     # On a Pareto front the least-copying extreme is normalised to (mem 0, style 0) and the
     # best-style extreme to (mem 1, style 1), so the line joining them is style = mem and a
     # point's signed distance to it is (style_n - mem_n) / sqrt(2). We maximise the signed
     # distance: points above the line buy more style per unit of copying than the straight
     # trade-off. With 1 or 2 points there is no line; the same quantity is the "best
     # normalised style minus memorization".
-    scores = [s - m for s, m in zip(styles, mems)]
+    scores = [knee(r.style, r.memorization) for r in front]
     # Scores are in [-1, 1]; differences below 1e-9 are rounding noise from normalising,
     # so treat them as ties and let the lower trial number (then step) decide.
     top = max(scores)
@@ -331,10 +341,14 @@ def pick(
     return PickResult(best.number, rule, reason, True, False, best.step)
 
 
-def runner_up(rows: Iterable[TrialRow], chosen: tuple[int, int], bounds: Bounds) -> Optional[TrialRow]:
-    """The best-style eligible candidate other than ``chosen`` (its (number, step)), or None."""
+def runner_up(rows: Iterable[TrialRow], chosen: tuple[int, int], bounds: Bounds,
+              rule: str = "bounded_style") -> Optional[TrialRow]:
+    """The eligible candidate other than ``chosen`` (its (number, step)) that ``rule``'s own
+    :func:`criterion` ranks best (ties: less copying, then the lower trial and step), or None."""
+    rows = list(rows)
+    score = criterion(rows, rule, bounds)
     others = [r for r in _usable(rows) if r.key != tuple(chosen) and not _failures(r, bounds)]
-    return min(others, key=lambda r: (-r.style, r.memorization, r.key)) if others else None
+    return min(others, key=lambda r: (-score(r.style, r.memorization), r.memorization, r.key)) if others else None
 
 
 def contenders(rows: Iterable[TrialRow], chosen: tuple[int, int], bounds: Bounds, k: float = 2.0) -> list[TrialRow]:

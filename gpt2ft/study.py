@@ -147,11 +147,9 @@ class StudyRunner:
         if frozen.state == TrialState.COMPLETE and self.config.study.derived_trials:
             tell_derived(study, frozen, self.config.study)
         summary = self.apply_pick()
-        # Only the pick's contenders can still become it; a running trial's points are its own.
-        c = summary.candidates
-        keep = zip(c[c["contender"]]["number"], c[c["contender"]]["step"]) if len(c) else []
+        # Only what the pick and its re-measure may still need is kept; a running trial's points are its own.
         finished = summary.table[summary.table["state"].isin(["COMPLETE", "FAIL"])]["number"]
-        self.checkpoints.keep_only(keep, finished)
+        self.checkpoints.keep_only(leaders.keep_set(summary), finished)
 
     def stop_when_done(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
         """Stop once ``n_trials`` trained trials are COMPLETE (derived trials count for nothing)."""
@@ -197,7 +195,8 @@ class StudyRunner:
         replay_unlogged(self)
         n, seed = self.config.sample.final_n_samples, self.config.train.seed + 1
         if n > self.config.sample.n_samples:
-            leaders.remeasure(self.study, self.assets, self.checkpoints, n, seed, _on_remeasured(self))
+            leaders.remeasure(self.study, self.assets, self.checkpoints, n, seed, _on_remeasured(self),
+                              leaders.retrainer(self.study, self.assets))
             confidence = leaders.measure_confidence(self.study, seed)
             if self.parent is not None and math.isfinite(confidence):
                 self.parent.log_metrics({"pick_confidence": confidence})

@@ -16,7 +16,7 @@ does not import optuna.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 import pandas as pd
@@ -224,7 +224,7 @@ def _judge(cands: pd.DataFrame, rule: str, bounds: J.Bounds, attrs: dict[str, An
     picked = P.pick(rows, rule, bounds=bounds) if rows else None
     confidence = math.nan
     if picked is not None and picked.eligible:
-        picked, confidence = _settled(picked, rows, bounds, attrs.get("pick_confidence"))
+        picked, confidence = _settled(picked, rows, bounds, rule, attrs.get("pick_confidence"))
     chosen = picked.key if picked is not None and picked.eligible else None
     lead = {r.key for r in P.contenders(rows, chosen, bounds)} if chosen else set()
     front = {r.key for r in P.pareto_front([r for r in rows if not P.ineligible_reason(r, bounds)])}
@@ -239,11 +239,14 @@ def _judge(cands: pd.DataFrame, rule: str, bounds: J.Bounds, attrs: dict[str, An
     return picked, confidence
 
 
-def _settled(picked: P.PickResult, rows: list[P.TrialRow], bounds: J.Bounds,
+def _settled(picked: P.PickResult, rows: list[P.TrialRow], bounds: J.Bounds, rule: str,
              recorded: Optional[dict[str, Any]]) -> tuple[P.PickResult, float]:
     """Apply the recorded confidence when it was measured for this very pair (selected, runner-up)."""
-    runner = P.runner_up(rows, picked.key, bounds)
-    if not recorded or runner is None:
+    runner = P.runner_up(rows, picked.key, bounds, rule)
+    if runner is None:
+        return replace(picked, reason=f"{picked.reason}; no pick_confidence: the only eligible candidate, nothing "
+                                      "to compare it with"), math.nan
+    if not recorded:
         return picked, math.nan
     pair = (tuple(recorded.get("selected", ())), tuple(recorded.get("runner_up", ())))
     if pair != (picked.key, runner.key):

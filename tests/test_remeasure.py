@@ -57,3 +57,141 @@ def test_the_remeasure_records_the_books_diversity_at_its_own_size():
     assert math.isnan(got["train_distinct_2"])  # 40 pieces cannot make 50 samples
     assert set(got) == {f"{src}_{n}" for src in ("book", "train") for n in S.SIZED}
     assert set(S.SIZED) <= set(L.DIVERSITY)
+
+
+# --- item 3: the re-measure follows the pick; a confidence whenever there is a runner-up --------
+
+class FakeCheckpoints:
+    """Checkpoints on disk as a set of keys; a loaded model is its key."""
+
+    enabled = True
+
+    def __init__(self, root, keys):
+        self.root, self.on_disk, self.saved_keys = root, set(keys), []
+
+    def path(self, number, step):
+        p = self.root / f"trial-{number}-step-{step}"
+        if (number, step) in self.on_disk:
+            p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def load(self, number, step, runtime):
+        return ("model", (number, step)) if (number, step) in self.on_disk else None
+
+    def save(self, number, step, model, tokenizer):
+        self.on_disk.add((number, step))
+        self.saved_keys.append((number, step))
+
+
+def _samples(ratio: float, n: int, spread: int = 6) -> list[list[int]]:
+    """``n`` samples of 100 tokens whose pooled top-100 share is ``ratio`` (ids < 100 are the top)."""
+    out = []
+    for i in range(n):
+        k = round(ratio * 100) + (spread if i % 2 else -spread)
+        out.append(list(range(k)) + [1000 + j for j in range(100 - k)])
+    return out
+
+
+def _fake_assets(n_ngram: int = 8):
+    from gpt2ft.ngram_index import NgramIndex
+
+    return SimpleNamespace(config=SimpleNamespace(train=SimpleNamespace(seed=0), metrics=SimpleNamespace(ngram=n_ngram)),
+                           references=SimpleNamespace(samples={}), top_ids=frozenset(range(100)),
+                           index=NgramIndex([5000 + i for i in range(64)], max_n=16), runtime=None, tokenizer=None)
+
+
+def _measure_by_key(values):
+    def measure(assets, model, n, seed):
+        ratio = values[model[1]]
+        return {"top100_ratio": ratio, "memorization": 0.0}, [], _samples(ratio, n)
+    return measure
+
+
+def _moving_study() -> FakeStudy:
+    """0@8 leads, 1@4 is its runner-up; re-measured, both fall behind 1@8, which kept no checkpoint."""
+    return FakeStudy([FakeTrial(0, [pt(0, 0.37), pt(4, 0.50), pt(8, 0.552), pt(12, 0.551, mem=0.3)]),
+                      FakeTrial(1, [pt(0, 0.37), pt(4, 0.545), pt(8, 0.53)])])
+
+
+def test_the_remeasure_follows_the_pick_until_pick_and_runner_up_are_both_remeasured(tmp_path, monkeypatch):
+    study = _moving_study()
+    assert summarize(study).selected == (0, 8)
+    monkeypatch.setattr(L, "measure_model", _measure_by_key({(0, 8): 0.50, (1, 4): 0.51, (1, 8): 0.548}))
+    ckpt, retrained, logged = FakeCheckpoints(tmp_path, {(0, 8), (1, 4)}), [], []
+
+    def retrain(key):
+        retrained.append(key)
+        return ("model", key)
+    assert L.remeasure(study, _fake_assets(), ckpt, 20, 0, lambda n, m: logged.append(n), retrain) == 3
+    assert retrained == [(1, 8)] and (1, 8) in ckpt.saved_keys  # kept after its retrain, for export
+    assert study.user_attrs["remeasure_1_8"]["retrained"] and not study.user_attrs["remeasure_0_8"]["retrained"]
+    value = L.measure_confidence(study, 0)
+    s = summarize(study)
+    assert s.selected == (1, 8) and s.candidate(1, 8)["remeasured"] and s.candidate(1, 4)["remeasured"]
+    assert study.user_attrs["pick_confidence"]["runner_up"] == [1, 4]
+    assert value > 0.8 and s.confidence == value
+
+
+def test_each_trial_keeps_its_best_eligible_point_and_the_runner_up():
+    study = _moving_study()
+    s = summarize(study)
+    # 0@8 is the pick, 1@4 its runner-up and trial 1's best; 0@12 copies; 0@4 and 1@8 are neither.
+    assert L.keep_set(s) >= {(0, 8), (1, 4)} and (0, 12) not in L.keep_set(s)
+    study.trials[1].trajectory[2]["top100_ratio"] = 0.549  # now trial 1's best, and the runner-up
+    assert {(0, 8), (1, 8)} <= L.keep_set(summarize(study))
+    # A trial whose best point is far behind the pick keeps that point still.
+    study.trials.append(FakeTrial(2, [pt(0, 0.37), pt(4, 0.40), pt(8, 0.42)]))
+    assert (2, 8) in L.keep_set(summarize(study)) and (2, 4) not in L.keep_set(summarize(study))
+
+
+def test_one_eligible_candidate_says_there_was_nothing_to_compare():
+    study = FakeStudy([FakeTrial(0, [pt(0, 0.37), pt(4, 0.53), pt(8, 0.55, mem=0.3)])])
+    s = summarize(study)
+    assert s.selected == (0, 4) and math.isnan(s.confidence)
+    assert s.pick.reason.endswith("no pick_confidence: the only eligible candidate, nothing to compare it with")
+    assert math.isnan(L.measure_confidence(study, 0))
+
+
+# --- item 4: under the knee the confidence compares by the knee ---------------------------------
+
+def _knee_rows():
+    from gpt2ft import pick as P
+
+    # A: least copying; B: the knee; C: the best style, copying most; D: between A and B.
+    return {"A": P.TrialRow(0, -0.10, 0.0, step=4), "B": P.TrialRow(1, -0.02, 0.002, step=4),
+            "C": P.TrialRow(2, -0.001, 0.019, step=4), "D": P.TrialRow(3, -0.05, 0.001, step=4)}
+
+
+def test_under_the_knee_the_runner_up_is_second_by_the_knee_score():
+    from gpt2ft import judges as J
+    from gpt2ft import pick as P
+
+    r, bounds = _knee_rows(), J.Bounds(0.02, 0.05, 4.0)
+    rows = list(r.values())
+    assert P.pick(rows, "knee", bounds=bounds).key == r["B"].key
+    assert P.runner_up(rows, r["B"].key, bounds, "knee").key == r["D"].key
+    assert P.runner_up(rows, r["B"].key, bounds).key == r["C"].key  # by style: the best-style one
+    knee = P.criterion(rows, "knee", bounds)
+    assert knee(r["B"].style, r["B"].memorization) > knee(r["D"].style, r["D"].memorization)
+
+
+def _remeasured(ratio: float, copied: int, n: int = 20) -> dict:
+    hits = [round(ratio * 100) + (3 if i % 2 else -3) for i in range(n)]
+    return {"top100_ratio": ratio, "memorization": copied / (93 * n), "n_samples": n, "top100_hits": hits,
+            "lengths": [100] * n, "copied": [copied if i == 0 else 0 for i in range(n)], "ngrams": [93] * n}
+
+
+def test_the_knee_pick_is_confident_against_its_own_runner_up():
+    """Trial 1 (the knee) against trial 3 (second by the knee): trial 2 reads closer to the book,
+    but the knee does not rank by style alone, so the confidence must not compare by style."""
+    def trial(number, top, mem, loss):
+        return FakeTrial(number, [pt(0, 0.37), pt(4, top, mem=mem, loss=loss)])
+    study = FakeStudy([trial(0, 0.45, 0.0, 3.5), trial(1, 0.53, 0.002, 3.7), trial(2, 0.549, 0.019, 3.6),
+                       trial(3, 0.50, 0.001, 3.6)], pick_rule="knee")
+    for number, top, copied in ((0, 0.45, 0), (1, 0.53, 4), (2, 0.549, 35), (3, 0.50, 2)):
+        study.user_attrs[f"remeasure_{number}_4"] = _remeasured(top, copied)
+    assert summarize(study).selected == (1, 4)
+    value = L.measure_confidence(study, 0)
+    assert study.user_attrs["pick_confidence"]["runner_up"] == [3, 4]
+    s = summarize(study)
+    assert value > 0.8 and s.selected == (1, 4) and "pick_confidence" in s.pick.reason
