@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
-from gpt2ft.errors import TrialsFailing, UserError
+from gpt2ft.errors import TrialsFailing, UserError, WorkerDied
 from gpt2ft.fmt import fmt
 
 STUDY_EXIT_CODES = ("exit codes: 0 the study reached n_trials (or its timeout); 2 a user error, one sentence; "
@@ -183,7 +183,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     # A worker costs a process start (imports: seconds): none for slots that are already filled.
     jobs = max(1, min(resolve_jobs(config.study.jobs, assets), config.study.n_trials - done))
     t = time.perf_counter()
-    _run_study(runner, args, jobs)
+    died = _run_study(runner, args, jobs)
     print(f"\nstudy {config.study.name!r}: {time.perf_counter() - t:.0f} s in this run with {jobs} "
           f"worker{'s' if jobs > 1 else ''}; setup {ready.seconds:.1f} s; "
           f"storage {mask_url(storage_url)}; MLflow {mask_url(tracker.uri)}")
@@ -191,24 +191,31 @@ def cmd_study(args: argparse.Namespace) -> int:
     print(f"\nbrowse it: `make ui`, then {tracker.ui_url()}")
     if runner.gave_up:
         raise TrialsFailing(runner.gave_up)
+    if died:
+        raise WorkerDied(died)
     return 0
 
 
-def _run_study(runner, args: argparse.Namespace, jobs: int) -> None:
+def _run_study(runner, args: argparse.Namespace, jobs: int) -> Optional[str]:
     """The trials (here, or in ``jobs`` workers), the final pick and artifacts; the parent run
     ends FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED (also, with its ``failure_reason``, when
-    the trials kept failing: ``runner.gave_up``)."""
+    the trials kept failing: ``runner.gave_up``). Returns one sentence naming the workers that
+    died, if any: the others took their slots, and the finish ran all the same."""
     from gpt2ft.study import give_up_message, log_study_artifacts
     from gpt2ft.summary import trained
     from gpt2ft.workers import check_codes, supervise
 
+    died = None
     try:
         if jobs == 1:
             runner.run(runner.config.study.timeout)
         else:
-            gave_up = check_codes(supervise([_worker_argv(args, i, runner.command_id) for i in range(jobs)]))
+            outcome = check_codes(supervise([_worker_argv(args, i, runner.command_id) for i in range(jobs)]))
             done = sum(t.state.name == "COMPLETE" for t in trained(runner.study.get_trials(deepcopy=False)))
-            if gave_up and done < runner.n_trials:  # no other worker filled the slots
+            if outcome.died:
+                died = (f"{outcome.died}; the study has {done} of {runner.n_trials} trials complete, "
+                        + ("picked and logged" if done >= runner.n_trials else "run the same command again"))
+            if outcome.gave_up and done < runner.n_trials:  # no other worker filled the slots
                 runner.gave_up = give_up_message(runner.study, runner.config.study.max_failures)
             runner.finish()
         log_study_artifacts(runner)
@@ -218,9 +225,12 @@ def _run_study(runner, args: argparse.Namespace, jobs: int) -> None:
     except BaseException:
         runner.parent.end("FAILED")
         raise
+    if died:
+        runner.parent.set_tags({"worker_died": died})
     if runner.gave_up:
         runner.parent.set_tags({"failure_reason": runner.gave_up})
     runner.parent.end("FAILED" if runner.gave_up else "FINISHED")
+    return died
 
 
 def _worker_argv(args: argparse.Namespace, index: int, command_id: str) -> list[str]:
@@ -399,9 +409,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UserError as exc:
         print(f"gpt2ft: error: {exc}", file=sys.stderr)
         return 2
-    except TrialsFailing as exc:
+    except (TrialsFailing, WorkerDied) as exc:
         print(f"gpt2ft: error: {exc}", file=sys.stderr)
-        return TrialsFailing.exit_code
+        return exc.exit_code
     except KeyboardInterrupt:
         print("gpt2ft: interrupted", file=sys.stderr)
         return 130

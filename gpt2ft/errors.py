@@ -1,5 +1,6 @@
-"""Errors that end a command with one sentence, not a traceback: a user's (exit code 2), and a
-study's trials failing again and again (exit code 3)."""
+"""Errors that end a command with one sentence, not a traceback: a user's (exit code 2), a
+study's trials failing again and again (exit code 3), and a worker of ``study --jobs N`` that
+died (exit code 4)."""
 
 
 class UserError(Exception):
@@ -15,3 +16,10 @@ class TrialsFailing(Exception):
     logged and picked. The message names the last failure."""
 
     exit_code = 3
+
+
+class WorkerDied(Exception):
+    """A worker process of ``study --jobs N`` died (killed by a signal, or an error); the others
+    took its slot and the study's finish ran. The message names the worker and how it ended."""
+
+    exit_code = 4

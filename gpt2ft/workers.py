@@ -4,10 +4,11 @@
 threads: on a GPU a small model's step is bound by Python's kernel-launch time, which threads
 would share under one interpreter lock. The workers share the Optuna study and the MLflow
 parent run exactly as separate ``gpt2ft study`` commands on a database do; this module only
-starts them, prefixes their output with their index, passes Ctrl-C / SIGTERM on, and makes
-sure none outlives the supervisor (``PR_SET_PDEATHSIG`` on Linux, a watch on the parent pid
-everywhere). On a machine with several GPUs, worker i gets the i-th of them, round the list,
-as its only visible one (``CUDA_VISIBLE_DEVICES``), and ``auto`` counts workers per GPU.
+starts them, prefixes their output with their index, replaces one that a signal killed, passes
+Ctrl-C / SIGTERM on, and makes sure none outlives the supervisor (``PR_SET_PDEATHSIG`` on
+Linux, a watch on the parent pid everywhere). On a machine with several GPUs, worker i gets
+the i-th of them, round the list, as its only visible one (``CUDA_VISIBLE_DEVICES``), and
+``auto`` counts workers per GPU.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import IO, Mapping, Optional, Sequence, Union
 
 import torch
@@ -31,6 +33,8 @@ CUDA_CONTEXT_BYTES = 600 * 2**20  # a CUDA context and the caching allocator's s
 MEMORY_SHARE = 0.85  # of the GPU's free memory that auto may plan for: fragmentation, sampling
 MAX_AUTO_JOBS = 8  # per GPU, measured on an H200: 4 processes gave 3.2x one, 8 about 5x; more adds little
 STOP_SECONDS = 20.0  # after Ctrl-C, how long workers get to close their trials before SIGKILL
+POLL_SECONDS = 0.2  # how often the supervisor looks for a worker that ended
+WORKER_PROGRAM = (sys.executable, "-m", "gpt2ft.cli")
 
 
 def worker_bytes(n_params: int, n_layer: int, hidden: int, vocab: int, batch: int, block: int) -> int:
@@ -149,38 +153,83 @@ def _pump(index: int, stream: IO[bytes], out: IO[str]) -> None:
         out.flush()
 
 
+@dataclass(frozen=True)
+class Exit:
+    """How one worker process ended: its index, its exit code (negative: the signal that killed
+    it), and whether a replacement was started in its place."""
+
+    index: int
+    code: int
+    replaced: bool = False
+
+
 def supervise(argvs: Sequence[Sequence[str]], env: Optional[dict[str, str]] = None,
-              gpus: Optional[Sequence[str]] = None) -> list[int]:
-    """Run one worker process per argv (``python -m gpt2ft.cli ...``) until all exit; return
-    their exit codes. Worker i sees one GPU, ``gpus[i % len(gpus)]`` (default: every GPU this
-    process sees, :func:`visible_gpus`). Ctrl-C or SIGTERM here is passed to every worker, which
-    then gets :data:`STOP_SECONDS` to close its trial before it is killed; the interrupt is re-raised."""
+              gpus: Optional[Sequence[str]] = None,
+              program: Sequence[str] = WORKER_PROGRAM) -> list[Exit]:
+    """Run one worker process per argv (``python -m gpt2ft.cli ...``) until all exit; return how
+    each process ended, in the order they ended. Worker i sees one GPU, ``gpus[i % len(gpus)]``
+    (default: every GPU this process sees, :func:`visible_gpus`).
+
+    A worker killed by a signal (the out-of-memory killer's SIGKILL) while others still work is
+    replaced once by a new worker of the same index: the study it shared goes on (the others
+    fail its trial once its heartbeat is stale and take the slot). Ctrl-C or SIGTERM here is
+    passed to every worker, which then gets :data:`STOP_SECONDS` to close its trial before it is
+    killed; the interrupt is re-raised."""
     env = {**(env or os.environ), PARENT_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
     gpus = visible_gpus(env) if gpus is None else gpus
     envs = worker_envs(len(argvs), env, gpus)
     if gpus:
         print("gpt2ft: workers on GPUs (CUDA_VISIBLE_DEVICES): "
               + ", ".join(f"w{i}={e['CUDA_VISIBLE_DEVICES']}" for i, e in enumerate(envs)), file=sys.stderr)
-    procs, pumps = [], []
+    procs: dict[int, subprocess.Popen] = {}
+    pumps: list[threading.Thread] = []
+    exits: list[Exit] = []
+
+    def start(i: int) -> None:
+        # Its own process group: a terminal's Ctrl-C reaches the supervisor only, which passes
+        # exactly one SIGINT on; a supervisor killed outright takes them down by PDEATHSIG.
+        p = subprocess.Popen([*program, *argvs[i]], env=envs[i], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, process_group=0)
+        procs[i] = p
+        pumps.append(threading.Thread(target=_pump, args=(i, p.stdout, sys.stderr), daemon=True))
+        pumps[-1].start()
+
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        for i, argv in enumerate(argvs):
-            # Its own process group: a terminal's Ctrl-C reaches the supervisor only, which passes
-            # exactly one SIGINT on; a supervisor killed outright takes them down by PDEATHSIG.
-            p = subprocess.Popen([sys.executable, "-m", "gpt2ft.cli", *argv], env=envs[i], stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, process_group=0)
-            procs.append(p)
-            pumps.append(threading.Thread(target=_pump, args=(i, p.stdout, sys.stderr), daemon=True))
-            pumps[-1].start()
-        codes = [p.wait() for p in procs]
+        for i in range(len(argvs)):
+            start(i)
+        while procs:
+            for i, p in list(procs.items()):
+                if p.poll() is None:
+                    continue
+                del procs[i]
+                again = p.returncode < 0 and bool(procs) and not any(e.index == i for e in exits)
+                exits.append(Exit(i, p.returncode, replaced=again))
+                if again:
+                    print(f"gpt2ft: worker {i} {how_it_ended(p.returncode)}; starting a replacement",
+                          file=sys.stderr, flush=True)
+                    start(i)
+            time.sleep(POLL_SECONDS)
     except KeyboardInterrupt:
-        _stop(procs)
+        _stop(list(procs.values()))
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
         for t in pumps:
             t.join(timeout=5)
-    return codes
+    return exits
+
+
+def how_it_ended(code: int) -> str:
+    """A worker's exit code in words."""
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    why = " (as the kernel's out-of-memory killer does)" if -code == signal.SIGKILL else ""
+    return f"was killed by {name}{why}"
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
@@ -197,14 +246,28 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             p.wait()
 
 
-def check_codes(codes: Sequence[int]) -> bool:
-    """A worker that failed (not one that stopped because the study was full) is an error.
-    Returns whether a worker stopped because its trials kept failing (``study.max_failures``):
-    the study still ends, with what completed logged and picked."""
-    bad = [(i, c) for i, c in enumerate(codes) if c not in (0, TrialsFailing.exit_code)]
-    if any(c == 2 for _, c in bad):
-        raise UserError(f"worker {bad[0][0]} stopped on a user error (exit 2); its message is above, "
+@dataclass(frozen=True)
+class Outcome:
+    """What the workers' exits mean for the study (:func:`check_codes`)."""
+
+    gave_up: bool
+    """A worker stopped because its trials kept failing (``study.max_failures``): the study still
+    ends, with what completed logged and picked."""
+    died: Optional[str]
+    """One sentence naming each worker that died and how, or None: the study's finish still runs
+    (the others took its slot), and the command then ends non-zero with it."""
+
+
+def check_codes(exits: Sequence[Exit]) -> Outcome:
+    """A user error (exit 2) is raised at once, as one sentence: every worker shares the input. A
+    worker that died otherwise (a signal, an exception) does not stop the study's finish: the
+    others completed the trials or a later run does; it is reported in :attr:`Outcome.died`."""
+    users = [e.index for e in exits if e.code == 2]
+    if users:
+        raise UserError(f"worker {users[0]} stopped on a user error (exit 2); its message is above, "
                         "prefixed with its index.")
-    if bad:
-        raise RuntimeError(f"workers exited with codes {dict(bad)}; their output is above.")
-    return TrialsFailing.exit_code in codes
+    dead = [e for e in exits if e.code not in (0, TrialsFailing.exit_code)]
+    died = "; ".join(f"worker {e.index} {how_it_ended(e.code)}"
+                     + (", and a replacement took its place" if e.replaced else "") for e in dead)
+    return Outcome(gave_up=any(e.code == TrialsFailing.exit_code for e in exits), died=(died + (
+        " (its output is above, prefixed with its index)" if dead else "")) or None)

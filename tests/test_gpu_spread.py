@@ -80,6 +80,7 @@ def test_resolve_jobs_auto_sizes_for_every_gpu(gpus, monkeypatch, capsys, n_gpus
 
 class _FakePopen:
     started: list[dict] = []
+    returncode = 0
 
     def __init__(self, cmd, env, **kwargs):
         self.stdout = io.BytesIO(b"")
@@ -98,7 +99,7 @@ def test_supervise_starts_each_worker_on_its_gpu(gpus, monkeypatch, capsys, n_gp
     monkeypatch.setattr(W.subprocess, "Popen", _FakePopen)
     _FakePopen.started = []
     env = {"PATH": "/bin"} | ({"CUDA_VISIBLE_DEVICES": listed} if listed else {})
-    assert W.supervise([["a"], ["b"], ["c"]], env=env) == [0, 0, 0]
+    assert W.supervise([["a"], ["b"], ["c"]], env=env) == [W.Exit(0, 0), W.Exit(1, 0), W.Exit(2, 0)]
     assert _visible(_FakePopen.started) == expect
     err = capsys.readouterr().err
     assert ("w0=3, w1=5, w2=3" in err) == bool(n_gpus)

@@ -104,8 +104,46 @@ def test_stop_interrupts_then_kills_a_worker_that_does_not_stop(monkeypatch):
 
 
 def test_exit_codes():
-    W.check_codes([0, 0])  # every worker ended normally (or found the study full)
+    assert W.check_codes([W.Exit(0, 0), W.Exit(1, 0)]) == W.Outcome(gave_up=False, died=None)
+    assert W.check_codes([W.Exit(0, 0), W.Exit(1, 3)]).gave_up  # the study ends, its trials logged
     with pytest.raises(UserError, match="worker 1 stopped on a user error"):
-        W.check_codes([0, 2, 1])
-    with pytest.raises(RuntimeError, match=r"codes \{1: 1, 2: -9\}"):
-        W.check_codes([0, 1, -9])
+        W.check_codes([W.Exit(0, 0), W.Exit(1, 2), W.Exit(2, 1)])
+    out = W.check_codes([W.Exit(1, -9, replaced=True), W.Exit(2, 1), W.Exit(1, 0), W.Exit(0, 3)])
+    assert out.gave_up
+    assert out.died == ("worker 1 was killed by SIGKILL (as the kernel's out-of-memory killer does), and a "
+                        "replacement took its place; worker 2 exited with code 1 (its output is above, prefixed "
+                        "with its index)")
+
+
+FAKE_WORKER = """
+import os, signal, sys, time
+index, marker = sys.argv[1], sys.argv[2]
+if index == "1" and not os.path.exists(marker):  # the first worker 1 is "OOM-killed" mid-way
+    open(marker, "w").close()
+    print("training", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+time.sleep(3 if index == "0" else 0.5)
+print("worker", index, "done", flush=True)
+"""
+
+
+def test_a_killed_worker_is_replaced_once_and_reported(tmp_path, capfd):
+    """Issue 25 item 1: worker 1 SIGKILLed while worker 0 still works gets a replacement (the
+    same index), both finish, and the outcome names the dead worker and how."""
+    marker = tmp_path / "killed-once"
+    exits = W.supervise([["0", str(marker)], ["1", str(marker)]], gpus=[],
+                        program=(sys.executable, "-c", FAKE_WORKER))
+    assert exits == [W.Exit(1, -signal.SIGKILL, replaced=True), W.Exit(1, 0), W.Exit(0, 0)]
+    err = capfd.readouterr().err
+    assert "gpt2ft: worker 1 was killed by SIGKILL" in err and "starting a replacement" in err
+    assert "[w1] worker 1 done" in err and "[w0] worker 0 done" in err
+    out = W.check_codes(exits)
+    assert not out.gave_up and out.died.startswith("worker 1 was killed by SIGKILL")
+
+
+def test_a_worker_killed_after_the_others_ended_is_not_replaced(tmp_path):
+    marker = tmp_path / "killed-once"
+    code = FAKE_WORKER.replace('time.sleep(3 if index == "0" else 0.5)', "")
+    slow_kill = code.replace("os.kill(", "time.sleep(2); os.kill(")  # worker 0 has finished by then
+    exits = W.supervise([["0", str(marker)], ["1", str(marker)]], gpus=[], program=(sys.executable, "-c", slow_kill))
+    assert exits == [W.Exit(0, 0), W.Exit(1, -signal.SIGKILL, replaced=False)]
