@@ -404,9 +404,13 @@ def _selection(study: optuna.Study, summary: Summary, chosen: dict[str, Any]) ->
         none = {"selected_trial": "none", "selected_step": "none", "selected_params": "none"}
         return None, {**tags, **none}, {}, finished
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == pick.number)
-    tags.update({"selected_trial": pick.number, "selected_step": pick.step, "selected_params": trial.params})
-    metrics = {"selected_trial": float(pick.number), "selected_step": float(pick.step),
-               "selected_epoch": float(chosen.get("epoch", math.nan)),
+    # Epoch e of an E-epoch trial is an e-epoch model: the parameters that train the pick say e.
+    epoch = float(chosen.get("epoch", math.nan))
+    epochs = (int(epoch) if epoch.is_integer() else round(epoch, 3)) if math.isfinite(epoch) else trial.params["epochs"]
+    chosen = {**chosen, "epochs": epochs}
+    tags.update({"selected_trial": pick.number, "selected_step": pick.step,
+                 "selected_params": {**trial.params, "epochs": epochs}})
+    metrics = {"selected_trial": float(pick.number), "selected_step": float(pick.step), "selected_epoch": epoch,
                **{f"selected_{k}": float(v) for k, v in chosen.items()
                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("number", "step", "epoch")}}
     if math.isfinite(summary.confidence):

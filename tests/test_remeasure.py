@@ -195,3 +195,19 @@ def test_the_knee_pick_is_confident_against_its_own_runner_up():
     assert study.user_attrs["pick_confidence"]["runner_up"] == [3, 4]
     s = summarize(study)
     assert value > 0.8 and s.selected == (1, 4) and "pick_confidence" in s.pick.reason
+
+
+# --- item 5: what names the pick names its epoch count ------------------------------------------
+
+def test_selected_params_and_epochs_name_the_picked_points_epoch_count():
+    from gpt2ft.study import _selection
+
+    study = FakeStudy([FakeTrial(0, [pt(0, 0.37, loss=3.8), pt(4, 0.50), pt(8, 0.54, loss=3.62),
+                                     pt(12, 0.551, mem=0.3, ext=0.5, loss=5.1)])])
+    s = summarize(study)
+    assert s.selected == (0, 8) and study.trials[0].params["epochs"] == 3  # picked at epoch 2 of 3
+    run_id, tags, metrics, _ = _selection(study, s, s.candidate(0, 8))
+    assert run_id == "run-0" and tags["selected_step"] == 8
+    assert tags["selected_params"] == {"lr": 1e-4, "epochs": 2, "batch_size": 4}
+    assert metrics["selected_epochs"] == 2 and metrics["selected_epoch"] == 2
+    assert metrics["selected_top100_ratio"] == 0.54 and metrics["selected_heldout_loss"] == 3.62
