@@ -210,3 +210,20 @@ def enqueue_once(study: optuna.Study, designs: list[dict]) -> None:
     with study_claim(study).held():
         for params in designs:
             study.enqueue_trial(params, skip_if_exists=True)
+
+
+def fail_orphans(study: optuna.Study, command_id: str, on_failed: Callable) -> list[int]:
+    """Fail the trials still RUNNING that this command's processes started (``command_id`` user
+    attr), once every one of them has ended: they belong to a worker that died, and nothing
+    will ever finish them. A stale heartbeat would fail them too, ``grace_period`` later, in
+    some later run. ``on_failed(study, frozen)`` closes the rest (as Optuna's stale-trial
+    callback does). Returns their numbers."""
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if t.user_attrs.get("command_id") != command_id:
+            continue
+        # False: another process finished it meanwhile, which is its to close.
+        if study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL):
+            on_failed(study, t)
+            failed.append(t.number)
+    return failed

@@ -83,3 +83,17 @@ def test_a_lock_is_never_the_latest_study(tmp_path):
     storage = C.open_storage(url)
     with C.study_claim(optuna.load_study(study_name="real", storage=storage)).held():
         assert C.latest_study_name(storage) == "real"
+
+
+def test_a_dead_workers_running_trial_is_failed_once_its_command_has_ended(tmp_path):
+    study = optuna.create_study(storage=C.open_storage(f"sqlite:///{tmp_path / 'c.db'}"))
+    mine, other, done = study.ask(), study.ask(), study.ask()
+    mine.set_user_attr("command_id", "abc")
+    other.set_user_attr("command_id", "another machine's")
+    done.set_user_attr("command_id", "abc")
+    study.tell(done, 1.0)
+    closed = []
+    assert C.fail_orphans(study, "abc", lambda s, t: closed.append(t.number)) == [mine.number]
+    assert closed == [mine.number]
+    states = {t.number: t.state.name for t in study.get_trials()}
+    assert states == {mine.number: "FAIL", other.number: "RUNNING", done.number: "COMPLETE"}
