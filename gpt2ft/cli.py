@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import sys
 import time
 from typing import Any, Optional, Sequence
 
+from gpt2ft.console import quiet_libraries
 from gpt2ft.errors import TrialsFailing, UserError, WorkerDied
 from gpt2ft.fmt import fmt
 
@@ -271,51 +271,86 @@ def _study_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _refuse_long_cpu_study(assets, yes: bool) -> None:
-    """On a CPU, time one training step and refuse a study of more than an hour unless --yes."""
+    """On a CPU, time one training step, say what the study's training will cost, and refuse more
+    than an hour unless --yes. Decided by the estimate whatever the model: SmolLM2 on the whole
+    book is a day here, the tiny test configs are seconds."""
     from gpt2ft.train import seconds_per_step
 
     config = assets.config
-    if assets.runtime.device.type != "cpu" or config.model.name in ("random-gpt2", "smollm2"):
+    if assets.runtime.device.type != "cpu":
         return
     step = seconds_per_step(assets.fresh_model(), config.train, assets.data.train_windows, assets.runtime)
-    n, space = assets.data.train_windows.shape[0], config.study
-    mean_epochs = (space.epochs.low + space.epochs.high) / 2
-    # Per-step time grows roughly with the batch; steps per epoch shrink with it.
-    steps = sum(-(-n // b) * mean_epochs * b / config.train.batch_size
-                for b in space.batch_size) / len(space.batch_size)
-    hours = step * steps * space.n_trials / 3600
-    msg = (f"no GPU: this study ({space.n_trials} trials of {config.model.name}) would take about {hours:.1f} "
-           "hours on this CPU (timed from one step); try `make study-cpu` (experiments/cpu_small.yaml) for a "
-           "run of minutes")
+    hours = step * study_steps(assets.data.train_windows.shape[0], config) / 3600
+    msg = (f"no GPU: this study's training ({config.study.n_trials} trials of {config.model.name}) takes about "
+           f"{_duration(hours * 3600)} on this CPU (one step timed: {step:.2g} s; measurements add to it)")
     if hours > 1 and not yes:
-        raise UserError(msg + ", or pass --yes to run it anyway.")
-    print(f"gpt2ft: warning: {msg}.", file=sys.stderr)
+        raise UserError(msg + "; try `make study-cpu` (experiments/cpu_small.yaml) for a run of minutes, or pass "
+                        "--yes to run it anyway.")
+    print(f"gpt2ft: {msg}.", file=sys.stderr)
+
+
+def study_steps(n_windows: int, config) -> float:
+    """Optimizer steps of a whole study, in steps of ``train.batch_size`` (the one timed): the
+    mean epoch count of the search, each batch size alike, capped at ``train.max_steps``."""
+    space = config.study
+    mean_epochs = (space.epochs.low + space.epochs.high) / 2
+    per_trial = []
+    for b in space.batch_size:
+        steps = -(-n_windows // b) * mean_epochs
+        if config.train.max_steps is not None:
+            steps = min(steps, config.train.max_steps)
+        per_trial.append(steps * b / config.train.batch_size)  # a step's time grows with its batch
+    return space.n_trials * sum(per_trial) / len(per_trial)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else \
+        f"{seconds / 3600:.1f} hours"
+
+
+# A terminal is 120 columns: the printed tables keep the columns a pick is read by; trials.csv
+# and candidates.csv on the study's run hold every column.
+_TRIAL_COLUMNS = ("number", "state", "lr", "epochs", "batch_size", "top100_ratio", "memorization",
+                  "best_heldout_loss", "style_prob", "selected")
+_CANDIDATE_COLUMNS = ("number", "step", "epoch", "top100_ratio", "memorization", "extractable_rate", "heldout_loss",
+                      "n_samples", "pick", "out_by")
+# why_not's judges, as the short word the table has room for (said under the table).
+_JUDGE_WORDS = {"memorization": "mem", "extractable_rate": "ext", "heldout_loss": "loss", "degenerate": "degen"}
 
 
 def print_trials(summary) -> None:
-    """The trial table as a person reads it."""
+    """The trial table as a person reads it (every column: trials.csv)."""
     df = summary.table
     if df.empty:
         print("no trials.")
         return
-    cols = [c for c in ("number", "state", "lr", "epochs", "batch_size", "top100_ratio", "memorization",
-                        "longest_copy", "best_heldout_loss", "best_heldout_epoch", "copying_onset_epoch",
-                        "heldout_up_before_copying", "style_prob", "distinct_2", "repetition_4", "fluency_ppl",
-                        "seconds", "stopped_for_copying", "eligible", "degenerate", "selected")
-            if c in df.columns]
+    cols = [c for c in _TRIAL_COLUMNS if c in df.columns]
     print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
 def print_candidates(summary) -> None:
-    """Every measured point: its numbers, whether it is eligible and why not."""
+    """Every measured point: its numbers, whether it is eligible and which judges exclude it."""
     c = summary.candidates
     if c.empty:
         return
-    cols = [k for k in ("number", "step", "epoch", "top100_ratio", "memorization", "extractable_rate", "heldout_loss",
-                        "fluency_ppl", "distinct_2", "n_samples", "eligible", "selected", "why_not") if k in c.columns]
+    c = c.assign(pick=["selected" if s else "eligible" if e else "out" for s, e in zip(c["selected"], c["eligible"])],
+                 out_by=[_judges(w) for w in c.get("why_not", [""] * len(c))])
+    cols = [k for k in _CANDIDATE_COLUMNS if k in c.columns]
     print(f"\ncandidates (bounds: memorization <= {summary.bounds.memorization:.3g}, extractable_rate <= "
-          f"{summary.bounds.extraction:.3g}, heldout_loss <= {summary.bounds.heldout_loss:.4g}):")
+          f"{summary.bounds.extraction:.3g}, heldout_loss <= {summary.bounds.heldout_loss:.4g}; all columns: "
+          "candidates.csv)")
     print(c[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if c["out_by"].astype(bool).any():
+        print("out_by: mem = memorization, ext = extractable_rate, loss = heldout_loss over its bound; "
+              "degen = degenerate samples")
+
+
+def _judges(why_not) -> str:
+    """'memorization 0.03 > 0.02; heldout_loss 4.9 > 4.1' -> 'mem,loss'."""
+    if not isinstance(why_not, str) or not why_not.strip():
+        return ""
+    words = [part.strip().split(" ")[0] for part in why_not.split(";") if part.strip()]
+    return ",".join(_JUDGE_WORDS.get(w.rstrip(":"), w.rstrip(":")) for w in words)
 
 
 def print_before_after(summary) -> None:
@@ -399,10 +434,7 @@ COMMANDS = {"train": cmd_train, "study": cmd_study, "export": cmd_export,
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="gpt2ft: %(message)s")
-    # transformers and MLflow are chatty at import and load time; their warnings are not ours.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    quiet_libraries()  # before the libraries load: their bars and INFO lines are not ours
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

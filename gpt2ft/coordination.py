@@ -33,6 +33,9 @@ PARENT_CLAIM_SECONDS = 120  # how long a worker waits for another to create the 
 CLAIM_STALE_SECONDS = 120
 LOCK_SUFFIXES = (".lock", ".mlflow-parent-claim")
 log = logging.getLogger(__name__)
+# Optuna's INFO line per trial ("Trial 0 finished with values ...") repeats the study's own line;
+# set here because Optuna sets its logger to INFO when it is imported (gpt2ft.console).
+optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def default_storage(store_folder: Path) -> str:
