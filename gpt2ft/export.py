@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from transformers import pipeline
+from transformers import AutoTokenizer, pipeline
 
 from gpt2ft.assets import prepare
 from gpt2ft.config import Config, build_config
@@ -23,23 +23,48 @@ from gpt2ft.fsutil import atomic_dir, write_json_atomic
 from gpt2ft.model import seed_everything
 from gpt2ft.fmt import fmt
 from gpt2ft.checkpoints import Checkpoints
-from gpt2ft.summary import summarize
+from gpt2ft import judges as J
+from gpt2ft.summary import remeasure_key, summarize
 from gpt2ft.tracking import resolve_uri, store_folder
 from gpt2ft.trial_writes import log_model
 from gpt2ft.train import fit
 from gpt2ft.trial import candidate_train_config
 
 
-def model_card(info: dict[str, Any], retrained: bool) -> str:
+def point_params(params: dict[str, Any], epoch: float) -> dict[str, Any]:
+    """A candidate's hyperparameters as a researcher would train it: ``epochs`` is the point's own
+    (epoch 2 of a 3-epoch trial is a 2-epoch model; a point inside an epoch keeps its fraction)."""
+    if not math.isfinite(epoch):
+        return dict(params)
+    return {**params, "epochs": int(epoch) if float(epoch).is_integer() else round(float(epoch), 3)}
+
+
+def _origin(info: dict[str, Any], retrain: Optional[dict[str, Any]]) -> str:
+    """Where the weights come from, in the card."""
+    if retrain is None:
+        return f"Weights saved at step {info['step']} of the trial."
+    text = (f"Retrained from the trial's hyperparameters and seed to step {info['step']} (its checkpoint was not "
+            "kept); sample metrics below are those measured during the study")
+    if retrain["bitwise"]:
+        return text + " (on a CPU the retrain repeats the trial's arithmetic: the same weights)."
+    return (text + f". Retrained on {retrain['device']}, whose kernels are not deterministic: these weights are "
+            f"close to, not equal to, the measured ones (held-out loss {fmt(retrain['heldout_loss'])} against "
+            f"{fmt(retrain['measured_heldout_loss'])} measured).")
+
+
+def model_card(info: dict[str, Any], retrain: Optional[dict[str, Any]]) -> str:
+    """The exported folder's README: the point's own numbers, hyperparameters (its epochs) and samples."""
     m, refs = info["metrics"], info["references"]
     keys = ("top100_ratio", "memorization", "memorization_4", "memorization_16", "longest_copy",
-            "style_js", "style_prob", "extractable_rate", "heldout_loss", "train_loss")
+            "style_js", "style_prob", "extractable_rate", "heldout_loss", "fluency_ppl", "distinct_2", "train_loss")
     rows = "\n".join(f"| {k} | {fmt(m.get(k, math.nan))} | {fmt(refs.get('book_' + k, math.nan))} | "
                      f"{fmt(refs.get('base_' + k, math.nan))} |" for k in keys)
-    samples = "\n\n".join(f"> {t}" for t in info.get("texts", [])[:3])
-    origin = (f"Retrained from the trial's hyperparameters and seed to step {info['step']} (its checkpoint was not "
-              "kept); sample metrics below are those measured during the study." if retrained else
-              f"Weights saved at step {info['step']} of the trial.")
+    samples = ("\n\n".join(f"> {t}" for t in info.get("texts", [])[:3])
+               or "The samples of this point were not kept (it was measured while its trial trained).")
+    params = point_params(info["params"], info.get("epoch", math.nan))
+    trial_epochs = info["params"].get("epochs")
+    at = f"epoch {fmt(info.get('epoch', math.nan))} of a {trial_epochs}-epoch trial" if trial_epochs else ""
+    measured = f"{fmt(m.get('n_samples', math.nan))} samples"
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation
@@ -48,9 +73,11 @@ tags: [gpt2ft, gulliver]
 # gpt2ft: study `{info['study_name']}`, trial {info['number']} at step {info['step']}
 
 Fine-tuned on Gulliver's Travels by gpt2ft. {info['reason']}.
-{origin}
+{_origin(info, retrain)}
 
-Hyperparameters: {', '.join(f'{k}={fmt(v)}' for k, v in info['params'].items())}.
+Hyperparameters of this model (step {info['step']}, {at}): {', '.join(f'{k}={fmt(v)}' for k, v in params.items())}.
+
+Its numbers at step {info['step']} ({measured}):
 
 | metric | this model | held-out book (human) | base model |
 |---|---|---|---|
@@ -85,14 +112,32 @@ def load_selected(storage_url: Optional[str], study_name: Optional[str], trackin
     row = summary.candidate(*key)
     frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == key[0])
     root = study.user_attrs.get("checkpoint_root")
-    reason = (f"Selected by the balanced pick: {summary.pick.reason}" if key == summary.selected else
+    selected = key == summary.selected
+    reason = (f"Selected by the balanced pick: {summary.pick.reason}" if selected else
               f"Named by the user (not the pick: {row.get('why_not') or 'eligible, not the best'})")
-    return {"study_name": study.study_name, "number": key[0], "step": key[1], "params": frozen.params,
+    again = study.user_attrs.get(remeasure_key(*key)) or {}
+    return {"study_name": study.study_name, "number": key[0], "step": key[1],
+            "epoch": float(row.get("epoch", math.nan)), "params": frozen.params, "selected": selected, "excluded_by": excluding_judges(row, summary.bounds),
+            "why_not": row.get("why_not") or "",
             "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
             "checkpoint": str(Checkpoints(root).path(*key)) if root else None,
             "mlflow_run_id": frozen.user_attrs.get("mlflow_run_id"), "references": summary.references,
-            "config_yaml": study.user_attrs.get("config_yaml"), "corpus": study.user_attrs.get("corpus"),
-            "reason": reason, "texts": frozen.user_attrs.get("sample_texts", []) if row.get("is_end") else []}
+            "config_yaml": trial_config_yaml(study, frozen), "corpus": study.user_attrs.get("corpus"),
+            "reason": reason, "sample_ids": again.get("sample_ids") or [],
+            "texts": frozen.user_attrs.get("sample_texts", []) if row.get("is_end") else []}
+
+
+def excluding_judges(row: dict[str, Any], bounds: J.Bounds) -> list[str]:
+    """The judges that exclude a candidate row (the pick's: the degenerate guard, then copying)."""
+    copying = J.copying_failures(row.get("memorization", math.nan), row.get("extractable_rate", math.nan),
+                                 row.get("heldout_loss", math.nan), bounds)
+    return (["degenerate"] if row.get("degenerate") else []) + [judge for judge, _ in copying]
+
+
+def trial_config_yaml(study, trial) -> Optional[str]:
+    """The config ``trial`` trained with: its own record (a study resumed with other ``--set``
+    values trains its later trials under them), else the study's (an older study's trials)."""
+    return trial.user_attrs.get("config_yaml") or study.user_attrs.get("config_yaml")
 
 
 def _named(summary, trial: int, step: Optional[int]) -> tuple[int, int]:
@@ -115,31 +160,52 @@ def export_cli(args) -> int:
         raise UserError("--step names a candidate of a trial; give --trial N with it.")
     info = load_selected(args.storage, args.study_name, tracking_uri, getattr(args, "trial", None),
                          getattr(args, "step", None))
+    what = f"trial {info['number']} at step {info['step']}"
+    if info["excluded_by"]:
+        print(f"gpt2ft: {what} is excluded by the {', '.join(info['excluded_by'])} judge"
+              f"{'s' if len(info['excluded_by']) > 1 else ''} ({info['why_not']}); it is exported as named, "
+              "never as the study's champion.", file=sys.stderr)
     out = Path(args.out)
-    retrained = not (info["checkpoint"] and Path(info["checkpoint"]).is_dir())
+    _write_folder(info, out, args)
+    print(f"exported {what} of study {info['study_name']!r} to {out}")
+    if not args.no_register:
+        name = f"gpt2ft-{info['study_name']}"
+        # The alias names the study's selected, eligible candidate only, never one a user named instead.
+        alias = CHAMPION if info["selected"] else None
+        version = log_model(tracking_uri, info["mlflow_run_id"], out, name, alias)
+        print(f"logged as MLflow model {name} version {version}, " +
+              (f"alias '{CHAMPION}'" if alias else f"without alias '{CHAMPION}' (it stays on the study's pick)"))
+    return 0
+
+
+#: The registry alias of the study's selected, eligible candidate.
+CHAMPION = "champion"
+
+
+def _write_folder(info: dict[str, Any], out: Path, args) -> None:
+    """The exported folder: weights (the kept checkpoint, or retrained), config, metrics, card."""
+    retrain = None
     with atomic_dir(out) as tmp:
-        if retrained:
+        if not (info["checkpoint"] and Path(info["checkpoint"]).is_dir()):
             print(f"gpt2ft: the checkpoint of trial {info['number']} at step {info['step']} was not kept; retraining "
                   "it to that step from its parameters and seed.", file=sys.stderr)
-            _retrain(info, tmp, args)
+            retrain = _retrain(info, tmp, args)
         else:
             for item in Path(info["checkpoint"]).iterdir():
                 if item.is_file():
                     shutil.copy2(item, tmp / item.name)
+        if info["sample_ids"]:  # the point's re-measured samples, the ones its numbers describe
+            tok = AutoTokenizer.from_pretrained(str(tmp))
+            info["texts"] = [tok.decode(ids, skip_special_tokens=True) for ids in info["sample_ids"]]
         (tmp / "config.gpt2ft.yaml").write_text(info["config_yaml"] or "", encoding="utf-8")
         write_json_atomic({"study": info["study_name"], "trial": info["number"], "step": info["step"],
-                           "params": info["params"],
-                           "metrics": info["metrics"], "references": info["references"],
-                           "retrained": retrained, "mlflow_run_id": info["mlflow_run_id"]},
-                          tmp / "metrics.json")
-        (tmp / "README.md").write_text(model_card(info, retrained), encoding="utf-8")
+                           "epoch": info["epoch"], "params": point_params(info["params"], info["epoch"]),
+                           "trial_params": info["params"], "selected": info["selected"],
+                           "excluded_by": info["excluded_by"], "metrics": info["metrics"],
+                           "references": info["references"], "retrained": retrain is not None, "retrain": retrain,
+                           "mlflow_run_id": info["mlflow_run_id"]}, tmp / "metrics.json")
+        (tmp / "README.md").write_text(model_card(info, retrain), encoding="utf-8")
         _check_loads(tmp)
-    print(f"exported trial {info['number']} at step {info['step']} of study {info['study_name']!r} to {out}")
-    if not args.no_register:
-        name = f"gpt2ft-{info['study_name']}"
-        version = log_model(tracking_uri, info["mlflow_run_id"], out, name)
-        print(f"logged as MLflow model {name} version {version}, alias 'champion'")
-    return 0
 
 
 def _check_loads(folder: Path) -> None:
@@ -148,21 +214,42 @@ def _check_loads(folder: Path) -> None:
     pipe("The", max_new_tokens=5, do_sample=False)
 
 
-def _retrain(info: dict[str, Any], folder: Path, args) -> int:
-    """Train the trial again from its parameters and seed, with the study's own trial settings
-    (early stop included), into ``folder``; returns the steps it took."""
+def retrain(config: Config, params: dict[str, Any], step: int, assets, progress: bool = False):
+    """A study trial with ``params`` trained again to ``step``: returns the model and fit's result.
+
+    The trial's own settings (``trial_train_config``: early stop included) under the config it
+    trained with, and fit evaluates held-out loss at the steps the trial did (every
+    ``sample.every_steps`` point, as ``trial.run_trial`` asks, and ``train.eval_every``): the early
+    stop compares the same losses, so it cannot end the retrain before ``step`` where the trial
+    went on. Measuring drew none of training's random numbers, so no point is measured here."""
+    tcfg = candidate_train_config(config, params, step)
+    seed_everything(tcfg.seed)
+    model = assets.fresh_model()
+    result = fit(tcfg, model, assets.data, None, assets.runtime, progress=progress,
+                 point_every=config.sample.every_steps)
+    return model, result
+
+
+def _retrain(info: dict[str, Any], folder: Path, args) -> dict[str, Any]:
+    """``retrain`` the candidate into ``folder`` with the config its trial trained with; returns
+    what the retrain did (``retrained.json``): its steps, device, whether its weights are the
+    measured ones bit for bit (a CPU's promise), and its held-out loss beside the measured one."""
     if not info["config_yaml"]:
         raise UserError("the study does not record its config, so the trial cannot be retrained.")
     config: Config = build_config(yaml.safe_load(info["config_yaml"]))
-    tcfg = candidate_train_config(config, info["params"], info["step"])
     assets = prepare(config, args.corpus or info["corpus"], classifier=False)
-    seed_everything(tcfg.seed)
-    model = assets.fresh_model()
-    result = fit(tcfg, model, assets.data, None, assets.runtime, progress=not args.quiet)
+    model, result = retrain(config, info["params"], info["step"], assets, progress=not args.quiet)
     model.to("cpu").save_pretrained(folder)
     assets.tokenizer.save_pretrained(folder)
     if result.steps != info["step"]:  # the trial's own early stop cannot end a retrain before its step
         raise RuntimeError(f"retraining reached step {result.steps}, not the candidate's {info['step']}")
-    (folder / "retrained.json").write_text(json.dumps({"params": info["params"], "seed": tcfg.seed,
-                                                       "steps": result.steps}), encoding="utf-8")
-    return result.steps
+    device = assets.runtime.device.type
+    done = {"params": info["params"], "seed": config.train.seed, "steps": result.steps, "device": device,
+            "bitwise": device == "cpu", "heldout_loss": result.heldout_curve[-1][1],
+            "measured_heldout_loss": info["metrics"].get("heldout_loss", math.nan)}
+    if not done["bitwise"]:
+        print(f"gpt2ft: retrained on {device}: nondeterministic kernels make these weights close to, not equal "
+              f"to, those measured (held-out loss {done['heldout_loss']:.4f}, measured "
+              f"{done['measured_heldout_loss']:.4f}).", file=sys.stderr)
+    (folder / "retrained.json").write_text(json.dumps(done), encoding="utf-8")
+    return done

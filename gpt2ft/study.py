@@ -69,17 +69,22 @@ def make_sampler(study: optuna.Study, space: StudyConfig, seed: int) -> optuna.s
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=0)
 
 
+def config_yaml(config: Config) -> str:
+    """``config`` as the YAML export writes out and retrains with (the storage URL's password masked)."""
+    saved = config.to_dict()
+    saved["study"]["storage"] = mask_url(saved["study"]["storage"])
+    return yaml.safe_dump(saved, sort_keys=False)
+
+
 def record_setup(study: optuna.Study, config: Config, assets: Assets, checkpoint_root: str) -> dict[str, float]:
     """Write what every worker and export reads from the study (config, corpus, references,
     rule, the three copying bounds, the degenerate-text rule, where checkpoints live); returns
     the bounds. Once recorded, these are the study's: a resumed run with other settings keeps them."""
     refs = assets.references.values
-    saved = config.to_dict()
-    saved["study"]["storage"] = mask_url(saved["study"]["storage"])  # export writes this YAML out
     b = study_bounds(config, refs)
     bounds = {"memorization_bound": b.memorization, "extraction_bound": b.extraction, "heldout_bound": b.heldout_loss}
     s = config.study
-    for key, value in (("config_yaml", yaml.safe_dump(saved, sort_keys=False)), ("corpus", assets.book.source),
+    for key, value in (("config_yaml", config_yaml(config)), ("corpus", assets.book.source),
                        ("references", refs), ("pick_rule", s.pick_rule), *bounds.items(),
                        ("degenerate_factor", s.degenerate_factor), ("repetition_floor", s.repetition_floor),
                        ("fluency_factor", s.fluency_factor), ("checkpoint_root", checkpoint_root)):
@@ -254,6 +259,9 @@ def train_and_measure(runner: StudyRunner, trial: optuna.Trial, params: dict[str
     with runner.tracker.run(f"trial-{trial.number}", parent=runner.parent, tags=tags, end_on_success=False) as run:
         trial.set_user_attr("mlflow_run_id", run.id)
         trial.set_user_attr("command_id", runner.command_id)
+        # The config it trains with (a resumed study's --set values may differ from the recorded
+        # one): export retrains the trial with it.
+        trial.set_user_attr("config_yaml", config_yaml(runner.config))
         run.log_params({**{f"trial.{k}": v for k, v in params.items()},
                         **{f"train.{k}": v for k, v in dataclasses.asdict(tcfg).items()}})
 

@@ -210,9 +210,11 @@ class Tracker:
             "and attributes.status = 'RUNNING'")]
 
 
-def log_pipeline_model(tracking_uri: str, run_id: str | None, folder: Path, name: str) -> str:
+def log_pipeline_model(tracking_uri: str, run_id: str | None, folder: Path, name: str,
+                       alias: Optional[str] = "champion") -> str:
     """Log ``folder`` as an MLflow transformers model on ``run_id``, register it as ``name``
-    and point the ``champion`` alias at the new version. Returns the version."""
+    and point ``alias`` at the new version (None: the aliases stay where they are). Returns the
+    version."""
     # Imported here: the study's writer process loads this module to log, not to export.
     import torch
     import transformers
@@ -227,5 +229,6 @@ def log_pipeline_model(tracking_uri: str, run_id: str | None, folder: Path, name
         info = mlflow.transformers.log_model(transformers_model=pipe, name="model",
                                              pip_requirements=reqs, registered_model_name=name)
     version = str(info.registered_model_version)
-    client.set_registered_model_alias(name, "champion", version)
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
     return version

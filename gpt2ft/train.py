@@ -297,9 +297,12 @@ def fit(cfg: TrainConfig, model, data: TokenData, on_metrics: Optional[OnMetrics
             if losses.count == cfg.log_every or step == total:
                 losses.flush(step)
             bar.update(1)
-            # A point is judged by its held-out loss too (an epoch's last step: below, with its point).
-            at_point = point_every and step % point_every == 0 and step < total and i + cfg.batch_size < stop
-            if step < total and (at_point or (cfg.eval_every and step % cfg.eval_every == 0)):
+            # A point is judged by its held-out loss too. An epoch's last step is evaluated once, below,
+            # with its point: a second evaluation at one step would compare the loss with itself and
+            # reset the early stop's count, so eval_every dividing an epoch turned early stopping off.
+            inside = step < total and i + cfg.batch_size < stop
+            at_point = inside and point_every and step % point_every == 0
+            if at_point or (inside and cfg.eval_every and step % cfg.eval_every == 0):
                 heldout(step)
             if at_point and point(step):
                 break

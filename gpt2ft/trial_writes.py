@@ -32,11 +32,12 @@ def write_now(run, ops: list[logops.Op], steps: int) -> float:
     return logops.apply(run, ops, steps)
 
 
-def log_model(tracking_uri: str, run_id: Optional[str], folder, name: str) -> str:
-    """``gpt2ft export``'s write: the exported model logged on its trial's run and registered."""
+def log_model(tracking_uri: str, run_id: Optional[str], folder, name: str, alias: Optional[str]) -> str:
+    """``gpt2ft export``'s write: the exported model logged on its trial's run and registered, with
+    ``alias`` pointed at it (None: no alias moves)."""
     from gpt2ft.tracking import log_pipeline_model  # MLflow's model flavours load slowly: only here
 
-    return log_pipeline_model(tracking_uri, run_id, folder, name)
+    return log_pipeline_model(tracking_uri, run_id, folder, name, alias)
 
 
 class TrialWrites:

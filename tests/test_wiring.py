@@ -85,8 +85,8 @@ def test_export_retrain_calls_fit_with_trial_train_config(monkeypatch, tmp_path)
     seen = {}
     config = Config(study=StudyConfig(early_stop=True))
 
-    def fake_fit(cfg, model, data, on_metrics, runtime, progress=True):
-        seen["cfg"] = cfg
+    def fake_fit(cfg, model, data, on_metrics, runtime, progress=True, point_every=0):
+        seen["cfg"], seen["point_every"] = cfg, point_every
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(export, "fit", fake_fit)
@@ -98,6 +98,7 @@ def test_export_retrain_calls_fit_with_trial_train_config(monkeypatch, tmp_path)
         export._retrain(info, tmp_path, SimpleNamespace(corpus=None, quiet=True))
     # The trial's own settings (early stop included), stopped at the candidate's step.
     assert seen["cfg"] == dataclasses.replace(trial_train_config(config, info["params"]), max_steps=7)
+    assert seen["point_every"] == config.sample.every_steps  # held-out loss where the trial evaluated it
 
 
 def test_sample_gives_exactly_new_tokens_without_eos_from_bos():
