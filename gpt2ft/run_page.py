@@ -1,0 +1,62 @@
+"""What the study's MLflow run says on its own page: the pick, its reason, the candidate table and
+the two figures, as the run's description (the ``mlflow.note.content`` tag, which MLflow 3's run
+page renders as Markdown above its metrics: tables, and images served from the run's own
+artifacts, checked in Chromium). A researcher reads the outcome there without downloading
+``candidates.csv`` or opening the artifacts one by one. Pure: text from the summary.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from gpt2ft.fmt import fmt
+
+#: The figures the study's run logs (gpt2ft.report), shown in its description.
+FIGURES = {"plots/style_vs_copying.png": "Style vs copying: each trial's path from the base model",
+           "plots/copying_and_loss_by_epoch.png": "Copying and held-out loss by epoch"}
+_COLUMNS = ("number", "step", "epoch", "top100_ratio", "memorization", "extractable_rate", "heldout_loss", "n_samples")
+
+
+def study_note(summary: Any, run_id: str) -> str:
+    """The study run's description, in Markdown."""
+    return "\n\n".join([_pick_lines(summary), _candidate_table(summary), _figures(run_id),
+                        "Every column: `candidates.csv` and `trials.csv`; samples side by side: `samples.html` "
+                        "(Artifacts tab)."])
+
+
+def _pick_lines(summary: Any) -> str:
+    pick = summary.pick
+    if pick is None:
+        return "**No candidate measured yet.**"
+    if summary.selected is None:
+        return f"**Nothing selected**: {pick.reason}"
+    number, step = summary.selected
+    row = summary.candidate(number, step)
+    conf = f", `pick_confidence` {summary.confidence:.2f}" if math.isfinite(summary.confidence) else ""
+    book = summary.references.get("book_top100_ratio", math.nan)
+    base = summary.references.get("base_top100_ratio", math.nan)
+    return (f"**The pick: trial {number} at step {step} (epoch {fmt(row.get('epoch', math.nan))})**{conf}. "
+            f"`top100_ratio` {fmt(row.get('top100_ratio', math.nan))} (base model {fmt(base)}, the book "
+            f"{fmt(book)}), `memorization` {fmt(row.get('memorization', math.nan))}, `heldout_loss` "
+            f"{fmt(row.get('heldout_loss', math.nan))}.\n\nWhy: {pick.reason}")
+
+
+def _candidate_table(summary: Any) -> str:
+    c = summary.candidates
+    if c is None or c.empty:
+        return ""
+    cols = [k for k in _COLUMNS if k in c.columns]
+    lines = ["| " + " | ".join(cols + ["the pick says"]) + " |", "|" + "---|" * (len(cols) + 1)]
+    for row in c.to_dict("records"):
+        says = "**selected**" if row.get("selected") else "eligible" if row.get("eligible") else \
+            f"out: {row.get('why_not', '')}"
+        lines.append("| " + " | ".join(fmt(row.get(k)) for k in cols) + f" | {says} |")
+    b = summary.bounds
+    return (f"Candidates (bounds: `memorization` <= {fmt(b.memorization)}, `extractable_rate` <= "
+            f"{fmt(b.extraction)}, `heldout_loss` <= {fmt(b.heldout_loss)}):\n\n" + "\n".join(lines))
+
+
+def _figures(run_id: str) -> str:
+    # Relative to the UI's own address: the image is the run's artifact, served by the same server.
+    return "\n\n".join(f"![{title}](get-artifact?path={path.replace('/', '%2F')}&run_uuid={run_id})"
+                       for path, title in FIGURES.items())
