@@ -91,10 +91,13 @@ PAGE_METRICS = ("top100_ratio", "memorization", "longest_copy", "distinct_2", "r
 
 
 def samples_page(assets, columns: dict[str, Sequence[Sequence[int]]], k: int = 3, n: int = 8,
-                 metrics: Optional[dict[str, dict[str, float]]] = None) -> str:
+                 metrics: Optional[dict[str, dict[str, float]]] = None,
+                 notes: Optional[dict[str, str]] = None) -> str:
     """Samples side by side (base, selected, most-copying), copied spans highlighted, each
-    column headed by its measured numbers (``metrics``: column name -> metric -> value)."""
-    head = "".join(f"<th>{html.escape(name)}{_numbers((metrics or {}).get(name, {}))}</th>" for name in columns)
+    column headed by its measured numbers (``metrics``: column name -> metric -> value) and a
+    ``notes`` line where it has one (why a column shows no samples)."""
+    head = "".join(f"<th>{html.escape(name)}{_numbers((metrics or {}).get(name, {}))}"
+                   f"{_note((notes or {}).get(name, ''))}</th>" for name in columns)
     rows = []
     for i in range(k):
         cells = []
@@ -111,24 +114,50 @@ def samples_page(assets, columns: dict[str, Sequence[Sequence[int]]], k: int = 3
         f"<table><tr>{head}</tr>{''.join(rows)}</table></body></html>")
 
 
+def _note(text: str) -> str:
+    return f"<br><em>{html.escape(text)}</em>" if text else ""
+
+
 def _numbers(values: dict[str, float]) -> str:
     shown = [f"{k} {fmt(float(values[k]))}" for k in PAGE_METRICS if k in values]
     return f"<br><small>{html.escape(', '.join(shown))}</small>" if shown else ""
 
 
-def study_columns(summary, sample_ids: dict[int, Any]) -> dict[str, int]:
-    """Trials to show side by side, by column name: the selected one (its candidate's samples,
-    by the caller's ``sample_ids``) and the most-copying one."""
-    named: dict[str, int] = {}
+#: The selected column's note when the picked point's samples were not kept.
+NOT_KEPT = "its samples were not kept (measured while its trial trained, not re-measured)"
+
+
+def study_columns(summary, sample_ids: dict[int, Any]) -> dict[str, tuple[list, dict[str, Any], str]]:
+    """The columns beside the base model, by name: (samples, numbers, note). The selected
+    candidate's column is there for any pick, headed by the picked point's own numbers (its step,
+    not its trial's end) over its own samples (``sample_ids[trial]``: the caller's, the picked
+    point's); when they were not kept, a note says so. Then the trial that copies most, its end."""
+    named: dict[str, tuple[list, dict[str, Any], str]] = {}
     done = summary.table[summary.table["state"] == "COMPLETE"]
     selected = summary.selected[0] if summary.selected else None
-    if selected is not None and sample_ids.get(selected):
-        named[f"selected (trial {selected}, step {summary.selected[1]})"] = selected
+    if selected is not None:
+        ids = list(sample_ids.get(selected) or [])
+        named[f"selected (trial {selected}, step {summary.selected[1]})"] = (
+            ids, summary.candidate(*summary.selected), "" if ids else NOT_KEPT)
     if len(done):
         worst = int(done.sort_values(["memorization", "number"]).iloc[-1]["number"])
         if worst != selected and sample_ids.get(worst):
-            named[f"most copying (trial {worst})"] = worst
+            named[f"most copying (trial {worst})"] = (list(sample_ids[worst]), summary.trial(worst), "")
     return named
+
+
+def study_samples(summary, assets, sample_ids: dict[int, Any]) -> tuple[str, dict[str, list]]:
+    """The study's samples page (the base model beside ``study_columns``), and the columns that
+    have samples, by name (their novelty curves)."""
+    shown = study_columns(summary, sample_ids)
+    columns = {"base model": assets.references.samples.get("base", []),
+               **{name: ids for name, (ids, _, _) in shown.items()}}
+    refs = summary.references
+    numbers = {"base model": {k: refs[f"base_{k}"] for k in PAGE_METRICS if f"base_{k}" in refs},
+               **{name: values for name, (_, values, _) in shown.items()}}
+    notes = {name: note for name, (_, _, note) in shown.items()}
+    page = samples_page(assets, columns, metrics=numbers, notes=notes)
+    return page, {name: ids for name, (ids, _, _) in shown.items() if ids}
 
 
 def log_study_report(parent, summary, trajectories, assets, sample_ids: dict[int, Any]) -> None:
@@ -146,13 +175,8 @@ def log_study_report(parent, summary, trajectories, assets, sample_ids: dict[int
     done = table[table["state"] == "COMPLETE"]
     if len(done):
         parent.log_figure(plots.params_vs_objectives(done, references=refs), "plots/params_vs_objectives.png")
-    trials = study_columns(summary, sample_ids)
-    named = {name: sample_ids[number] for name, number in trials.items()}
-    columns = {"base model": assets.references.samples.get("base", []), **named}
-    refs = summary.references
-    numbers = {"base model": {k: refs[f"base_{k}"] for k in PAGE_METRICS if f"base_{k}" in refs},
-               **{name: summary.trial(number) for name, number in trials.items()}}
-    parent.log_text(samples_page(assets, columns, metrics=numbers), "samples.html")
+    page, named = study_samples(summary, assets, sample_ids)
+    parent.log_text(page, "samples.html")
     novelty = novelty_data(assets, named)
     parent.log_dict(novelty_table(novelty), "novelty_curve.json")
     parent.log_figure(plots.novelty_curves(**novelty), "plots/novelty.png")
