@@ -30,7 +30,7 @@ from gpt2ft import coordination as C
 from gpt2ft import leaders, logops
 from gpt2ft import report
 from gpt2ft.assets import Assets, study_bounds
-from gpt2ft.checkpoints import Checkpoints
+from gpt2ft.checkpoints import Checkpoints, still_needed
 from gpt2ft.config import Config, StudyConfig
 from gpt2ft.errors import UserError
 from gpt2ft.summary import (DERIVED, Summary, derived_points, recorded_bounds, study_style, summarize, trained,
@@ -130,6 +130,7 @@ class StudyRunner:
         log.warning("trial %d was interrupted earlier and is marked failed", trial.number)
 
     def objective(self, trial: optuna.Trial) -> tuple[float, float]:
+        trial.set_user_attr("command_id", self.command_id)
         _wait_for_slot(self.study, trial, self.n_trials, self.config.study)
         # One seed in every worker (and every resumed run) drew the same parameters in the same
         # order; seeding by trial number keeps a study reproducible and the workers apart.
@@ -139,8 +140,9 @@ class StudyRunner:
               f"epochs={params['epochs']} batch_size={params['batch_size']}", file=sys.stderr, flush=True)
         try:
             return train_and_measure(self, trial, params)
-        except Exception as exc:
-            trial.set_user_attr("fail_reason", f"{exc.__class__.__name__}: {exc}"[:1000])
+        except BaseException as exc:  # stopped (SIGTERM, Ctrl-C) it is FAIL too, and never chosen
+            if isinstance(exc, Exception):
+                trial.set_user_attr("fail_reason", f"{exc.__class__.__name__}: {exc}"[:1000])
             _settle_writer(self.writer.drain)  # its checkpoint's save may still be queued on the writer's thread
             self.checkpoints.remove(trial.number)  # a failed trial can never be chosen
             raise
@@ -150,11 +152,10 @@ class StudyRunner:
             reason = frozen.user_attrs.get("fail_reason") or "see the MLflow run's failure_reason tag"
             print(f"[study] trial {frozen.number} FAILED: {reason}", file=sys.stderr)
         if frozen.state == TrialState.COMPLETE and self.config.study.derived_trials:
-            tell_derived(study, frozen, self.config.study)
-        summary = self.apply_pick()
-        # Only what the pick and its re-measure may still need is kept; a running trial's points are its own.
-        finished = summary.table[summary.table["state"].isin(["COMPLETE", "FAIL"])]["number"]
-        self.checkpoints.keep_only(leaders.keep_set(summary), finished)
+            with C.study_claim(study).held():
+                tell_derived(study, frozen, self.config.study)
+        self.apply_pick()
+        prune_checkpoints(self)
 
     def stop_when_done(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
         """Stop once ``n_trials`` trained trials are COMPLETE (derived trials count for nothing)."""
@@ -197,6 +198,7 @@ class StudyRunner:
     def finish(self) -> None:
         """The front's re-measure and the final pick: once per study run, after every worker."""
         _settle_writer(self.writer.drain)
+        C.fail_orphans(self.study, self.command_id, self._on_stale_trial)  # every worker has ended
         replay_unlogged(self)
         n, seed = self.config.sample.final_n_samples, self.config.train.seed + 1
         if n > self.config.sample.n_samples:
@@ -210,8 +212,8 @@ class StudyRunner:
     def run_trials(self, timeout: Optional[float]) -> None:
         """Trials until ``n_trials`` are COMPLETE (this worker and the others together)."""
         optuna.storages.fail_stale_trials(self.study)  # a killed run's trial stops beating
-        for params in self.config.study.enqueue:  # skip_if_exists: a resumed run adds none twice
-            self.study.enqueue_trial(dataclasses.asdict(params), skip_if_exists=True)
+        redo_after_trials(self)
+        C.enqueue_once(self.study, [dataclasses.asdict(p) for p in self.config.study.enqueue])
         done = len(trained(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))))
         if done >= self.n_trials:
             print(f"[study] {done} of {self.n_trials} trials already complete; nothing to run.", file=sys.stderr)
@@ -235,9 +237,14 @@ def open_parent(runner: StudyRunner, tags: dict[str, Any]) -> None:
     run_id = claim.existing_or_claim()
     if run_id:
         runner.parent = runner.tracker.resume(run_id)
+        runner.checkpoints = runner.checkpoints.of_study(runner.study.user_attrs.get("study_uid"))
         return
     try:
         runner.parent = runner.tracker.start(runner.study.study_name, tags={**tags, "gpt2ft.kind": "study"})
+        # This study's own, not its name's: another study of the name (a deleted storage, another
+        # --storage) must never find this one's trial N at step S.
+        runner.study.set_user_attr("study_uid", uuid.uuid4().hex[:12])
+        runner.checkpoints = runner.checkpoints.of_study(runner.study.user_attrs["study_uid"])
         bounds = record_setup(runner.study, runner.config, runner.assets, str(runner.checkpoints.root))
         # Last: a worker that sees the id finds every attribute above already written.
         runner.study.set_user_attr(claim.attr, runner.parent.id)
@@ -246,6 +253,31 @@ def open_parent(runner: StudyRunner, tags: dict[str, Any]) -> None:
     runner.parent.log_params({**runner.config.flat(), "optuna.storage": mask_url(runner.storage_url)})
     runner.parent.log_metrics({**runner.assets.references.values, **bounds,
                                **runner.assets.timings, "references_seconds": runner.assets.references.seconds})
+
+
+def prune_checkpoints(runner: StudyRunner) -> None:
+    """Keep what the pick and its re-measure need now (``leaders.keep_set``) and what a pick
+    after later trials may need (``checkpoints.still_needed``); delete the rest, and what
+    interrupted saves left. Under the study's lock, from a summary read under it: pruners take
+    turns, each deciding on every trial finished so far. A running trial's points are its own."""
+    with C.study_claim(runner.study).held():
+        summary = summarize(runner.study)
+        rule = runner.study.user_attrs.get("pick_rule", runner.config.study.pick_rule)
+        finished = summary.table[summary.table["state"].isin(["COMPLETE", "FAIL"])]["number"]
+        runner.checkpoints.keep_only(leaders.keep_set(summary) | still_needed(summary.candidates, rule), finished)
+
+
+def redo_after_trials(runner: StudyRunner) -> None:
+    """What a process killed between a trial's COMPLETE and its ``after_trial`` left undone: its
+    derived trials (told now, once: under the lock ``tell_derived`` skips those told) and its
+    checkpoints' pruning."""
+    if runner.config.study.derived_trials:
+        with C.study_claim(runner.study).held():
+            for t in trained(runner.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
+                if told := tell_derived(runner.study, t, runner.config.study):
+                    print(f"[study] trial {t.number}: {told} derived trial(s) were not told (process stopped "
+                          "after the trial); told now", file=sys.stderr)
+    prune_checkpoints(runner)
 
 
 def train_and_measure(runner: StudyRunner, trial: optuna.Trial, params: dict[str, Any]) -> tuple[float, float]:
@@ -278,8 +310,8 @@ def train_and_measure(runner: StudyRunner, trial: optuna.Trial, params: dict[str
                                 runner.config.study.checkpoints_per_trial)
         res = run_trial(runner.assets, tcfg, run, progress=runner.progress, after_fit=keep, defer_log=True,
                         on_candidate=points, bounds=recorded_bounds(runner.study.user_attrs))
-        for future in saving:
-            future.result()  # a checkpoint that could not be written fails the trial, as before
+        for future in saving:  # a checkpoint not written (or not in writer.STALL_SECONDS) fails the trial
+            runner.writer.result(future, f"the checkpoint of trial {trial.number} at step {res.fit.steps}")
         m = res.metrics
         style = study_style(runner.study.user_attrs, m["top100_ratio"])
         if not (math.isfinite(style) and math.isfinite(m["memorization"])):
@@ -391,8 +423,11 @@ def tell_derived(study: optuna.Study, frozen: optuna.trial.FrozenTrial, space: S
     """Tell Optuna each interior whole-epoch point of a finished trial as a COMPLETE trial of that
     many epochs (``summary.derived_points``), marked ``derived_from``, so the sampler learns from
     every measurement instead of re-buying what it has measured. No MLflow run, no slot, no row
-    of its own in the tables. Returns how many were told."""
-    points = derived_points(frozen, space.epochs.low, space.epochs.high)
+    of its own in the tables. Once: the caller holds the study's lock, and epochs already told
+    (a resumed run redoing an interrupted after-trial) are skipped. Returns how many were told."""
+    told = {t.params.get("epochs") for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get(DERIVED) == frozen.number}
+    points = [p for p in derived_points(frozen, space.epochs.low, space.epochs.high) if int(p["epoch"]) not in told]
     for p in points:
         params = {**frozen.params, "epochs": int(p["epoch"])}
         values = [study_style(study.user_attrs, p["top100_ratio"]), float(p["memorization"])]
