@@ -205,3 +205,35 @@ def test_the_model_card_gives_the_picked_points_numbers_and_epochs(exported_stud
     card = (exported_study / "pick" / "README.md").read_text()
     assert "epochs=1" in card and "epochs=3" not in card
     assert "| top100_ratio | 0.531 |" in card and "0.5595" not in card
+
+
+def test_a_retrain_off_the_cpu_says_its_weights_are_close_not_equal(tmp_path, monkeypatch, capsys):
+    """Bitwise retrain is a CPU promise: on CUDA, nondeterministic kernels make a retrained point
+    close to the measured one. The retrain says so and records its held-out loss beside the
+    measured one (on a CPU it records bitwise: true)."""
+    import json
+
+    import yaml
+
+    from gpt2ft.train import FitResult
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=48, n_positions=16, n_layer=1, n_embd=16, n_head=2,
+                                       bos_token_id=0, eos_token_id=0))
+    fitted = FitResult(steps=8, heldout_curve=[(0, 4.0), (8, 3.9012)])
+    monkeypatch.setattr(export, "retrain", lambda config, params, step, assets, progress=False: (model, fitted))
+    info = {"config_yaml": yaml.safe_dump(Config().to_dict()), "corpus": "x", "step": 8,
+            "params": {"lr": 1e-4, "epochs": 3, "batch_size": 4}, "metrics": {"heldout_loss": 3.9}}
+    args = SimpleNamespace(corpus=None, quiet=True)
+    for device, bitwise in (("cuda", False), ("cpu", True)):
+        monkeypatch.setattr(export, "prepare", lambda *a, **k: SimpleNamespace(
+            runtime=Runtime(torch.device(device), None), tokenizer=SimpleNamespace(save_pretrained=lambda f: None)))
+        folder = tmp_path / device
+        folder.mkdir()
+        done = export._retrain(info, folder, args)
+        assert json.loads((folder / "retrained.json").read_text()) == done
+        assert (done["device"], done["bitwise"], done["heldout_loss"], done["measured_heldout_loss"]) == (
+            device, bitwise, 3.9012, 3.9)
+        card = export.model_card({**info, "study_name": "s", "number": 0, "reason": "Named", "references": {}},
+                                 done)
+        assert ("close to, not equal to, the measured ones" in card) is (not bitwise)
+    assert "retrained on cuda: nondeterministic kernels" in capsys.readouterr().err
