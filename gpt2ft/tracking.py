@@ -225,9 +225,15 @@ def log_pipeline_model(tracking_uri: str, run_id: str | None, folder: Path, name
     pipe = pipeline("text-generation", model=str(folder))
     # Requirement inference imports torchvision (absent beside the CPU torch build): name them.
     reqs = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"]
-    with mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=f"export-{name}"):
-        info = mlflow.transformers.log_model(transformers_model=pipe, name="model",
-                                             pip_requirements=reqs, registered_model_name=name)
+    kwargs = {"transformers_model": pipe, "name": "model", "pip_requirements": reqs, "registered_model_name": name}
+    if run_id:
+        # Not in `mlflow.start_run(run_id)`: its end would make the trial's run FINISHED, and a run
+        # a killed study left RUNNING (its writes pending) would then be skipped by the replay.
+        # Logged by id, the run keeps its status, whatever it is.
+        info = mlflow.transformers.log_model(**kwargs, run_id=run_id)
+    else:
+        with mlflow.start_run(run_name=f"export-{name}"):
+            info = mlflow.transformers.log_model(**kwargs)
     version = str(info.registered_model_version)
     if alias:
         client.set_registered_model_alias(name, alias, version)
