@@ -189,3 +189,11 @@ def test_short_spoken_lines_of_the_novels_survive():
     assert tom.count("No answer.") >= 3 and "“TOM!”" in tom
     pioneers = prose.read(SHARED / "other/o_pioneers_pg24.txt")[0].paragraphs
     assert "SAN--CTA MARI-I-I-A," in pioneers  # sung in capitals, not a heading
+
+
+def test_a_story_start_found_late_is_not_taken_for_front_matter():
+    # Verse without end punctuation, then one sentence: front matter that long (over a quarter of
+    # the text) means the start was misjudged, and nothing is dropped as front matter.
+    verse = ["The rain upon the hills\nThe wind along the shore", "And all the long night through\nThe sea"] * 10
+    out = prose.clean("\n\n".join(verse + ["It ended there, as all such nights end, in a grey morning light."]))
+    assert len(out.paragraphs) == 21 and "front matter" not in out.by_kind
