@@ -205,7 +205,7 @@ def _run_study(runner, args: argparse.Namespace, jobs: int) -> Optional[str]:
     from gpt2ft.summary import trained
     from gpt2ft.workers import check_codes, supervise
 
-    died = None
+    died, short = None, False
     try:
         if jobs == 1:
             runner.run(runner.config.study.timeout)
@@ -213,8 +213,9 @@ def _run_study(runner, args: argparse.Namespace, jobs: int) -> Optional[str]:
             outcome = check_codes(supervise([_worker_argv(args, i, runner.command_id) for i in range(jobs)]))
             done = sum(t.state.name == "COMPLETE" for t in trained(runner.study.get_trials(deepcopy=False)))
             if outcome.died:
+                short = done < runner.n_trials  # the others could not fill its slots: the parent run FAILED
                 died = (f"{outcome.died}; the study has {done} of {runner.n_trials} trials complete, "
-                        + ("picked and logged" if done >= runner.n_trials else "run the same command again"))
+                        + ("run the same command again" if short else "picked and logged"))
             if outcome.gave_up and done < runner.n_trials:  # no other worker filled the slots
                 runner.gave_up = give_up_message(runner.study, runner.config.study.max_failures)
             runner.finish()
@@ -229,7 +230,7 @@ def _run_study(runner, args: argparse.Namespace, jobs: int) -> Optional[str]:
         runner.parent.set_tags({"worker_died": died})
     if runner.gave_up:
         runner.parent.set_tags({"failure_reason": runner.gave_up})
-    runner.parent.end("FAILED" if runner.gave_up else "FINISHED")
+    runner.parent.end("FAILED" if runner.gave_up or short else "FINISHED")
     return died
 
 

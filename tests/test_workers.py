@@ -147,3 +147,39 @@ def test_a_worker_killed_after_the_others_ended_is_not_replaced(tmp_path):
     slow_kill = code.replace("os.kill(", "time.sleep(2); os.kill(")  # worker 0 has finished by then
     exits = W.supervise([["0", str(marker)], ["1", str(marker)]], gpus=[], program=(sys.executable, "-c", slow_kill))
     assert exits == [W.Exit(0, 0), W.Exit(1, -signal.SIGKILL, replaced=False)]
+
+
+class _Parent:
+    def __init__(self):
+        self.tags, self.status = {}, None
+
+    def set_tags(self, tags):
+        self.tags.update(tags)
+
+    def end(self, status):
+        self.status = status
+
+
+@pytest.mark.parametrize("complete, status", [(2, "FINISHED"), (1, "FAILED")])
+def test_a_dead_workers_study_still_finishes_and_says_so(monkeypatch, complete, status):
+    """cli's wiring of item 1: the finish and the artifacts run after a worker died; the parent
+    run ends FINISHED when the others completed the study (FAILED when they could not), tagged
+    with the sentence the command then exits with."""
+    import argparse
+
+    import gpt2ft.study as S
+    from gpt2ft import cli
+
+    ran = []
+    monkeypatch.setattr(W, "supervise", lambda argvs: [W.Exit(1, -signal.SIGKILL), W.Exit(0, 0)])
+    monkeypatch.setattr(S, "log_study_artifacts", lambda runner: ran.append("artifacts"))
+    trials = [SimpleNamespace(state=SimpleNamespace(name="COMPLETE"), user_attrs={})] * complete
+    runner = SimpleNamespace(n_trials=2, gave_up=None, command_id="c", parent=_Parent(),
+                             study=SimpleNamespace(get_trials=lambda deepcopy=False: trials),
+                             finish=lambda: ran.append("finish"))
+    args = argparse.Namespace(config=None, overrides=[], corpus=None, tracking_uri=None, study_name=None,
+                              n_trials=None, timeout=None, storage=None, jobs=None)
+    died = cli._run_study(runner, args, 2)
+    assert ran == ["finish", "artifacts"]
+    assert died.startswith("worker 1 was killed by SIGKILL") and f"{complete} of 2 trials complete" in died
+    assert runner.parent.status == status and runner.parent.tags["worker_died"] == died
