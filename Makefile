@@ -8,7 +8,7 @@ CONFIG  ?= experiments/gulliver.yaml
 TORCH   ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 ARGS    ?=
 
-.PHONY: install test lint train study study-cpu ui export references demo bench bench-gpu bench-compile bench-measure bench-study ui-check multiworker clean
+.PHONY: install test lint train study study-cpu ui export references demo bench bench-gpu bench-compile bench-measure bench-study gpu-check ui-check multiworker clean
 
 $(BIN)/gpt2ft: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -58,6 +58,11 @@ bench: install
 # The gulliver study on one GPU, --jobs 1 against --jobs N (bench/gpu_study.py; ARGS=--cpu-check anywhere).
 bench-gpu: install
 	$(BIN)/python bench/gpu_study.py $(ARGS)
+
+# The CUDA paths no CPU test reaches, in at most 5 minutes on one H100/H200 (bench/gpu_check.py ->
+# bench/gpu_check.json; exits 1 on a failed check). ARGS=--cpu-check: the tiny model on the CPU, GPU figures null.
+gpu-check: install
+	$(BIN)/python bench/gpu_check.py $(ARGS)
 
 # train.compile's cost and gain per batch size (bench/compile.py; CUDA: GPT-2 124M x 256, else a tiny CPU model).
 bench-compile: install

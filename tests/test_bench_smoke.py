@@ -236,3 +236,42 @@ def test_study_bench_runs_both_arms_and_judges_the_target(tmp_path, book, monkey
     worse = {**pick, "style_distance": 0.02 + 2 * math.sqrt(2) * 0.005 + 1e-6}
     slow = bench.verdicts({"wall_seconds": 100.0, "pick": pick}, {"wall_seconds": 61.0, "pick": worse})
     assert slow == {"wall_at_most_0.6": False, "pick_at_least_as_good": False}
+
+
+def test_gpu_check_device_checks_pass_on_the_cpu():
+    """make gpu-check's in-process checks (the sampling copy refreshed across trials, the step
+    timer, the copying stop in fit) run on the CPU too; on CUDA they take the GPU paths."""
+    import torch
+
+    C = load("gpu_check")
+    cpu = torch.device("cpu")
+    assert "refreshed in place across two trials" in C.sampler_refresh(cpu)
+    assert C.step_timer(cpu).startswith("StepTimer")
+    assert C.copying_stop(cpu) == "stopped at step 8, the second point"
+
+
+def test_gpu_check_writes_its_figures_and_fails_on_any_failed_check(tmp_path, monkeypatch, capsys):
+    """The JSON has device, trials_per_minute, gpu_busy_share, mfu, measure_share and pick (GPU
+    figures null on the CPU), every check's verdict, and the exit code says whether all passed.
+    The study itself is faked here: ``make gpu-check ARGS=--cpu-check`` runs it for real."""
+    C = load("gpu_check")
+    figures = {"trials_per_minute": 2.5, "gpu_busy_share": None, "mfu": None, "measure_share": 0.3,
+               "pick": {"trial": 0, "step": 4, "eligible": True}}
+
+    def study(args, results, device, t0, ok=True):
+        results.update(figures)
+        C.check(results, "study", lambda: "2 trials")
+        C.check(results, "export", (lambda: "loaded") if ok else (lambda: 1 / 0))
+
+    out = tmp_path / "gpu_check.json"
+    monkeypatch.delenv("OUT", raising=False)
+    monkeypatch.setattr(C, "run_study_checks", study)
+    assert C.main(["--cpu-check", "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert {k: saved[k] for k in figures} == figures and saved["device"] == "cpu"
+    assert set(saved["checks"]) == {"sampler_refresh", "step_timer", "copying_stop", "study", "export"}
+    monkeypatch.setattr(C, "run_study_checks", lambda *a: study(*a, ok=False))
+    assert C.main(["--cpu-check", "--out", str(out)]) == 1
+    assert json.loads(out.read_text())["checks"]["export"] == {"ok": False,
+                                                              "detail": "ZeroDivisionError: division by zero"}
+    assert "FAILED: export" in capsys.readouterr().out
