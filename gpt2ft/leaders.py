@@ -15,11 +15,12 @@ The study object is used through its plain attributes, so this module does not i
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import sys
 from typing import Any, Callable, Optional
+
+import yaml
 
 from gpt2ft import confidence as K
 from gpt2ft import metrics as M
@@ -28,9 +29,9 @@ from gpt2ft import summary as S
 from gpt2ft.assets import Assets
 from gpt2ft.checkpoints import Checkpoints
 from gpt2ft.measure import DIVERSITY, measure_model
-from gpt2ft.model import free_accelerator, seed_everything
-from gpt2ft.train import fit
-from gpt2ft.trial import candidate_train_config
+from gpt2ft.config import build_config
+from gpt2ft.model import free_accelerator
+from gpt2ft.trial import retrain
 
 log = logging.getLogger(__name__)
 
@@ -139,18 +140,16 @@ def record_sized_references(study: Any, assets: Assets, n: int) -> dict[str, flo
 
 
 def retrainer(study: Any, assets: Assets) -> Callable[[tuple[int, int]], Any]:
-    """``remeasure``'s ``retrain``: a candidate trained again to its step from its trial's
-    parameters and seed (bitwise its weights on a CPU; ``tests/test_candidates.py``). Early
-    stopping is off: it only ends a run, and the candidate's step is at or before its trial's end."""
-    def retrain(key: tuple[int, int]):
+    """``remeasure``'s ``retrain``: a candidate trained again to its step (``trial.retrain``) under
+    the config its trial trained with; bitwise its weights on a CPU (``tests/test_candidates.py``),
+    close to them on a GPU, and then measured, so the re-measure describes the model it keeps."""
+    def again(key: tuple[int, int]):
         trial = next(t for t in study.get_trials(deepcopy=False) if t.number == key[0])
-        tcfg = dataclasses.replace(candidate_train_config(assets.config, trial.params, key[1]), early_stop_patience=0)
-        seed_everything(tcfg.seed)
-        model = assets.fresh_model()
-        if fit(tcfg, model, assets.data, None, assets.runtime, progress=False).steps != key[1]:
-            return None
-        return model
-    return retrain
+        text = trial.user_attrs.get("config_yaml") or study.user_attrs.get("config_yaml")
+        config = build_config(yaml.safe_load(text)) if text else assets.config
+        model, result = retrain(config, trial.params, key[1], assets)
+        return model if result.steps == key[1] else None
+    return again
 
 
 def _remeasure_one(study: Any, assets: Assets, checkpoints: Checkpoints, key: tuple[int, int], n: int, seed: int,
@@ -160,7 +159,8 @@ def _remeasure_one(study: Any, assets: Assets, checkpoints: Checkpoints, key: tu
     retrained = model is None and retrain is not None
     if retrained:
         model = retrain(key)
-        checkpoints.save(*key, model, assets.tokenizer)  # export then finds the model it measured
+        if model is not None:
+            checkpoints.save(*key, model, assets.tokenizer)  # export then finds the model it measured
     if model is None:
         log.warning("trial %d at step %d kept no checkpoint and is not re-measured", *key)
         return False

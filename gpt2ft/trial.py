@@ -88,6 +88,22 @@ def candidate_train_config(config: Config, params: dict[str, Any], step: int) ->
     return dataclasses.replace(trial_train_config(config, params), max_steps=int(step))
 
 
+def retrain(config: Config, params: dict[str, Any], step: int, assets: Assets, progress: bool = False):
+    """A study trial with ``params`` trained again to ``step``: returns the model and fit's result.
+
+    The trial's own settings (``trial_train_config``: early stop included) under the config it
+    trained with, and fit evaluates held-out loss at the steps the trial did (every
+    ``sample.every_steps`` point, as ``run_trial`` asks, and ``train.eval_every``): the early stop
+    compares the same losses, so it cannot end the retrain before ``step`` where the trial went on.
+    Measuring drew none of training's random numbers, so no point is measured here."""
+    tcfg = candidate_train_config(config, params, step)
+    seed_everything(tcfg.seed)
+    model = assets.fresh_model()
+    result = fit(tcfg, model, assets.data, None, assets.runtime, progress=progress,
+                 point_every=config.sample.every_steps)
+    return model, result
+
+
 class _Tracer:
     """Measures a training model's samples at the trajectory's interior points and logs them
     as step metrics under the final metrics' names, so MLflow charts show the path. Each point

@@ -6,8 +6,6 @@ import math
 import random
 from types import SimpleNamespace
 
-import pytest
-
 from gpt2ft import leaders as L
 from gpt2ft import metrics as M
 from gpt2ft import summary as S
@@ -95,7 +93,8 @@ def _samples(ratio: float, n: int, spread: int = 6) -> list[list[int]]:
 def _fake_assets(n_ngram: int = 8):
     from gpt2ft.ngram_index import NgramIndex
 
-    return SimpleNamespace(config=SimpleNamespace(train=SimpleNamespace(seed=0), metrics=SimpleNamespace(ngram=n_ngram)),
+    config = SimpleNamespace(train=SimpleNamespace(seed=0), metrics=SimpleNamespace(ngram=n_ngram))
+    return SimpleNamespace(config=config,
                            references=SimpleNamespace(samples={}), top_ids=frozenset(range(100)),
                            index=NgramIndex([5000 + i for i in range(64)], max_n=16), runtime=None, tokenizer=None)
 
@@ -211,3 +210,35 @@ def test_selected_params_and_epochs_name_the_picked_points_epoch_count():
     assert tags["selected_params"] == {"lr": 1e-4, "epochs": 2, "batch_size": 4}
     assert metrics["selected_epochs"] == 2 and metrics["selected_epoch"] == 2
     assert metrics["selected_top100_ratio"] == 0.54 and metrics["selected_heldout_loss"] == 3.62
+
+
+def test_a_study_whose_checkpoints_are_gone_still_remeasures_and_is_confident(workdir, book, monkeypatch):
+    """Every finished trial's checkpoints deleted: the finish retrains the pick and its runner-up
+    to their steps, re-measures them, and the parent run has pick_confidence; the retrained
+    candidate is kept for export, bitwise the weights it would retrain to."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from conftest import TINY
+    from gpt2ft import checkpoints as CK
+    from gpt2ft.cli import main
+
+    monkeypatch.setenv("GPT2FT_CORPUS", str(book))
+    keep_only = CK.Checkpoints.keep_only
+    monkeypatch.setattr(CK.Checkpoints, "keep_only", lambda self, keep, finished: keep_only(self, [], finished))
+    overrides = ["sample.every_steps=5", "train.max_steps=10", "study.n_trials=2", "sample.final_n_samples=6",
+                 "study.enqueue=[{lr: 1.0e-3, epochs: 1, batch_size: 4}, {lr: 3.0e-4, epochs: 1, batch_size: 4}]"]
+    assert main(["study", "--config", str(TINY), "--quiet", "--yes", *[x for o in overrides for x in ("--set", o)]]) == 0
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}")
+    s = summarize(study)
+    assert s.candidates["eligible"].sum() >= 2, s.candidates[["number", "step", "why_not"]]
+    pick, runner = L.pick_pair(s)
+    for key in (pick.key, runner.key):
+        assert study.user_attrs[S.remeasure_key(*key)]["retrained"]
+    assert study.user_attrs["pick_confidence"]["selected"] == list(pick.key)
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    # Under its name or a chart section's prefix ("Pick/pick_confidence").
+    logged = [v for k, v in parent.data.metrics.items() if k.split("/")[-1] == "pick_confidence"]
+    assert len(logged) == 1 and math.isfinite(logged[0])
+    assert pick.key in CK.Checkpoints(study.user_attrs["checkpoint_root"]).saved()
