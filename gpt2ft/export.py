@@ -117,8 +117,8 @@ def load_selected(storage_url: Optional[str], study_name: Optional[str], trackin
               f"Named by the user (not the pick: {row.get('why_not') or 'eligible, not the best'})")
     again = study.user_attrs.get(remeasure_key(*key)) or {}
     return {"study_name": study.study_name, "number": key[0], "step": key[1],
-            "epoch": float(row.get("epoch", math.nan)), "params": frozen.params, "selected": selected, "excluded_by": excluding_judges(row, summary.bounds),
-            "why_not": row.get("why_not") or "",
+            "epoch": float(row.get("epoch", math.nan)), "params": frozen.params, "selected": selected,
+            "excluded_by": excluding_judges(row, summary.bounds), "why_not": row.get("why_not") or "",
             "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
             "checkpoint": str(Checkpoints(root).path(*key)) if root else None,
             "mlflow_run_id": frozen.user_attrs.get("mlflow_run_id"), "references": summary.references,

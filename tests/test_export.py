@@ -4,7 +4,6 @@ gives the exported point's own numbers."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -25,7 +24,7 @@ def _assets(seed: int = 0) -> SimpleNamespace:
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     base = GPT2LMHeadModel(GPT2Config(vocab_size=48, n_positions=16, n_layer=1, n_embd=16, n_head=2,
-                                              bos_token_id=0, eos_token_id=0))
+                                      bos_token_id=0, eos_token_id=0))
     data = TokenData(train_windows=torch.randint(0, 48, (24, 12), generator=g),
                      heldout_windows=torch.randint(0, 48, (8, 12), generator=g),
                      train_ids=[], heldout_ids=[], block_size=12)
