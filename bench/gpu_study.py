@@ -56,6 +56,7 @@ for _p in (str(ROOT), str(HERE)):
 
 import benchlib as B  # noqa: E402
 from gpt2ft.fsutil import write_json_atomic  # noqa: E402
+from gpt2ft.ui_names import plain  # noqa: E402
 
 GPT2_124M = ["model.name=random-gpt2", "model.n_layer=12", "model.n_embd=768", "model.n_head=12"]
 CPU_CHECK = ["train.max_steps=3", "train.eval_batches=1", "sample.final_n_samples=4"]
@@ -203,14 +204,14 @@ def read_trials(store: Path) -> dict[str, Any]:
     for r in runs:
         if r.data.tags.get("gpt2ft.kind") != "trial" or r.info.status != "FINISHED":
             continue
-        m = r.data.metrics
+        m = plain(r.data.metrics)
         row = {"number": int(r.data.tags["optuna.trial"]), **{k: m.get(k) for k in TIMES},
                "tokens": m.get("tokens_per_second", 0.0) * m.get("step_seconds", 0.0),
                "batch_size": int(float(r.data.params.get("trial.batch_size", "0"))),
                "epochs": int(float(r.data.params.get("trial.epochs", "0")))}
         trials.append(row)
     trials.sort(key=lambda row: row["number"])
-    tags, metrics = (parent.data.tags, parent.data.metrics) if parent is not None else ({}, {})
+    tags, metrics = (parent.data.tags, plain(parent.data.metrics)) if parent is not None else ({}, {})
     return {"n_params": int(tags.get("n_params", 0)), "gpu": tags.get("gpu"),
             "setup_seconds": metrics.get("setup_seconds"), "setup_cache_hit": metrics.get("setup_cache_hit"),
             "trials": trials}

@@ -57,6 +57,7 @@ for _p in (str(ROOT), str(HERE)):
         sys.path.insert(0, _p)
 
 import benchlib as B  # noqa: E402
+from gpt2ft.ui_names import plain  # noqa: E402
 
 #: The switches issue 19 added, set to what the study did before it.
 BEFORE = ("study.derived_trials=false", "study.stop_after=0", "sample.precision=fp32")
@@ -107,14 +108,14 @@ def read_store(store: Path) -> dict[str, Any]:
     if len(parents) != 1:
         raise SystemExit(f"bench-study: {store} holds {len(parents)} study runs, expected 1")
     parent = parents[0]
-    pm, tags = parent.data.metrics, parent.data.tags
+    pm, tags = plain(parent.data.metrics), parent.data.tags
     trials = [r for r in runs if r.data.tags.get("gpt2ft.kind") == "trial" and r.info.status == "FINISHED"]
-    stopped = sorted((int(r.data.tags["optuna.trial"]), int(r.data.metrics["stopped_for_copying_step"]))
-                     for r in trials if r.data.metrics.get("stopped_for_copying") == 1)
+    stopped = sorted((int(r.data.tags["optuna.trial"]), int(plain(r.data.metrics)["stopped_for_copying_step"]))
+                     for r in trials if plain(r.data.metrics).get("stopped_for_copying") == 1)
     # Along the way (trajectory_seconds) and at the end (measure_seconds), as measure_share counts.
-    measure = sum(r.data.metrics.get("measure_seconds", 0.0) + r.data.metrics.get("trajectory_seconds", 0.0)
-                  for r in trials)
-    trial_seconds = sum(r.data.metrics.get("trial_seconds", 0.0) for r in trials)
+    measure = sum(plain(r.data.metrics).get("measure_seconds", 0.0)
+                  + plain(r.data.metrics).get("trajectory_seconds", 0.0) for r in trials)
+    trial_seconds = sum(plain(r.data.metrics).get("trial_seconds", 0.0) for r in trials)
     with sqlite3.connect(store / "optuna.db") as con:
         derived = con.execute("select count(*) from trial_user_attributes where key = 'derived_from'").fetchone()[0]
     text = Path(client.download_artifacts(parent.info.run_id, "candidates.csv")).read_text()
@@ -125,7 +126,7 @@ def read_store(store: Path) -> dict[str, Any]:
         "trials_trained": len(trials),
         "derived_trials": derived,
         "candidates": len(candidates),
-        "optimizer_steps": int(sum(r.data.metrics.get("steps", 0) for r in trials)),
+        "optimizer_steps": int(sum(plain(r.data.metrics).get("steps", 0) for r in trials)),
         "measure_seconds": measure,
         "trial_seconds": trial_seconds,
         "measure_share": measure / trial_seconds if trial_seconds else math.nan,

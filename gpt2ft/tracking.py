@@ -21,6 +21,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from gpt2ft.errors import UserError
+from gpt2ft.ui_names import ui_name
 from gpt2ft.urls import mask_url, unreachable
 
 DEFAULT_STORE = Path("mlruns")
@@ -86,7 +87,8 @@ class Run:
         now = int(time.time() * 1000)
         # MLflow stores NaN, but a metric that is NaN because it does not apply (e.g. no
         # classifier) is clearer absent than NaN in the UI.
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
+        # Each under its section of the run page (gpt2ft.ui_names): the key charts lead.
+        items = [Metric(ui_name(k), float(v), now, step) for k, v in metrics.items()
                  if v is not None and not (isinstance(v, float) and math.isnan(v))]
         if items:
             self._client.log_batch(self.id, metrics=items)

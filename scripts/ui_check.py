@@ -37,6 +37,7 @@ if str(HERE) not in sys.path:  # loaded by path (the tests) rather than run as a
     sys.path.insert(0, str(HERE))
 
 from ui_browser import CheckFailed, Page, check_page, ensure_chromium, shows  # noqa: E402
+from gpt2ft.ui_names import LEAD, LEADING, ui_name  # noqa: E402
 from ui_mlflow import (BIN, GENAI_MARKS, TRAINING_MARKS, MlflowUI, Run, all_runs, charted_metrics,  # noqa: E402
                        in_training_mode, list_artifacts, metric_steps, pick_experiment, print_urls, snapshot,
                        ui_mode)
@@ -81,8 +82,10 @@ TALL_WINDOW = (1400, 5200)
 
 # 35 charts in model-training mode took 20-45 s of virtual time here (GenAI mode: under 20 s).
 CHART_BUDGETS_MS = (45_000, 90_000)
-SCREENSHOTS = ("runs.png", "trial_run.png", "trial_metrics.png", "trial_artifacts.png", "study_run.png",
-               "study_artifacts.png")
+SCREENSHOTS = ("runs.png", "trial_run.png", "trial_key_charts.png", "trial_metrics.png", "trial_artifacts.png",
+               "study_run.png", "study_artifacts.png")
+# A first screenful: the window a person opens the page in.
+FIRST_SCREEN = (1400, 900)
 
 
 class BadArgument(Exception):
@@ -204,8 +207,8 @@ def check_trajectory(ui: MlflowUI, trial: Run) -> str:
 
 def share_view(ui: MlflowUI, found: Found) -> str:
     """Write the shared runs-table view (metric columns, sorted by heldout_loss) to the served copy."""
-    state = {"selectedColumns": ["attributes.`Duration`"] + [f"metrics.`{m}`" for m in TRIAL_METRICS],
-             "orderByKey": "metrics.`heldout_loss`", "orderByAsc": True}
+    state = {"selectedColumns": ["attributes.`Duration`"] + [f"metrics.`{ui_name(m)}`" for m in TRIAL_METRICS],
+             "orderByKey": f"metrics.`{ui_name('heldout_loss')}`", "orderByAsc": True}
     ui.api("experiments/set-experiment-tag", {"experiment_id": found.experiment_id,
                                               "key": f"mlflow.sharedViewState.{VIEW_KEY}",
                                               "value": json.dumps(state)})
@@ -270,6 +273,37 @@ def _charts(metrics: tuple[str, ...]) -> Callable[[Page], Optional[str]]:
     return check
 
 
+def _sections(text: str) -> list[str]:
+    """The "Model metrics" tab's section names, top to bottom, from the page's text ("... Auto-refresh
+    Style and copying (8) Add chart detail (20) Add chart ..." as MLflow 3.17 renders it)."""
+    return [name for name, _ in re.findall(r"(?:Auto-refresh|Add chart) (.+?) \((\d+)\)", text)]
+
+
+def _leads_with_key_charts(page: Page) -> Optional[str]:
+    """The first section of a trial's charts is the leading one (gpt2ft.ui_names.LEAD), and every chart
+    drawn in the first screenful is one of its charts (a chart is drawn once it is in view)."""
+    names = _sections(page.text)
+    if not names or names[0] != LEAD:
+        return f"the first chart section is {names[:1]} (sections: {names}), not {LEAD!r}"
+    drawn = charted_metrics(page.dom)
+    stray = sorted(drawn - set(LEADING))
+    return f"the first screenful draws {stray}, not only the key charts" if stray else None
+
+
+_leads_with_key_charts.what = f"the section {LEAD!r} first, and only its charts in the first screenful"
+
+
+def _tells_the_pick(page: Page) -> Optional[str]:
+    """The study run's description (gpt2ft.run_page) leads its page with the pick and why."""
+    text = page.text
+    if not (shows(text, "The pick:") or shows(text, "Nothing selected")):
+        return "no pick in the run's description"
+    return None if shows(text, "Why:") or shows(text, "Nothing selected") else "the pick's reason is missing"
+
+
+_tells_the_pick.what = "the pick and its reason in the description"
+
+
 def _num(v: float) -> Optional[str]:
     """How the UI prints a metric value (JavaScript's shortest round-trip form), where Python agrees."""
     return repr(v) if 1e-3 <= abs(v) < 1e15 else None
@@ -286,6 +320,8 @@ def check_pages(ui: MlflowUI, found: Found, chromium: str, out: Path) -> list[st
          [trial.name, *TRIAL_METRICS, "matching runs"] + ([loss] if loss else []), None),
         ("trial run page", f"{base}/{trial.id}", "trial_run.png",
          [trial.name, "Metrics", *TRIAL_METRICS] + ([loss] if loss else []), None),
+        ("trial key charts", f"{base}/{trial.id}/model-metrics", "trial_key_charts.png",
+         [trial.name, LEAD], _leads_with_key_charts),
         ("trial model metrics", f"{base}/{trial.id}/model-metrics", "trial_metrics.png",
          [trial.name, "Model metrics"], _charts(TRAJECTORY_METRICS)),
         ("trial artifacts", f"{base}/{trial.id}/artifacts/{TRIAL_ARTIFACTS[0]}", "trial_artifacts.png",
@@ -293,8 +329,8 @@ def check_pages(ui: MlflowUI, found: Found, chromium: str, out: Path) -> list[st
     ]
     if parent is not None:
         pages += [
-            ("study run page", f"{base}/{parent.id}", "study_run.png", [parent.name, "Child runs"],
-             _lists_a_child(found.children[parent.id])),
+            ("study run page", f"{base}/{parent.id}", "study_run.png", [parent.name, "Child runs", "Description"],
+             _both(_tells_the_pick, _lists_a_child(found.children[parent.id]))),
             ("study artifacts", f"{base}/{parent.id}/artifacts/{found.parent_plot}", "study_artifacts.png",
              [parent.name, found.parent_plot], _shows_image(found.parent_plot)),
         ]
@@ -304,6 +340,8 @@ def check_pages(ui: MlflowUI, found: Found, chromium: str, out: Path) -> list[st
         url, extra = in_training_mode(url), _both(_training_mode, extra)
         if png == "trial_metrics.png":
             check_page(chromium, url, out / png, expect, extra, TALL_WINDOW, CHART_BUDGETS_MS)
+        elif png in ("trial_key_charts.png", "study_run.png"):
+            check_page(chromium, url, out / png, expect, extra, FIRST_SCREEN, CHART_BUDGETS_MS)
         else:
             check_page(chromium, url, out / png, expect, extra)
         lines.append(f"{what}: #{url.split('#', 1)[1]} shows {', '.join(repr(s) for s in expect)}"

@@ -23,6 +23,8 @@ from typing import Optional
 
 from ui_browser import UI_HOST, CheckFailed, kill_group, shows
 
+from gpt2ft.ui_names import plain, plain_name, ui_name  # the names metrics are logged under
+
 # The venv's own executables: `make ui-check` runs the check with .venv/bin/python, and
 # Path.resolve() would follow that symlink out of the venv.
 BIN = Path(sys.executable).parent
@@ -65,7 +67,7 @@ def charted_metrics(dom: str) -> set[str]:
     for card in cards:
         title = re.search(r'<h4[^>]*\btitle="([^"]+)"', card)
         if title and "js-plotly-plot" in card:
-            found.add(html.unescape(title.group(1)))
+            found.add(plain_name(html.unescape(title.group(1))))
     return found
 
 
@@ -219,7 +221,7 @@ class Run:
     def from_api(cls, r: dict) -> "Run":
         data = r.get("data", {})
         return cls(r["info"]["run_id"], r["info"].get("run_name", ""), r["info"]["status"],
-                   {m["key"]: m["value"] for m in data.get("metrics", [])},
+                   plain({m["key"]: m["value"] for m in data.get("metrics", [])}),
                    {t["key"]: t["value"] for t in data.get("tags", [])})
 
 
@@ -266,8 +268,9 @@ def pick_experiment(ui: MlflowUI, name: Optional[str]) -> tuple[str, str]:
 
 
 def metric_steps(ui: MlflowUI, run_id: str, key: str) -> list[int]:
-    """The distinct steps at which ``key`` was logged to the run, in order (REST get-history)."""
-    steps, token = set(), None
+    """The distinct steps at which metric ``key`` (its own name) was logged to the run, in order (REST
+    get-history of its logged name, gpt2ft.ui_names)."""
+    key, steps, token = ui_name(key), set(), None
     while True:
         query = {"run_id": run_id, "metric_key": key, "max_results": 25000, **({"page_token": token} if token else {})}
         page = ui.api("metrics/get-history", query=query)

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import TINY
 from test_trajectory import _train
+from gpt2ft.ui_names import plain
 
 # ~11 windows of 32 tokens: 3 steps an epoch at batch 4, so a 3-epoch trial has two interior epochs.
 SHORT = ["data.max_chars=1500", "data.segment_chars=100", "data.heldout_every=4", "train.max_steps=null",
@@ -61,7 +62,7 @@ def test_a_trial_that_only_copies_stops_and_its_last_point_is_its_end(workdir, b
     row that copy while held-out loss is above its lowest end it, a measurement earlier."""
     monkeypatch.setenv("GPT2FT_CORPUS", str(book))
     client, run = _train(workdir, "--set", "train.epochs=40", "--set", "sample.every_steps=10")
-    m = run.data.metrics
+    m = plain(run.data.metrics)
     assert m["stopped_for_copying"] == 1.0
     steps = int(m["steps"])
     assert steps < 120 and m["stopped_for_copying_step"] == steps

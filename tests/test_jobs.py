@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, TINY
+from gpt2ft.ui_names import ui_name
 
 HAMMER = textwrap.dedent("""
     import sys
@@ -155,8 +156,8 @@ def test_jobs_2_killed_then_resumed_loses_nothing(workdir, book):
     assert len(per_trial) == len(set(per_trial))
     assert {r.info.run_id for r in children if r.info.status == "FINISHED"} == {v[1] for v in done.values()}
     assert sum(r.data.tags.get("selected") == "true" for r in children) == 1
-    hits = client.get_metric_history(parents[0].info.run_id, "setup_cache_hit")
-    took = client.get_metric_history(parents[0].info.run_id, "setup_seconds")
+    hits = client.get_metric_history(parents[0].info.run_id, ui_name("setup_cache_hit"))
+    took = client.get_metric_history(parents[0].info.run_id, ui_name("setup_seconds"))
     assert [m.value for m in sorted(hits, key=lambda m: m.timestamp)] == [0.0, 1.0]
     miss, hit = (m.value for m in sorted(took, key=lambda m: m.timestamp))
     assert hit < miss / 2

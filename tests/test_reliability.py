@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import TINY
+from gpt2ft.ui_names import plain
 
 
 class _NaNAfter(torch.nn.Module):
@@ -217,7 +218,7 @@ def test_dead_writer_and_failing_replay_do_not_stop_the_study(workdir, book, mon
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
     assert runs[0].info.status == "RUNNING"  # left for the next run's replay
     assert runs[1].info.status == runs[2].info.status == "FINISHED"
-    assert {"style_score", "log_seconds"} <= set(runs[1].data.metrics) & set(runs[2].data.metrics)
+    assert {"style_score", "log_seconds"} <= set(plain(runs[1].data.metrics)) & set(plain(runs[2].data.metrics))
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["selected_trial"] == str(study.user_attrs["selected"]["trial"])
 

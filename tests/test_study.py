@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY
+from gpt2ft.ui_names import plain
 
 TRIAL_METRICS = {"train_loss", "heldout_loss", "heldout_perplexity", "top100_ratio", "memorization",
                  "memorization_4", "memorization_16", "longest_copy", "style_js", "extractable_rate"}
@@ -65,15 +66,15 @@ def test_study_resume_and_export(workdir, book, monkeypatch, capsys):
     assert len(children) == 3
     for child in children:
         assert child.info.status == "FINISHED"
-        assert TRIAL_METRICS <= set(child.data.metrics), TRIAL_METRICS - set(child.data.metrics)
-        assert {"log_seconds", "style_score"} <= set(child.data.metrics)
+        assert TRIAL_METRICS <= set(plain(child.data.metrics)), TRIAL_METRICS - set(plain(child.data.metrics))
+        assert {"log_seconds", "style_score"} <= set(plain(child.data.metrics))
         assert child.data.tags["stopped_early"] in ("true", "false")
         arts = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
         assert {"plots/loss.png", "plots/top100_frequencies.png", "plots/novelty.png"} <= arts
         assert {"samples.md", "history.json", "trajectory.json"} <= {
             a.path for a in client.list_artifacts(child.info.run_id)}
-    assert PARENT_METRICS <= set(parent.data.metrics), PARENT_METRICS - set(parent.data.metrics)
-    assert parent.data.metrics["train_memorization"] == 1.0
+    assert PARENT_METRICS <= set(plain(parent.data.metrics)), PARENT_METRICS - set(plain(parent.data.metrics))
+    assert plain(parent.data.metrics)["train_memorization"] == 1.0
     selected = [c for c in children if c.data.tags.get("selected") == "true"]
     assert len(selected) == 1
     study = _study(workdir)
@@ -124,7 +125,7 @@ def _assert_pick_wiring(parent, children, study) -> None:
     from gpt2ft import judges as J
     from gpt2ft import pick as P
 
-    refs, params = parent.data.metrics, parent.data.params
+    refs, params = plain(parent.data.metrics), parent.data.params
     book = refs["book_top100_ratio"]
 
     def knob(name: str) -> float:
@@ -143,7 +144,7 @@ def _assert_pick_wiring(parent, children, study) -> None:
         (bounds.memorization, bounds.extraction, bounds.heldout_loss))
     rows = []
     for child in children:
-        m, number = child.data.metrics, int(child.data.tags["optuna.trial"])
+        m, number = plain(child.data.metrics), int(child.data.tags["optuna.trial"])
         trial = study.trials[number]
         assert trial.values[0] == pytest.approx(-abs(m["top100_ratio"] - book))
         assert m["style_score"] == pytest.approx(-abs(m["top100_ratio"] - book))
@@ -166,7 +167,7 @@ def _assert_pick_wiring(parent, children, study) -> None:
     assert reason.startswith(expected.reason)
     if "style indistinguishable" not in reason:  # else the confidence moved it to the runner-up
         assert int(chosen[0].data.tags["optuna.trial"]) == expected.number
-    assert parent.data.tags["selected_step"] == str(int(chosen[0].data.metrics["steps"]))
+    assert parent.data.tags["selected_step"] == str(int(plain(chosen[0].data.metrics)["steps"]))
 
 
 def _count(db: Path, sql: str) -> int:
@@ -215,7 +216,7 @@ def test_kill_and_resume(workdir, book):
         proc.wait()
     client = _client(workdir)
     before = {r.info.run_id: r for r in _runs(client) if r.data.tags.get("gpt2ft.kind") == "trial"}
-    finished_before = {k: dict(r.data.metrics) for k, r in before.items() if r.info.status == "FINISHED"}
+    finished_before = {k: dict(plain(r.data.metrics)) for k, r in before.items() if r.info.status == "FINISHED"}
     assert [r.data.tags["optuna.trial"] for r in before.values() if r.info.status == "RUNNING"] == ["1"]
     # As a kill just after the trial's checkpoint was saved would leave it.
     orphan = workdir / "mlruns" / "checkpoints" / "tiny" / "trial-1-step-3"
@@ -240,4 +241,4 @@ def test_kill_and_resume(workdir, book):
     after = {r.info.run_id: r for r in runs}
     for run_id, metrics in finished_before.items():
         assert after[run_id].info.status == "FINISHED"
-        assert dict(after[run_id].data.metrics) == metrics
+        assert dict(plain(after[run_id].data.metrics)) == metrics

@@ -14,6 +14,7 @@ import torch
 from conftest import TINY
 
 from gpt2ft.cli import main
+from gpt2ft.ui_names import plain, ui_name
 
 METRICS = ("train_loss", "heldout_loss", "heldout_perplexity", "top100_ratio", "top100_ratio_se",
            "memorization", "memorization_4", "memorization_16", "longest_copy", "style_js",
@@ -70,7 +71,7 @@ def test_train_smoke(workdir, corpus, capsys):
     assert run.info.status == "FINISHED"
     assert run.info.run_id in capsys.readouterr().out  # the summary names the run
 
-    metrics = run.data.metrics
+    metrics = plain(run.data.metrics)
     missing = [m for m in METRICS if m not in metrics]
     assert missing == []
     assert metrics["train_memorization"] == 1.0  # the training text copies itself
@@ -81,8 +82,8 @@ def test_train_smoke(workdir, corpus, capsys):
         assert 0.0 <= metrics[name] <= 1.0, name
     assert metrics["memorization_16"] <= metrics["memorization"] <= metrics["memorization_4"]
 
-    train_hist = client.get_metric_history(run.info.run_id, "train_loss")
-    held_hist = client.get_metric_history(run.info.run_id, "heldout_loss")
+    train_hist = client.get_metric_history(run.info.run_id, ui_name("train_loss"))
+    held_hist = client.get_metric_history(run.info.run_id, ui_name("heldout_loss"))
     assert len({m.step for m in train_hist}) > 1
     assert 0 in {m.step for m in held_hist}
     assert len(held_hist) > 1
@@ -125,13 +126,13 @@ def test_same_seed_same_metrics(workdir, corpus, capsys):
     client = _client(workdir)
     runs = _runs(client)
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
-    first, second = (r.data.metrics for r in runs)
+    first, second = (plain(r.data.metrics) for r in runs)
     for name in DETERMINISTIC:
         assert first[name] == second[name], name
 
     def history(run, name):
         return [(m.step, m.value) for m in
-                sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)]
+                sorted(client.get_metric_history(run.info.run_id, ui_name(name)), key=lambda m: m.step)]
 
     for name in ("heldout_loss", "train_loss"):
         assert history(runs[0], name) == history(runs[1], name), name

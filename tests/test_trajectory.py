@@ -9,6 +9,7 @@ import pytest
 
 from conftest import TINY
 from gpt2ft import trajectory as T
+from gpt2ft.ui_names import plain, ui_name
 
 
 def _points(mems):
@@ -76,7 +77,7 @@ def test_a_tiny_model_trained_long_copies_and_its_trajectory_shows_when(workdir,
     # Without the copying stop (study.stop_after=0), to see the whole path into copying.
     client, run = _train(workdir, "--set", "train.epochs=40", "--set", "sample.every_steps=30", "--set",
                          "study.stop_after=0")
-    steps = int(run.data.metrics["steps"])
+    steps = int(plain(run.data.metrics)["steps"])
     assert steps == 120
     path = client.download_artifacts(run.info.run_id, "trajectory.json", str(workdir))
     points = json.loads(open(path).read())
@@ -84,24 +85,24 @@ def test_a_tiny_model_trained_long_copies_and_its_trajectory_shows_when(workdir,
     # Every point is logged at its step under the final metric's name (a point whose samples
     # decoded to nothing has no value and is not logged), the base model at step 0.
     for name in ("memorization", "top100_ratio", "longest_copy", "distinct_2"):
-        logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, name)}
+        logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, ui_name(name))}
         expected = {p["step"]: p[name] for p in points if name in p and math.isfinite(p[name])}
         assert logged == pytest.approx(expected) and {0, 120} <= set(logged)
-    assert run.data.metrics["memorization"] >= 0.5
-    onset = run.data.metrics["copying_onset_step"]
+    assert plain(run.data.metrics)["memorization"] >= 0.5
+    onset = plain(run.data.metrics)["copying_onset_step"]
     assert 0 < onset <= steps
-    assert run.data.metrics["heldout_up_before_copying"] in (0.0, 1.0)
-    assert run.data.metrics["trajectory_seconds"] > 0
-    assert points[-1]["memorization"] == pytest.approx(run.data.metrics["memorization"])
+    assert plain(run.data.metrics)["heldout_up_before_copying"] in (0.0, 1.0)
+    assert plain(run.data.metrics)["trajectory_seconds"] > 0
+    assert points[-1]["memorization"] == pytest.approx(plain(run.data.metrics)["memorization"])
 
 
 def test_no_onset_when_nothing_copies(workdir, book, monkeypatch):
     monkeypatch.setenv("GPT2FT_CORPUS", str(book))
     client, run = _train(workdir, "--set", "train.epochs=2")
-    assert run.data.metrics["memorization"] <= 0.02
-    assert "copying_onset_step" not in run.data.metrics
+    assert plain(run.data.metrics)["memorization"] <= 0.02
+    assert "copying_onset_step" not in plain(run.data.metrics)
     # After every epoch by default: base, epoch 1, the end.
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "style_js")) == [0, 3, 6]
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, ui_name("style_js"))) == [0, 3, 6]
 
 
 def test_keeping_a_points_checkpoint_is_not_billed_to_measuring(monkeypatch):
