@@ -12,6 +12,7 @@ from typing import Any, Optional, Sequence
 from gpt2ft import metrics as M
 from gpt2ft import plots
 from gpt2ft.fmt import fmt
+from gpt2ft.run_page import study_note
 
 
 def _freqs(seqs: Sequence[Sequence[int]], ids: Sequence[int]) -> list[float]:
@@ -180,3 +181,5 @@ def log_study_report(parent, summary, trajectories, assets, sample_ids: dict[int
     novelty = novelty_data(assets, named)
     parent.log_dict(novelty_table(novelty), "novelty_curve.json")
     parent.log_figure(plots.novelty_curves(**novelty), "plots/novelty.png")
+    # Last, once its figures exist: the run page's description tells the outcome (gpt2ft.run_page).
+    parent.set_tags({"mlflow.note.content": study_note(summary, parent.id)})

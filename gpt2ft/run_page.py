@@ -15,6 +15,9 @@ from gpt2ft.fmt import fmt
 FIGURES = {"plots/style_vs_copying.png": "Style vs copying: each trial's path from the base model",
            "plots/copying_and_loss_by_epoch.png": "Copying and held-out loss by epoch"}
 _COLUMNS = ("number", "step", "epoch", "top100_ratio", "memorization", "extractable_rate", "heldout_loss", "n_samples")
+#: MLflow keeps a tag of at most 8,000 characters: a long study's table shows its first rows (the
+#: pick first, then the eligible by closeness to the book) and says where the rest are.
+MAX_ROWS = 24
 
 
 def study_note(summary: Any, run_id: str) -> str:
@@ -47,10 +50,16 @@ def _candidate_table(summary: Any) -> str:
         return ""
     cols = [k for k in _COLUMNS if k in c.columns]
     lines = ["| " + " | ".join(cols + ["the pick says"]) + " |", "|" + "---|" * (len(cols) + 1)]
-    for row in c.to_dict("records"):
+    book = summary.references.get("book_top100_ratio", math.nan)
+    order = c.assign(_sel=~c["selected"].astype(bool), _out=~c["eligible"].astype(bool),
+                     _dist=(c["top100_ratio"] - book).abs() if "top100_ratio" in c.columns else 0.0)
+    shown = order.sort_values(["_sel", "_out", "_dist"]).head(MAX_ROWS) if len(c) > MAX_ROWS else c
+    for row in shown.to_dict("records"):
         says = "**selected**" if row.get("selected") else "eligible" if row.get("eligible") else \
             f"out: {row.get('why_not', '')}"
         lines.append("| " + " | ".join(fmt(row.get(k)) for k in cols) + f" | {says} |")
+    if len(c) > MAX_ROWS:
+        lines.append(f"\n{len(c) - MAX_ROWS} more in `candidates.csv`.")
     b = summary.bounds
     return (f"Candidates (bounds: `memorization` <= {fmt(b.memorization)}, `extractable_rate` <= "
             f"{fmt(b.extraction)}, `heldout_loss` <= {fmt(b.heldout_loss)}):\n\n" + "\n".join(lines))

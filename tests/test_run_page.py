@@ -39,3 +39,18 @@ def test_the_note_leads_with_the_pick_and_shows_every_candidate_and_both_figures
 def test_without_a_pick_the_note_says_why() -> None:
     note = study_note(summary(selected=None, confidence=math.nan), "r")
     assert note.startswith("**Nothing selected**: trial 1 at step 12") and "pick_confidence" not in note
+
+
+def test_a_long_study_fits_mlflow_s_tag_and_keeps_the_pick_on_top() -> None:
+    s = summary()
+    many = pd.concat([s.candidates] * 70, ignore_index=True)  # 210 candidates, as 20 trials of 10 epochs give
+    many["step"] = range(len(many))
+    many["selected"] = many.index == 150
+    many["why_not"] = ["memorization 0.0287 > 0.02; extractable_rate 0.25 > 0.05; heldout_loss 4.88 > 4.15"] * len(many)
+    s.candidates, s.selected = many, (1, 150)
+    s.candidate = lambda n, st: many.iloc[st].to_dict()
+    note = study_note(s, "r")
+    assert len(note) <= 8000  # MLflow's limit for a tag value
+    rows = [line for line in note.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[1].startswith("| 1 | 150 |") and rows[1].endswith("**selected** |")
+    assert "186 more in `candidates.csv`" in note
