@@ -228,7 +228,8 @@ def test_a_study_whose_checkpoints_are_gone_still_remeasures_and_is_confident(wo
     monkeypatch.setattr(CK.Checkpoints, "keep_only", lambda self, keep, finished: keep_only(self, [], finished))
     overrides = ["sample.every_steps=5", "train.max_steps=10", "study.n_trials=2", "sample.final_n_samples=6",
                  "study.enqueue=[{lr: 1.0e-3, epochs: 1, batch_size: 4}, {lr: 3.0e-4, epochs: 1, batch_size: 4}]"]
-    assert main(["study", "--config", str(TINY), "--quiet", "--yes", *[x for o in overrides for x in ("--set", o)]]) == 0
+    sets = [x for o in overrides for x in ("--set", o)]
+    assert main(["study", "--config", str(TINY), "--quiet", "--yes", *sets]) == 0
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}")
     s = summarize(study)
     assert s.candidates["eligible"].sum() >= 2, s.candidates[["number", "step", "why_not"]]
