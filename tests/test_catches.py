@@ -47,7 +47,8 @@ def test_the_fluency_judge_is_its_own_copy_of_the_base_model():
 
     config = load_config(TINY, ["sample.precision=bf16", "train.device=cpu"])
     torch.manual_seed(0)
-    base = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0)).eval()
+    small = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0)
+    base = GPT2LMHeadModel(small).eval()
     assets = Assets(config, None, None, None, base, resolve_runtime(config.train), None, frozenset())
     judge = assets.fluency_judge
     before = {k: v.clone() for k, v in judge.state_dict().items()}
