@@ -17,7 +17,7 @@ def _runner(n_trials: int, startup: int):
     config = load_config(TINY, [f"study.n_trials={n_trials}", f"study.startup_trials={startup}",
                                 "study.epochs={low: 1, high: 10}", "study.batch_size=[2, 4, 8, 16]"])
     runner = S.StudyRunner.__new__(S.StudyRunner)
-    runner.config, runner.n_trials = config, n_trials
+    runner.config, runner.n_trials, runner.command_id = config, n_trials, "test"
     runner.study = optuna.create_study(directions=["maximize", "minimize"])
     return runner
 
