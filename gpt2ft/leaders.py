@@ -192,15 +192,16 @@ def measure_confidence(study: Any, seed: int) -> float:
         return math.nan
     a = study.user_attrs.get(S.remeasure_key(*pick.key)) or {}
     b = study.user_attrs.get(S.remeasure_key(*runner.key)) or {}
-    columns = ("top100_hits", "lengths", "copied", "ngrams")
+    # Copying counts only where the criterion weighs copying (a re-measure of an older version has none).
+    columns = ("top100_hits", "lengths", *(("copied", "ngrams") if summary.rule == "knee" else ()))
     if not all(a.get(c) and b.get(c) for c in columns):
         return math.nan
     score = P.criterion(S.candidate_rows(summary.candidates), summary.rule, summary.bounds)
     target = summary.references.get("book_top100_ratio", math.nan)
 
     def of(sums: list[float]) -> float:
-        top, copied = sums[0] / sums[1] if sums[1] else math.nan, sums[2] / sums[3] if sums[3] else 0.0
-        return score(P.style_score(top, target), copied)
+        top = sums[0] / sums[1] if sums[1] else math.nan
+        return score(P.style_score(top, target), sums[2] / sums[3] if len(sums) > 2 and sums[3] else 0.0)
     value = K.paired_better([a[c] for c in columns], [b[c] for c in columns], of, seed=seed)
     study.set_user_attr("pick_confidence", {"selected": list(pick.key), "runner_up": list(runner.key),
                                             "value": value})

@@ -243,3 +243,14 @@ def test_a_study_whose_checkpoints_are_gone_still_remeasures_and_is_confident(wo
     logged = [v for k, v in parent.data.metrics.items() if k.split("/")[-1] == "pick_confidence"]
     assert len(logged) == 1 and math.isfinite(logged[0])
     assert pick.key in CK.Checkpoints(study.user_attrs["checkpoint_root"]).saved()
+
+
+def test_a_remeasure_without_copying_counts_still_gives_a_style_confidence():
+    """A study re-measured by an older version kept top-100 counts only: enough for bounded_style."""
+    study = FakeStudy([FakeTrial(0, [pt(0, 0.37), pt(4, 0.55)]), FakeTrial(1, [pt(0, 0.37), pt(4, 0.50)])])
+    for number, top in ((0, 0.55), (1, 0.50)):
+        study.user_attrs[f"remeasure_{number}_4"] = {k: v for k, v in _remeasured(top, 0).items()
+                                                     if k not in ("copied", "ngrams")}
+    assert L.measure_confidence(study, 0) > 0.95
+    study.user_attrs["pick_rule"] = "knee"  # the knee weighs copying: without its counts, no confidence
+    assert math.isnan(L.measure_confidence(study, 0))
