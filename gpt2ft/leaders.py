@@ -108,6 +108,7 @@ def remeasure(study: Any, assets: Assets, checkpoints: Checkpoints, n: int, seed
     logs them on the trial's run."""
     record_sized_references(study, assets, n)
     tried: set[tuple[int, int]] = set()
+    measured = 0
     while True:
         summary = S.summarize(study)
         pick, runner = pick_pair(summary)
@@ -122,8 +123,9 @@ def remeasure(study: Any, assets: Assets, checkpoints: Checkpoints, n: int, seed
             break
         for key in todo:
             tried.add(key)
-            _remeasure_one(study, assets, checkpoints, key, n, seed, on_metrics, retrain if key in must else None)
-    return len(tried)
+            measured += _remeasure_one(study, assets, checkpoints, key, n, seed, on_metrics,
+                                       retrain if key in must else None)
+    return measured
 
 
 def record_sized_references(study: Any, assets: Assets, n: int) -> dict[str, float]:
