@@ -254,3 +254,17 @@ def test_a_remeasure_without_copying_counts_still_gives_a_style_confidence():
     assert L.measure_confidence(study, 0) > 0.95
     study.user_attrs["pick_rule"] = "knee"  # the knee weighs copying: without its counts, no confidence
     assert math.isnan(L.measure_confidence(study, 0))
+
+
+def test_a_training_trial_keeps_its_best_eligible_points_in_style(tmp_path):
+    """The keeper (``study.checkpoints_per_trial`` = 2): each point every judge lets through is saved
+    while it is among the trial's two best in style; a copying point is never saved."""
+    study = FakeStudy([])
+    ckpt = FakeCheckpoints(tmp_path, set())
+    deleted = []
+    ckpt.delete = lambda number, step: (deleted.append(step), ckpt.on_disk.discard((number, step)))
+    keep = L.keeper(study, 7, ckpt, None, 2)
+    for step, top, mem in ((5, 0.45, 0.0), (10, 0.50, 0.0), (15, 0.553, 0.0), (20, 0.554, 0.3), (25, 0.40, 0.0)):
+        keep(None, pt(step, top, mem=mem))
+    assert ckpt.on_disk == {(7, 10), (7, 15)} and deleted == [5]
+    assert [s for _, s in ckpt.saved_keys] == [5, 10, 15]  # 20 copies; 25 is worse than both kept
