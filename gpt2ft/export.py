@@ -20,15 +20,13 @@ from gpt2ft.config import Config, build_config
 from gpt2ft.coordination import default_storage, load_study
 from gpt2ft.errors import UserError
 from gpt2ft.fsutil import atomic_dir, write_json_atomic
-from gpt2ft.model import seed_everything
 from gpt2ft.fmt import fmt
 from gpt2ft.checkpoints import Checkpoints
 from gpt2ft import judges as J
 from gpt2ft.summary import remeasure_key, summarize
 from gpt2ft.tracking import resolve_uri, store_folder
 from gpt2ft.trial_writes import log_model
-from gpt2ft.train import fit
-from gpt2ft.trial import candidate_train_config
+from gpt2ft.trial import retrain
 
 
 def point_params(params: dict[str, Any], epoch: float) -> dict[str, Any]:
@@ -214,24 +212,8 @@ def _check_loads(folder: Path) -> None:
     pipe("The", max_new_tokens=5, do_sample=False)
 
 
-def retrain(config: Config, params: dict[str, Any], step: int, assets, progress: bool = False):
-    """A study trial with ``params`` trained again to ``step``: returns the model and fit's result.
-
-    The trial's own settings (``trial_train_config``: early stop included) under the config it
-    trained with, and fit evaluates held-out loss at the steps the trial did (every
-    ``sample.every_steps`` point, as ``trial.run_trial`` asks, and ``train.eval_every``): the early
-    stop compares the same losses, so it cannot end the retrain before ``step`` where the trial
-    went on. Measuring drew none of training's random numbers, so no point is measured here."""
-    tcfg = candidate_train_config(config, params, step)
-    seed_everything(tcfg.seed)
-    model = assets.fresh_model()
-    result = fit(tcfg, model, assets.data, None, assets.runtime, progress=progress,
-                 point_every=config.sample.every_steps)
-    return model, result
-
-
 def _retrain(info: dict[str, Any], folder: Path, args) -> dict[str, Any]:
-    """``retrain`` the candidate into ``folder`` with the config its trial trained with; returns
+    """``trial.retrain`` the candidate into ``folder`` with the config its trial trained with; returns
     what the retrain did (``retrained.json``): its steps, device, whether its weights are the
     measured ones bit for bit (a CPU's promise), and its held-out loss beside the measured one."""
     if not info["config_yaml"]:

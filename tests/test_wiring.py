@@ -81,6 +81,7 @@ def test_export_retrain_calls_fit_with_trial_train_config(monkeypatch, tmp_path)
     import yaml
 
     from gpt2ft import export
+    from gpt2ft import trial as trial_module
 
     seen = {}
     config = Config(study=StudyConfig(early_stop=True))
@@ -89,7 +90,7 @@ def test_export_retrain_calls_fit_with_trial_train_config(monkeypatch, tmp_path)
         seen["cfg"], seen["point_every"] = cfg, point_every
         raise RuntimeError("stop here")
 
-    monkeypatch.setattr(export, "fit", fake_fit)
+    monkeypatch.setattr(trial_module, "fit", fake_fit)  # export retrains through trial.retrain
     monkeypatch.setattr(export, "prepare", lambda *a, **k: SimpleNamespace(
         fresh_model=lambda: None, data=None, runtime=None))
     info = {"config_yaml": yaml.safe_dump(config.to_dict()), "params": {"lr": 1e-4, "epochs": 3, "batch_size": 2},
