@@ -62,7 +62,8 @@ def model_card(info: dict[str, Any], retrain: Optional[dict[str, Any]]) -> str:
     params = point_params(info["params"], info.get("epoch", math.nan))
     trial_epochs = info["params"].get("epochs")
     at = f"epoch {fmt(info.get('epoch', math.nan))} of a {trial_epochs}-epoch trial" if trial_epochs else ""
-    measured = f"{fmt(m.get('n_samples', math.nan))} samples"
+    n = float(m.get("n_samples", math.nan))
+    measured = f" ({n:.0f} samples)" if math.isfinite(n) else ""
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation
@@ -75,7 +76,7 @@ Fine-tuned on Gulliver's Travels by gpt2ft. {info['reason']}.
 
 Hyperparameters of this model (step {info['step']}, {at}): {', '.join(f'{k}={fmt(v)}' for k, v in params.items())}.
 
-Its numbers at step {info['step']} ({measured}):
+Its numbers at step {info['step']}{measured}:
 
 | metric | this model | held-out book (human) | base model |
 |---|---|---|---|
