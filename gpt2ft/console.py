@@ -43,3 +43,20 @@ def quiet_libraries() -> None:
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+
+
+def trial_end_line(summary, number: int, study_name: str) -> str:
+    """The one line a finished trial prints: its key numbers beside the book's, and the current pick
+    (the trial's start line says its parameters; Optuna's own line is silenced)."""
+    row, refs = summary.trial(number), summary.references
+
+    def num(key: str, source: dict) -> str:
+        v = source.get(key)
+        return "-" if v is None or v != v else f"{v:.3g}"
+
+    stop = ", stopped for copying" if row.get("stopped_for_copying") else ""
+    pick = (f"trial {summary.selected[0]} at step {summary.selected[1]}" if summary.selected
+            else "none eligible" if summary.pick is not None else "none yet")
+    return (f"[study {study_name}] trial {number} done in {num('seconds', row)} s{stop}: top100_ratio "
+            f"{num('top100_ratio', row)} (book {num('book_top100_ratio', refs)}), memorization "
+            f"{num('memorization', row)}, best heldout_loss {num('best_heldout_loss', row)}; pick: {pick}")

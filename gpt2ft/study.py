@@ -32,6 +32,7 @@ from gpt2ft import report
 from gpt2ft.assets import Assets, study_bounds
 from gpt2ft.checkpoints import Checkpoints, still_needed
 from gpt2ft.config import Config, StudyConfig
+from gpt2ft.console import trial_end_line
 from gpt2ft.errors import UserError
 from gpt2ft.summary import (DERIVED, Summary, derived_points, recorded_bounds, study_style, summarize, trained,
                             trajectories)
@@ -154,7 +155,9 @@ class StudyRunner:
         if frozen.state == TrialState.COMPLETE and self.config.study.derived_trials:
             with C.study_claim(study).held():
                 tell_derived(study, frozen, self.config.study)
-        self.apply_pick()
+        summary = self.apply_pick(say=frozen.state != TrialState.COMPLETE)
+        if frozen.state == TrialState.COMPLETE:
+            print(trial_end_line(summary, frozen.number, study.study_name), file=sys.stderr, flush=True)
         prune_checkpoints(self)
 
     def stop_when_done(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
@@ -173,7 +176,7 @@ class StudyRunner:
                 self.gave_up = give_up_message(study, self.failures_in_row)
                 study.stop()
 
-    def apply_pick(self) -> Summary:
+    def apply_pick(self, say: bool = True) -> Summary:
         """Apply the pick to the candidate table and record it in Optuna and MLflow; with no
         eligible candidate nothing is selected, and the reason says which is least bad and why."""
         summary = summarize(self.study)
@@ -186,7 +189,8 @@ class StudyRunner:
         if self.parent is not None:
             self.writes.select(self.parent, *_selection(self.study, summary, chosen))
         what = f"trial {summary.pick.number} at step {summary.pick.step}" if chosen else "none"
-        print(f"[study] current pick: {what} ({summary.pick.reason})", file=sys.stderr, flush=True)
+        if say:
+            print(f"[study] current pick: {what} ({summary.pick.reason})", file=sys.stderr, flush=True)
         return summary
 
     def run(self, timeout: Optional[float]) -> None:

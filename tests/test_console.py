@@ -126,3 +126,17 @@ def test_study_steps_counts_epochs_batches_and_the_step_cap() -> None:
     assert cli.study_steps(425, config) == pytest.approx(expected)
     demo = load_config(str(ROOT / "experiments" / "demo.yaml"), [])
     assert cli.study_steps(15, demo) == pytest.approx(4 * math.ceil(15 / 4) * 4.5)
+
+
+def test_a_finished_trial_says_its_numbers_and_the_pick_in_one_line() -> None:
+    from gpt2ft.console import trial_end_line
+
+    rows = {2: {"seconds": 58.4, "top100_ratio": 0.5501, "memorization": 0.0287, "best_heldout_loss": 3.879,
+                "stopped_for_copying": True}}
+    summary = SimpleNamespace(trial=rows.get, references={"book_top100_ratio": 0.554}, selected=(1, 8),
+                              pick=SimpleNamespace())
+    line = trial_end_line(summary, 2, "demo")
+    assert line == ("[study demo] trial 2 done in 58.4 s, stopped for copying: top100_ratio 0.55 (book 0.554), "
+                    "memorization 0.0287, best heldout_loss 3.88; pick: trial 1 at step 8")
+    summary.selected = None
+    assert trial_end_line(summary, 2, "demo").endswith("pick: none eligible")
