@@ -7,6 +7,8 @@ and returns its history. It stops early on its own rule only (held-out loss risi
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 import time
 from dataclasses import dataclass, field
@@ -253,6 +255,16 @@ def _length(cfg: TrainConfig, n: int) -> tuple[int, int]:
     return per_epoch, total
 
 
+@contextlib.contextmanager
+def _doing(bar, what: str):
+    """The progress bar says what the loop does between steps while it does it."""
+    bar.set_postfix_str(what)
+    try:
+        yield
+    finally:
+        bar.set_postfix_str("", refresh=False)
+
+
 def fit(cfg: TrainConfig, model, data: TokenData, on_metrics: Optional[OnMetrics],
         runtime: Runtime, progress: bool = True, on_point: Optional[OnPoint] = None,
         point_every: int = 0) -> FitResult:
@@ -274,14 +286,16 @@ def fit(cfg: TrainConfig, model, data: TokenData, on_metrics: Optional[OnMetrics
 
     def heldout(step: int) -> float:
         timer.drain()
-        return _heldout(model, data, cfg, runtime, res, report, step)
+        with _doing(bar, "held-out loss"):
+            return _heldout(model, data, cfg, runtime, res, report, step)
 
     def point(step: int) -> bool:
-        res.stopped_for_copying = bool(on_point and on_point(step, step / per_epoch))
+        with _doing(bar, "measuring"):  # a measurement takes as long as several steps: say so on the bar
+            res.stopped_for_copying = bool(on_point and on_point(step, step / per_epoch))
         return res.stopped_for_copying
 
-    rising, step, _ = 0, 0, heldout(0)
     bar = tqdm(total=total, desc="train", unit="step", disable=not progress or None, leave=False)
+    rising, step, _ = 0, 0, heldout(0)
     losses = _LossLog(cfg, res, report, bar, runtime.device, timer)
     for epoch in range(1, cfg.epochs + 1):
         t_epoch = time.perf_counter()

@@ -140,3 +140,32 @@ def test_a_finished_trial_says_its_numbers_and_the_pick_in_one_line() -> None:
                     "memorization 0.0287, best heldout_loss 3.88; pick: trial 1 at step 8")
     summary.selected = None
     assert trial_end_line(summary, 2, "demo").endswith("pick: none eligible")
+
+
+def test_the_training_bar_says_when_it_measures(monkeypatch) -> None:
+    from gpt2ft import train
+    from test_gpu_timing import _fit, _Scalar
+
+    said: list[str] = []
+
+    class Bar:  # tqdm's surface that fit uses, recording what the bar shows beside the steps
+        def __init__(self, *a, **k):
+            self.postfix = ""
+
+        def set_postfix_str(self, s="", refresh=True):
+            self.postfix = s
+
+        def set_postfix(self, **k):
+            pass
+
+        def update(self, n=1):
+            pass
+
+        def close(self):
+            pass
+
+    bar_of = {}
+    monkeypatch.setattr(train, "tqdm", lambda *a, **k: bar_of.setdefault("bar", Bar()))
+    _fit(6, _Scalar(), on_point=lambda step, epoch: said.append(bar_of["bar"].postfix), point_every=3)
+    assert said == ["measuring"]  # the one interior point (step 3; step 6 is the end)
+    assert bar_of["bar"].postfix == ""  # cleared once it is done
