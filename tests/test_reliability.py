@@ -143,6 +143,7 @@ def test_trials_that_keep_failing_after_fit_stop_the_study(workdir, book, monkey
     after study.max_failures of them in a row the study stops with one sentence and exit 3,
     and what completed is logged and picked."""
     import gpt2ft.trial as trial_mod
+    from gpt2ft.checkpoints import Checkpoints
     from gpt2ft.cli import main
 
     monkeypatch.setenv("GPT2FT_CORPUS", str(book))
@@ -164,13 +165,14 @@ def test_trials_that_keep_failing_after_fit_stop_the_study(workdir, book, monkey
                        "completed trial(s) are logged and picked from: fix the cause and run the same command again.")
     study, runs, parent = _stores(workdir)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "FAIL"]
+    saved = Checkpoints(study.user_attrs["checkpoint_root"]).saved()
     for number in (1, 2):
         assert runs[number].info.status == "FAILED"
         assert "not finite" in runs[number].data.tags["failure_reason"]
-        assert not list((workdir / "mlruns" / "checkpoints" / "tiny").glob(f"trial-{number}-step-*"))
+        assert not [k for k in saved if k[0] == number]
     assert runs[0].info.status == "FINISHED" and runs[0].data.tags["selected"] == "true"
     assert study.user_attrs["selected"]["trial"] == 0 and parent.data.tags["selected_trial"] == "0"
-    assert list((workdir / "mlruns" / "checkpoints" / "tiny").glob("trial-0-step-*"))
+    assert [k for k in saved if k[0] == 0]
     assert parent.info.status == "FAILED" and "2 trials failed in a row" in parent.data.tags["failure_reason"]
 
 

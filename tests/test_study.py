@@ -219,7 +219,7 @@ def test_kill_and_resume(workdir, book):
     finished_before = {k: dict(plain(r.data.metrics)) for k, r in before.items() if r.info.status == "FINISHED"}
     assert [r.data.tags["optuna.trial"] for r in before.values() if r.info.status == "RUNNING"] == ["1"]
     # As a kill just after the trial's checkpoint was saved would leave it.
-    orphan = workdir / "mlruns" / "checkpoints" / "tiny" / "trial-1-step-3"
+    orphan = Path(_study(workdir).user_attrs["checkpoint_root"]) / "trial-1-step-3"
     orphan.mkdir(parents=True)
     (orphan / "model.safetensors").write_bytes(b"weights")
 
