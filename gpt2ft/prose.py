@@ -70,7 +70,8 @@ class Prose:
     paragraphs: tuple[str, ...]
     """The prose paragraphs, hard wraps undone and whitespace collapsed."""
     dropped: tuple[tuple[str, str], ...] = ()
-    """(kind, text) of each piece left out (kinds: :data:`KINDS`), whitespace collapsed; the
+    """(kind, text) of each piece left out (kinds: :data:`KINDS`), whitespace collapsed: the tags
+    and markers cut out of paragraphs first, then whole paragraphs, each in the book's order. The
     licence outside Gutenberg's START/END lines is counted in ``licence_chars``, not listed."""
     marked: bool = True
     """Whether the file had Project Gutenberg's START/END lines (else it was taken whole)."""
