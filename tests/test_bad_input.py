@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import pytest
 
 from conftest import TINY, book_path
-from gpt2ft.ui_names import plain, ui_name
+from gpt2ft.ui_names import plain
 
 SUBPROCESS_TIMEOUT = 180
 PASSWORD = "secret"
@@ -204,7 +204,7 @@ def _snapshot(client, run_id: str) -> dict:
     return {"status": run.info.status, "start": run.info.start_time, "end": run.info.end_time,
             "metrics": dict(plain(run.data.metrics)), "params": dict(run.data.params),
             "tags": {k: v for k, v in run.data.tags.items()},
-            "history": sorted((m.step, m.value) for m in client.get_metric_history(run_id, ui_name("heldout_loss"))),
+            "history": sorted((m.step, m.value) for m in client.get_metric_history(run_id, "heldout_loss")),
             "artifacts": sorted(f.path for f in client.list_artifacts(run_id))}
 
 

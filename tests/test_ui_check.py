@@ -156,14 +156,16 @@ def test_ui_shows_a_tiny_study(book, chromium, tmp_path, monkeypatch):
     lines = ui_check.run_checks(store, out, load_config(ui_check.CONFIG).tracking.experiment, chromium)
 
     assert [line.split(":")[0] for line in lines] == [
-        "chromium", "mlflow ui", "REST API", "trajectory", "runs table", "trial run page", "trial model metrics",
-        "trial artifacts", "study run page", "study artifacts"]
+        "chromium", "mlflow ui", "REST API", "trajectory", "runs table", "trial run page", "trial key charts",
+        "trial model metrics", "trial artifacts", "study run page", "study artifacts"]
     assert "1 study run(s) ('tiny') with 1 child runs" in lines[2]
     # STORE_OVERRIDES give the trial two epochs: base, end of epoch 1, end.
     assert re.search(r"memorization at steps \[0, \d+, \d+\]", lines[3]), lines[3]
     for line in lines[4:]:
         assert "workflowType=machine_learning" in line and "the model-training mode" in line, line
-    assert "the Model metrics charts (drawn ones include memorization, top100_ratio)" in lines[6]
+    assert "the section 'Style and copying' first" in lines[6]  # what a trial's page opens with
+    assert "the Model metrics charts (drawn ones include memorization, top100_ratio)" in lines[7]
+    assert "the pick and its reason in the description" in lines[9]
     assert ui_mlflow.study_urls(store / "mlflow.db")[0].endswith("/runs?workflowType=machine_learning")
     assert sorted(p.name for p in out.iterdir()) == sorted(ui_check.SCREENSHOTS)
     for png in out.iterdir():
