@@ -311,10 +311,10 @@ def _duration(seconds: float) -> str:
 
 # A terminal is 120 columns: the printed tables keep the columns a pick is read by; trials.csv
 # and candidates.csv on the study's run hold every column.
-_TRIAL_COLUMNS = ("number", "state", "lr", "epochs", "batch_size", "top100_ratio", "memorization",
+_TRIAL_COLUMNS = ("number", "state", "lr", "epochs", "batch_size", "goldfish_k", "top100_ratio", "memorization",
                   "best_heldout_loss", "style_prob", "selected")
-_CANDIDATE_COLUMNS = ("number", "step", "epoch", "top100_ratio", "memorization", "extractable_rate", "heldout_loss",
-                      "n_samples", "pick", "out_by")
+_CANDIDATE_COLUMNS = ("number", "step", "epoch", "goldfish_k", "top100_ratio", "memorization", "extractable_rate",
+                      "heldout_loss", "n_samples", "pick", "out_by")
 # why_not's judges, as the short word the table has room for (said under the table).
 _JUDGE_WORDS = {"memorization": "mem", "extractable_rate": "ext", "heldout_loss": "loss", "degenerate": "degen"}
 

@@ -32,16 +32,18 @@ INDUCTOR_ERRORS = ("CppCompileError", "InvalidCxxCompiler", "OperatorIssue", "Su
 log = logging.getLogger(__name__)
 
 
-def causal_lm_loss(model, x: torch.Tensor) -> torch.Tensor:
+def causal_lm_loss(model, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The mean next-token loss of batch ``x``: ``model(input_ids=x, labels=x).loss``, computed
     as transformers computes it (the same function on the same logits, so the same numbers).
+    ``labels`` (training with the goldfish loss, ``gpt2ft.goldfish``) is ``x`` with dropped
+    targets set to the ignore index, which the same function leaves out of the mean.
 
     The one form of the loss: the compiled and the eager training step, held-out evaluation and
     the study's cost estimate all call it. The loss is taken from the logits with transformers'
     own ``ForCausalLMLoss`` because GPT-2's ``loss_function`` property logs a warning on every
     call (its class name maps to no loss type), which breaks dynamo's graph in two."""
     logits = model(input_ids=x).logits
-    return ForCausalLMLoss(logits, x, vocab_size=logits.shape[-1])
+    return ForCausalLMLoss(logits, x if labels is None else labels, vocab_size=logits.shape[-1])
 
 
 def compiled_loss(mode: str, shape: tuple[int, ...], device: torch.device) -> Callable:
@@ -54,20 +56,22 @@ def compiled_loss(mode: str, shape: tuple[int, ...], device: torch.device) -> Ca
 
 
 def forward_backward(model, x: torch.Tensor, mode: str, full_batch: bool,
-                     autocast: Callable[[], Any]) -> torch.Tensor:
-    """Forward, loss (inside ``autocast()``) and backward of a training step on batch ``x``;
-    returns the loss. Compiled when ``mode`` is not ``off`` and ``x`` is a full batch, else eager."""
+                     autocast: Callable[[], Any], labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Forward, loss (inside ``autocast()``) and backward of a training step on batch ``x``
+    (``labels``: the goldfish loss's, else ``x``); returns the loss. Compiled when ``mode`` is not
+    ``off`` and ``x`` is a full batch, else eager."""
     if mode != "off" and full_batch and mode not in _BROKEN:
-        loss = _compiled_step(model, x, mode, autocast)
+        loss = _compiled_step(model, x, mode, autocast, labels)
         if loss is not None:
             return loss
     with autocast():
-        loss = causal_lm_loss(model, x)
+        loss = causal_lm_loss(model, x, labels)
     loss.backward()
     return loss
 
 
-def _compiled_step(model, x: torch.Tensor, mode: str, autocast: Callable[[], Any]) -> Optional[torch.Tensor]:
+def _compiled_step(model, x: torch.Tensor, mode: str, autocast: Callable[[], Any],
+                   labels: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """The compiled step's loss, or None when the compile failed (the step then runs eagerly).
 
     AOTAutograd compiles the backward at its first call, so a failure can come from either
@@ -84,7 +88,7 @@ def _compiled_step(model, x: torch.Tensor, mode: str, autocast: Callable[[], Any
         torch.compiler.cudagraph_mark_step_begin()
     try:
         with autocast():
-            loss = fn(model, x)
+            loss = fn(model, x) if labels is None else fn(model, x, labels)
         loss.backward()
         return loss
     except Exception as exc:

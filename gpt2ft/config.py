@@ -9,13 +9,11 @@ is ``gpt2ft.configio``'s; this module builds and validates the typed sections fr
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from gpt2ft.configio import deep_update, parse_override, read_yaml, set_dotted
+from gpt2ft.configio import build as _build, deep_update, parse_override, read_yaml, set_dotted
 from gpt2ft.errors import ConfigError
 from gpt2ft.pick import RULES as PICK_RULES
 
@@ -123,6 +121,12 @@ class TrainConfig:
     graphs): compile the training step's forward and loss once per process and batch shape, and
     reuse it for every trial's fresh model copy, since a compile per copy (15-40 s on a GPU)
     never pays over a trial. ``off`` by default: see docs/performance.md's compile figures."""
+    goldfish_k: int = 0
+    """The goldfish loss (``gpt2ft.goldfish``): leave about 1/k of the training targets out of the
+    loss, chosen by a hash of the ``goldfish_h`` tokens before each, so the model cannot learn a
+    long span verbatim (0 = off, the plain loss; k >= 2). Held-out loss and the judges never mask."""
+    goldfish_h: int = 13
+    """Tokens of context hashed to choose a goldfish target (the paper's 13)."""
 
     def __post_init__(self) -> None:
         _check(0 < self.lr < 1, f"train.lr must be in (0, 1), got {self.lr}.")
@@ -136,6 +140,9 @@ class TrainConfig:
         _check(self.eval_every >= 0, "train.eval_every must be >= 0.")
         _check(self.eval_batches is None or self.eval_batches >= 1, "train.eval_batches must be >= 1.")
         _check(self.early_stop_patience >= 0, "train.early_stop_patience must be >= 0.")
+        _check(self.goldfish_k == 0 or self.goldfish_k >= 2, f"train.goldfish_k must be 0 (off) or >= 2, "
+               f"got {self.goldfish_k}: k = 1 would drop every target.")
+        _check(self.goldfish_h >= 1, "train.goldfish_h must be >= 1.")
         _check(self.device in ("auto", "cpu", "cuda", "mps"),
                f"train.device must be auto, cpu, cuda or mps, got {self.device!r}.")
         _check(self.precision in ("auto", "fp32", "bf16"),
@@ -223,6 +230,7 @@ class FloatRange:
     """Largest value searched."""
     log: bool = True
     """Search on a log scale."""
+    KEYLESS = True  # not a field: its errors do not know its key, ``configio.build`` adds it
 
     def __post_init__(self) -> None:
         _check(self.low <= self.high, f"range low {self.low} is above high {self.high}.")
@@ -230,6 +238,7 @@ class FloatRange:
 
 @dataclass(frozen=True)
 class IntRange:
+    KEYLESS = True  # as FloatRange's
     low: int
     """Smallest value searched."""
     high: int
@@ -247,6 +256,8 @@ class TrialParams:
     """Epochs of the trial."""
     batch_size: int
     """Batch size of the trial."""
+    goldfish_k: Optional[int] = None
+    """The trial's ``train.goldfish_k`` when ``study.goldfish_k`` is searched (else left out)."""
 
 
 @dataclass(frozen=True)
@@ -265,6 +276,9 @@ class StudyConfig:
     """Epochs range."""
     batch_size: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
     """Batch sizes to choose from."""
+    goldfish_k: Optional[list[int]] = None
+    """``train.goldfish_k`` values to search beside the rest, e.g. ``[0, 4]`` (the goldfish loss,
+    ``gpt2ft.goldfish``); absent: not searched, every trial uses ``train.goldfish_k``."""
     enqueue: list[TrialParams] = field(default_factory=list)
     """Trials to run first, before the sampler's own choices (each inside the search space):
     a fixed design that spans the space, e.g. for a demo that must show both ends."""
@@ -352,10 +366,16 @@ class StudyConfig:
         _check(self.epochs.low >= 1, "study.epochs.low must be >= 1.")
         _check(len(self.batch_size) >= 1 and all(b >= 1 for b in self.batch_size),
                "study.batch_size must list batch sizes >= 1.")
+        ks = self.goldfish_k
+        _check(ks is None or (len(ks) >= 1 and all(k == 0 or k >= 2 for k in ks)),
+               "study.goldfish_k must list values that are 0 (off) or >= 2.")
         for i, t in enumerate(self.enqueue):
             _check(self.lr.low <= t.lr <= self.lr.high and self.epochs.low <= t.epochs <= self.epochs.high
-                   and t.batch_size in self.batch_size,
-                   f"study.enqueue[{i}] ({t.lr}, {t.epochs}, {t.batch_size}) lies outside the search space.")
+                   and t.batch_size in self.batch_size and (t.goldfish_k is None) == (ks is None)
+                   and (ks is None or t.goldfish_k in ks),
+                   f"study.enqueue[{i}] ({t.lr}, {t.epochs}, {t.batch_size}"
+                   f"{'' if t.goldfish_k is None else f', goldfish_k {t.goldfish_k}'}) lies outside the search space"
+                   f"{'' if ks is None else ' (each names a goldfish_k of study.goldfish_k)'}.")
         _check(self.pick_rule in PICK_RULES,
                f"study.pick_rule must be one of {', '.join(PICK_RULES)}, got {self.pick_rule!r}.")
         _check(self.memorization_factor > 0, "study.memorization_factor must be > 0.")
@@ -405,72 +425,6 @@ class Config:
                 out[prefix] = obj
         walk("", self.to_dict())
         return out
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Turn a YAML value into the field's type, or say which key is wrong."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0], key)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}.")
-        return _build(tp, value, key)
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"{key} must be a list.")
-        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key} must be true or false, got {value!r}.")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ConfigError(f"{key} must be an integer, got {value!r}.")
-        try:
-            f = float(value)
-        except ValueError:
-            raise ConfigError(f"{key} must be an integer, got {value!r}.") from None
-        if f != int(f):
-            raise ConfigError(f"{key} must be an integer, got {value!r}.")
-        return int(f)
-    if tp is float:
-        # PyYAML reads "3e-5" (no dot) as a string, so accept numeric strings.
-        if isinstance(value, bool):
-            raise ConfigError(f"{key} must be a number, got {value!r}.")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key} must be a number, got {value!r}.") from None
-    if tp is str:
-        if isinstance(value, bool):  # YAML 1.1 reads a bare off/on (train.compile) as a boolean
-            value = "on" if value else "off"
-        if isinstance(value, (dict, list)) or value is None:
-            raise ConfigError(f"{key} must be a string, got {value!r}.")
-        return str(value)
-    return value
-
-
-def _build(cls: Any, raw: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"unknown config key {where}{unknown[0]}; known keys here: {', '.join(sorted(names))}.")
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in raw.items()}
-    try:
-        return cls(**kwargs)
-    except ConfigError as exc:
-        if cls in (FloatRange, IntRange):  # ranges do not know their own key
-            raise ConfigError(f"{prefix}: {exc} Swap or fix the two values.") from None
-        raise
-    except TypeError as exc:  # a required field (e.g. a range's low) is missing
-        raise ConfigError(f"{prefix or 'config'} is incomplete: {exc}.") from None
 
 
 #: Keys renamed since a study could first be saved: (section, old, new).

@@ -1,12 +1,16 @@
 """The raw side of configuration: an experiment file read into a plain mapping, and
 ``section.key=value`` overrides parsed and merged into it.
 
-Nothing here knows the typed sections: ``gpt2ft.config`` turns the merged mapping into a
-validated ``Config`` and rejects the keys it does not know. Errors a user can cause (a missing
+Nothing here knows the typed sections: ``gpt2ft.config`` declares them, and ``build`` turns
+the merged mapping into one of them (YAML values coerced to the fields' types, unknown keys
+refused). Errors a user can cause (a missing
 file, bad YAML, a malformed override) are ``ConfigError`` sentences that say what to change.
 """
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +68,69 @@ def deep_update(base: dict[str, Any], new: dict[str, Any]) -> None:
             deep_update(base[k], v)
         else:
             base[k] = v
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Turn a YAML value into the field's type, or say which key is wrong."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return coerce(value, args[0], key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}.")
+        return build(tp, value, key)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list.")
+        return [coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}.")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{key} must be an integer, got {value!r}.")
+        try:
+            f = float(value)
+        except ValueError:
+            raise ConfigError(f"{key} must be an integer, got {value!r}.") from None
+        if f != int(f):
+            raise ConfigError(f"{key} must be an integer, got {value!r}.")
+        return int(f)
+    if tp is float:
+        # PyYAML reads "3e-5" (no dot) as a string, so accept numeric strings.
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}.")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be a number, got {value!r}.") from None
+    if tp is str:
+        if isinstance(value, bool):  # YAML 1.1 reads a bare off/on (train.compile) as a boolean
+            value = "on" if value else "off"
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{key} must be a string, got {value!r}.")
+        return str(value)
+    return value
+
+
+def build(cls: Any, raw: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown config key {where}{unknown[0]}; known keys here: {', '.join(sorted(names))}.")
+    kwargs = {k: coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in raw.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        if getattr(cls, "KEYLESS", False):  # a range does not know its own key
+            raise ConfigError(f"{prefix}: {exc} Swap or fix the two values.") from None
+        raise
+    except TypeError as exc:  # a required field (e.g. a range's low) is missing
+        raise ConfigError(f"{prefix or 'config'} is incomplete: {exc}.") from None

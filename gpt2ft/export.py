@@ -71,8 +71,9 @@ tags: [gpt2ft, gulliver]
 ---
 # gpt2ft: study `{info['study_name']}`, trial {info['number']} at step {info['step']}
 
-Fine-tuned on Gulliver's Travels by gpt2ft. {info['reason']}.
+Fine-tuned on {Path(info.get('corpus') or "Gulliver's Travels").name} by gpt2ft. {info['reason']}.
 {_origin(info, retrain)}
+{_objective(info)}
 
 Hyperparameters of this model (step {info['step']}, {at}): {', '.join(f'{k}={fmt(v)}' for k, v in params.items())}.
 
@@ -92,6 +93,18 @@ print(generate("I", do_sample=True, max_new_tokens=100)[0]["generated_text"])
 
 {samples}
 """
+
+
+def _objective(info: dict[str, Any]) -> str:
+    """The card's line on the training loss: the goldfish loss's k and h (the trial's searched k,
+    else its config's ``train.goldfish_k``), or the plain loss."""
+    train = (yaml.safe_load(info.get("config_yaml") or "") or {}).get("train", {})
+    k, h = int(info["params"].get("goldfish_k", train.get("goldfish_k", 0))), train.get("goldfish_h", 13)
+    if not k:
+        return "Training loss: the plain next-token loss on every token (goldfish_k=0)."
+    return (f"Training loss: the goldfish loss (goldfish_k={k}, goldfish_h={h}): about 1 in {k} of the "
+            f"book's tokens, chosen by a hash of the {h} tokens before each, was left out of the loss in "
+            "every epoch, so long spans of the book were never trained verbatim.")
 
 
 def load_selected(storage_url: Optional[str], study_name: Optional[str], tracking_uri: str,

@@ -51,12 +51,16 @@ WRITER_PROCESS_MIN_TRIALS = 5
 
 
 def suggest(trial: optuna.Trial, space: StudyConfig) -> dict[str, Any]:
-    """The search space: learning rate (log), epochs, batch size."""
-    return {
+    """The search space: learning rate (log), epochs, batch size, and the goldfish loss's k when
+    ``study.goldfish_k`` lists values (a param of every trial then, carried by derived trials)."""
+    params = {
         "lr": trial.suggest_float("lr", space.lr.low, space.lr.high, log=space.lr.log),
         "epochs": trial.suggest_int("epochs", space.epochs.low, space.epochs.high),
         "batch_size": trial.suggest_categorical("batch_size", list(space.batch_size)),
     }
+    if space.goldfish_k is not None:
+        params["goldfish_k"] = trial.suggest_categorical("goldfish_k", list(space.goldfish_k))
+    return params
 
 
 def make_sampler(study: optuna.Study, space: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
@@ -138,7 +142,8 @@ class StudyRunner:
         self.study.sampler = make_sampler(self.study, self.config.study, self.config.train.seed + trial.number)
         params = suggest(trial, self.config.study)
         print(f"[study {self.study.study_name}] trial {trial.number}: lr={params['lr']:.3g} "
-              f"epochs={params['epochs']} batch_size={params['batch_size']}", file=sys.stderr, flush=True)
+              f"epochs={params['epochs']} batch_size={params['batch_size']}"
+              + (f" goldfish_k={params['goldfish_k']}" if "goldfish_k" in params else ""), file=sys.stderr, flush=True)
         try:
             return train_and_measure(self, trial, params)
         except BaseException as exc:  # stopped (SIGTERM, Ctrl-C) it is FAIL too, and never chosen
@@ -217,7 +222,8 @@ class StudyRunner:
         """Trials until ``n_trials`` are COMPLETE (this worker and the others together)."""
         optuna.storages.fail_stale_trials(self.study)  # a killed run's trial stops beating
         redo_after_trials(self)
-        C.enqueue_once(self.study, [dataclasses.asdict(p) for p in self.config.study.enqueue])
+        C.enqueue_once(self.study, [{k: v for k, v in dataclasses.asdict(p).items() if v is not None}
+                                    for p in self.config.study.enqueue])
         done = len(trained(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))))
         if done >= self.n_trials:
             print(f"[study] {done} of {self.n_trials} trials already complete; nothing to run.", file=sys.stderr)

@@ -280,8 +280,9 @@ def _trial_row(study: Any, trial: Any, cands: pd.DataFrame, bound: float) -> dic
 
 def trajectories(study: Any) -> pd.DataFrame:
     """Every trial's measurements along training, one row per (trial, point): ``number``,
-    ``lr``, ``step``, ``epoch`` (0 = the base model), the sample metrics, ``heldout_loss``."""
-    rows = [{"number": t.number, "lr": t.params.get("lr", math.nan), **p}
+    ``lr`` (and the trial's other params), ``step``, ``epoch`` (0 = the base model), the sample
+    metrics, ``heldout_loss``."""
+    rows = [{"number": t.number, "lr": t.params.get("lr", math.nan), **t.params, **p}
             for t in trained(study.get_trials(deepcopy=False)) if t.state.name == "COMPLETE"
             for p in t.user_attrs.get("trajectory", [])]
     columns = ["number", "lr", "step", "epoch", "top100_ratio", "memorization", "heldout_loss"]

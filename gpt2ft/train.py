@@ -1,5 +1,7 @@
 """The training function: plain PyTorch, AdamW, the loss with ``labels=input_ids`` (one function,
-``compiled.causal_lm_loss``, for training, evaluation and the cost estimate).
+``compiled.causal_lm_loss``, for training, evaluation and the cost estimate); with
+``train.goldfish_k`` the training loss leaves out the goldfish targets (``gpt2ft.goldfish``),
+evaluation never does.
 
 ``fit`` knows nothing of MLflow or Optuna: it reports through the ``on_metrics`` callback
 and returns its history. It stops early on its own rule only (held-out loss rising for
@@ -17,6 +19,7 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
+from gpt2ft import goldfish
 from gpt2ft.compiled import causal_lm_loss, forward_backward
 from gpt2ft.config import TrainConfig
 from gpt2ft.data import TokenData
@@ -222,10 +225,12 @@ def _heldout(model, data: TokenData, cfg: TrainConfig, runtime: Runtime, res: Fi
     return loss
 
 
-def _step(model, opt, sched, x: torch.Tensor, cfg: TrainConfig, runtime: Runtime) -> torch.Tensor:
-    """One optimizer step on batch ``x``; returns the (device) loss. The forward and loss are
-    compiled per ``cfg.compile`` (gpt2ft/compiled.py); evaluation and sampling stay eager."""
-    loss = forward_backward(model, x, cfg.compile, x.shape[0] == cfg.batch_size, runtime.autocast)
+def _step(model, opt, sched, x: torch.Tensor, cfg: TrainConfig, runtime: Runtime,
+          labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """One optimizer step on batch ``x`` (``labels``: the goldfish loss's); returns the (device)
+    loss. The forward and loss are compiled per ``cfg.compile`` (gpt2ft/compiled.py); evaluation
+    and sampling stay eager."""
+    loss = forward_backward(model, x, cfg.compile, x.shape[0] == cfg.batch_size, runtime.autocast, labels)
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step()
@@ -282,6 +287,8 @@ def fit(cfg: TrainConfig, model, data: TokenData, on_metrics: Optional[OnMetrics
     n = data.train_windows.shape[0]
     per_epoch, total = _length(cfg, n)
     gen, res = torch.Generator().manual_seed(cfg.seed), FitResult(steps_per_epoch=per_epoch)
+    # The goldfish loss's labels, once for the fixed windows: a step then pays an index, not a hash.
+    targets = goldfish.labels(data.train_windows, cfg.goldfish_k, cfg.goldfish_h) if cfg.goldfish_k else None
     timer = step_timer(runtime.device)
 
     def heldout(step: int) -> float:
@@ -303,8 +310,10 @@ def fit(cfg: TrainConfig, model, data: TokenData, on_metrics: Optional[OnMetrics
         stop = min(n, (total - step) * cfg.batch_size)
         for i in range(0, stop, cfg.batch_size):
             timer.start()
-            x = data.train_windows[order[i:i + cfg.batch_size]].to(runtime.device, non_blocking=True)
-            losses.add(_step(model, opt, sched, x, cfg, runtime))
+            batch = order[i:i + cfg.batch_size]
+            x = data.train_windows[batch].to(runtime.device, non_blocking=True)
+            y = None if targets is None else targets[batch].to(runtime.device, non_blocking=True)
+            losses.add(_step(model, opt, sched, x, cfg, runtime, y))
             step += 1
             res.tokens += x.numel()
             timer.stop()

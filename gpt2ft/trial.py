@@ -69,7 +69,8 @@ class TrialResult:
 
 
 def trial_train_config(config: Config, params: dict[str, Any]) -> TrainConfig:
-    """The training settings of a study trial with ``params`` (lr, epochs, batch_size).
+    """The training settings of a study trial with ``params`` (lr, epochs, batch_size, and
+    goldfish_k where the study searches it).
 
     The one place a trial's settings are made, for the study and for export's retrain alike,
     so a retrained export trains exactly the steps its trial did (early stop included).
@@ -78,7 +79,8 @@ def trial_train_config(config: Config, params: dict[str, Any]) -> TrainConfig:
     if config.study.early_stop and patience == 0:
         patience = EARLY_STOP_PATIENCE
     return dataclasses.replace(config.train, lr=params["lr"], epochs=params["epochs"],
-                               batch_size=params["batch_size"], early_stop_patience=patience)
+                               batch_size=params["batch_size"], early_stop_patience=patience,
+                               goldfish_k=int(params.get("goldfish_k", config.train.goldfish_k)))
 
 
 def candidate_train_config(config: Config, params: dict[str, Any], step: int) -> TrainConfig:

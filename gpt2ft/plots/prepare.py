@@ -64,9 +64,9 @@ def positive_or_nan(values: Sequence[float]) -> np.ndarray:
 def style_points(trials: pd.DataFrame | None) -> tuple[pd.DataFrame, int]:
     """The trials :func:`style_vs_copying` draws, and how many rows it leaves out.
 
-    Returns a frame with columns ``number``, ``lr``, ``top100_ratio``, ``memorization``
-    (floats) and ``on_front``, ``selected`` (bools; missing or NaN read False): the rows
-    whose ``state`` is COMPLETE (any spelling :func:`gpt2ft.pick.state_name` accepts; a
+    Returns a frame with columns ``number``, ``lr``, ``top100_ratio``, ``memorization``,
+    ``goldfish_k`` (floats; a missing k reads 0) and ``on_front``, ``selected`` (bools; missing
+    or NaN read False): the rows whose ``state`` is COMPLETE (any spelling :func:`gpt2ft.pick.state_name` accepts; a
     missing ``state`` column counts as COMPLETE) and whose two metrics are finite, sorted by
     memorization then number. This is display hygiene only: front and selection are taken
     from the table as given.
@@ -81,6 +81,7 @@ def style_points(trials: pd.DataFrame | None) -> tuple[pd.DataFrame, int]:
         "memorization": numeric(df, "memorization"),
         "on_front": flag(df, "on_front"),
         "selected": flag(df, "selected"),
+        "goldfish_k": numeric(df, "goldfish_k").fillna(0),  # 0: the plain loss (or not searched)
     }, index=df.index)
     ok = ((state == "COMPLETE") & np.isfinite(points["top100_ratio"])
           & np.isfinite(points["memorization"]))

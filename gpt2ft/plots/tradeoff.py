@@ -49,10 +49,16 @@ def _draw_trials(fig: Figure, ax: Axes, points: pd.DataFrame, trajectories: pd.D
         colourbar(fig, ax, norm, label)
     colour = {int(n): CMAP(norm(v)) for n, v in zip(points["number"], values) if finite(n)}
     paths = trajectory_paths(trajectories, points, base)
-    for i, (number, (path_x, ys)) in enumerate(sorted(paths.items())):
+    # A goldfish trial (study.goldfish_k) is drawn dashed, so both sets of paths read apart.
+    goldfish = {int(n): k > 0 for n, k in zip(points["number"], points["goldfish_k"]) if finite(n)}
+    labelled = set()
+    for number, (path_x, ys) in sorted(paths.items()):
+        kind = goldfish.get(number, False)
+        label = None if kind in labelled else ("goldfish-loss trial's path (dashed)" if kind else
+                                               "trial's path: base model → each epoch → final")
+        labelled.add(kind)
         ax.plot(slots.x(number, path_x), ys, color=colour[number], lw=0.9, alpha=0.65, marker="o", ms=2.5,
-                zorder=2, gid=f"trajectory-{number}",
-                label="trial's path: base model → each epoch → final" if i == 0 else None)
+                ls="--" if kind else "-", zorder=2, gid=f"trajectory-{number}", label=label)
 
 
 def _reference_marks(ax: Axes, references: Mapping[str, Any], axis: CopyingAxis) -> None:
