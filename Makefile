@@ -8,7 +8,7 @@ CONFIG  ?= experiments/gulliver.yaml
 TORCH   ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 ARGS    ?=
 
-.PHONY: install test lint train study study-cpu ui export references demo bench bench-gpu bench-compile bench-measure bench-study gpu-check ui-check multiworker clean
+.PHONY: install test lint train study study-cpu ui export references demo bench bench-gpu bench-compile bench-measure bench-study bench-goldfish demo-goldfish gpu-check ui-check multiworker clean
 
 $(BIN)/gpt2ft: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -52,6 +52,12 @@ export: install
 demo: install
 	$(BIN)/gpt2ft study --config experiments/demo.yaml --yes $(ARGS)
 
+# The demo's three enqueued trials with the plain and the goldfish loss in one study (docs/goldfish.md,
+# ~2x the demo's time); scripts/goldfish_table.py then gives the doc's table from its store.
+demo-goldfish: install
+	$(BIN)/gpt2ft study --config experiments/demo_goldfish.yaml --yes $(ARGS)
+	$(BIN)/python scripts/goldfish_table.py
+
 bench: install
 	$(BIN)/python bench/run.py $(ARGS)
 
@@ -77,6 +83,10 @@ bench-measure: install
 # (bench/study.py; demo.yaml by default, ~16 min on the 2-core CPU).
 bench-study: install
 	$(BIN)/python bench/study.py $(ARGS)
+
+# The goldfish mask's cost against a training step (bench/goldfish.py; ARGS=--demo adds SmolLM2 x 4 x 128).
+bench-goldfish: install
+	$(BIN)/python bench/goldfish.py $(ARGS)
 
 ui-check: install
 	$(BIN)/python scripts/ui_check.py $(ARGS)
