@@ -124,7 +124,8 @@ class TrainConfig:
     goldfish_k: int = 0
     """The goldfish loss (``gpt2ft.goldfish``): leave about 1/k of the training targets out of the
     loss, chosen by a hash of the ``goldfish_h`` tokens before each, so the model cannot learn a
-    long span verbatim (0 = off, the plain loss; k >= 2). Held-out loss and the judges never mask."""
+    long span verbatim (0 = off, the plain loss; k >= 2). ``train_loss`` is then the mean over the
+    kept targets; held-out loss and the judges never mask (docs/goldfish.md)."""
     goldfish_h: int = 13
     """Tokens of context hashed to choose a goldfish target (the paper's 13)."""
 
