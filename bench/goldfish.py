@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+for _p in (str(ROOT), str(ROOT / "bench")):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import benchlib as B  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -45,7 +48,7 @@ def _timed(fn, device: torch.device, n: int) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         out.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(out)
+    return B.median(out)
 
 
 def measure(name: str, model_cfg: ModelConfig, batch: int, block: int, steps: int) -> dict:

@@ -66,10 +66,10 @@ def style_points(trials: pd.DataFrame | None) -> tuple[pd.DataFrame, int]:
 
     Returns a frame with columns ``number``, ``lr``, ``top100_ratio``, ``memorization``,
     ``goldfish_k`` (floats; a missing k reads 0) and ``on_front``, ``selected`` (bools; missing
-    or NaN read False): the rows whose ``state`` is COMPLETE (any spelling :func:`gpt2ft.pick.state_name` accepts; a
-    missing ``state`` column counts as COMPLETE) and whose two metrics are finite, sorted by
-    memorization then number. This is display hygiene only: front and selection are taken
-    from the table as given.
+    or NaN read False): the rows whose ``state`` is COMPLETE (any spelling
+    :func:`gpt2ft.pick.state_name` accepts; a missing ``state`` column counts as COMPLETE) and
+    whose two metrics are finite, sorted by memorization then number. This is display hygiene
+    only: front and selection are taken from the table as given.
     """
     df = trials if trials is not None else pd.DataFrame()
     state = (df["state"].map(state_name) if "state" in df.columns
