@@ -258,7 +258,8 @@ class TrialParams:
     batch_size: int
     """Batch size of the trial."""
     goldfish_k: Optional[int] = None
-    """The trial's ``train.goldfish_k`` when ``study.goldfish_k`` is searched (else left out)."""
+    """The trial's ``train.goldfish_k`` when ``study.goldfish_k`` is searched (absent: the config's
+    ``train.goldfish_k``, so demo.yaml's designs run as they are with ``--set study.goldfish_k=...``)."""
 
 
 @dataclass(frozen=True)
@@ -349,6 +350,17 @@ class StudyConfig:
     study of 5 trials or more (``gpt2ft.study.WRITER_PROCESS_MIN_TRIALS``), since starting it
     costs ~4 s of CPU (imports), about what two tiny trials' writes take."""
 
+    def designs(self, goldfish_k: int) -> list[dict[str, Any]]:
+        """The enqueued trials' params as Optuna takes them: ``goldfish_k`` only where it is
+        searched, ``goldfish_k`` (the config's ``train.goldfish_k``) where a design names none."""
+        out = []
+        for t in self.enqueue:
+            p = {"lr": t.lr, "epochs": t.epochs, "batch_size": t.batch_size}
+            if self.goldfish_k is not None:
+                p["goldfish_k"] = goldfish_k if t.goldfish_k is None else t.goldfish_k
+            out.append(p)
+        return out
+
     def __post_init__(self) -> None:
         _check(bool(self.name.strip()), "study.name must not be empty.")
         _check(self.fluency_factor > 1 and self.extraction_factor > 0 and self.heldout_margin >= 0,
@@ -372,11 +384,9 @@ class StudyConfig:
                "study.goldfish_k must list values that are 0 (off) or >= 2.")
         for i, t in enumerate(self.enqueue):
             _check(self.lr.low <= t.lr <= self.lr.high and self.epochs.low <= t.epochs <= self.epochs.high
-                   and t.batch_size in self.batch_size and (t.goldfish_k is None) == (ks is None)
-                   and (ks is None or t.goldfish_k in ks),
+                   and t.batch_size in self.batch_size and (t.goldfish_k is None or t.goldfish_k in (ks or ())),
                    f"study.enqueue[{i}] ({t.lr}, {t.epochs}, {t.batch_size}"
-                   f"{'' if t.goldfish_k is None else f', goldfish_k {t.goldfish_k}'}) lies outside the search space"
-                   f"{'' if ks is None else ' (each names a goldfish_k of study.goldfish_k)'}.")
+                   f"{'' if t.goldfish_k is None else f', goldfish_k {t.goldfish_k}'}) lies outside the search space.")
         _check(self.pick_rule in PICK_RULES,
                f"study.pick_rule must be one of {', '.join(PICK_RULES)}, got {self.pick_rule!r}.")
         _check(self.memorization_factor > 0, "study.memorization_factor must be > 0.")
@@ -410,6 +420,10 @@ class Config:
         s, m = self.sample, self.metrics
         _check(s.new_tokens >= m.ngram, f"sample.new_tokens ({s.new_tokens}) must be at least metrics.ngram "
                f"({m.ngram}), since memorization counts {m.ngram}-token spans of each sample.")
+        ks, k = self.study.goldfish_k, self.train.goldfish_k
+        _check(ks is None or k in ks or all(t.goldfish_k is not None for t in self.study.enqueue),
+               f"an enqueued trial without goldfish_k trains with train.goldfish_k ({k}), which is not in "
+               f"study.goldfish_k {ks}; add it there or name goldfish_k in each study.enqueue entry.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

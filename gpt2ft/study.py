@@ -222,8 +222,7 @@ class StudyRunner:
         """Trials until ``n_trials`` are COMPLETE (this worker and the others together)."""
         optuna.storages.fail_stale_trials(self.study)  # a killed run's trial stops beating
         redo_after_trials(self)
-        C.enqueue_once(self.study, [{k: v for k, v in dataclasses.asdict(p).items() if v is not None}
-                                    for p in self.config.study.enqueue])
+        C.enqueue_once(self.study, self.config.study.designs(self.config.train.goldfish_k))
         done = len(trained(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))))
         if done >= self.n_trials:
             print(f"[study] {done} of {self.n_trials} trials already complete; nothing to run.", file=sys.stderr)

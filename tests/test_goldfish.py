@@ -142,6 +142,7 @@ def _no_autocast():
 
 
 def test_goldfish_settings_are_checked():
+    from conftest import ROOT
     from gpt2ft.config import load_config
     from gpt2ft.errors import ConfigError
 
@@ -149,8 +150,12 @@ def test_goldfish_settings_are_checked():
         load_config(overrides=["train.goldfish_k=1"])
     with pytest.raises(ConfigError, match="study.goldfish_k must list"):
         load_config(overrides=["study.goldfish_k=[0, 1]"])
-    with pytest.raises(ConfigError, match="goldfish_k of study.goldfish_k"):
-        load_config(overrides=["study.goldfish_k=[0, 4]", "study.enqueue=[{lr: 1.0e-5, epochs: 2, batch_size: 4}]"])
+    # demo.yaml's designs name no goldfish_k: with the knob searched they train with train.goldfish_k.
+    demo = load_config(ROOT / "experiments" / "demo.yaml", ["study.goldfish_k=[0, 4]"])
+    assert [d["goldfish_k"] for d in demo.study.designs(demo.train.goldfish_k)] == [0, 0, 0]
+    assert "goldfish_k" not in load_config(ROOT / "experiments" / "demo.yaml").study.designs(0)[0]
+    with pytest.raises(ConfigError, match=r"train.goldfish_k \(2\), which is not in study.goldfish_k \[0, 4\]"):
+        load_config(ROOT / "experiments" / "demo.yaml", ["study.goldfish_k=[0, 4]", "train.goldfish_k=2"])
     with pytest.raises(ConfigError, match="outside the search space"):
         load_config(overrides=["study.enqueue=[{lr: 1.0e-5, epochs: 2, batch_size: 4, goldfish_k: 4}]"])
     c = load_config(overrides=["study.goldfish_k=[0, 4]",
