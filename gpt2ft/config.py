@@ -68,9 +68,14 @@ class DataConfig:
     segment_chars: int = 2000
     """Approximate size of one segment (whole paragraphs, never split)."""
     max_chars: Optional[int] = None
-    """Train on only the first N characters of the book's training part (small CPU runs and
-    tests). It limits the training text alone: the held-out windows, the book's references and
-    the style classifier always come from the whole book."""
+    """Train on only N characters of the book's training part (small CPU runs and tests), drawn
+    from ``slice_pieces`` places spread over it. It limits the training text alone: the held-out
+    windows, the book's references and the style classifier always come from the whole book."""
+    slice_pieces: int = 4
+    """A ``max_chars`` slice is this many runs of whole paragraphs, one centred in each of as many
+    equal parts of the training part. Not the book's opening: a preface, an introduction or a
+    frame story is not the style the references and the classifier measure on the whole book
+    (The Professor's first 8,000 characters are 40% its preface and a note by another hand)."""
     heldout_windows: int = 32
     """Held-out loss is measured on this many windows of the book's held-out part, spread evenly
     over the whole book and the same for every trial and point (all of them when fewer)."""
@@ -82,6 +87,7 @@ class DataConfig:
         _check(self.heldout_every >= 2, "data.heldout_every must be >= 2.")
         _check(self.segment_chars >= 100, "data.segment_chars must be >= 100.")
         _check(self.max_chars is None or self.max_chars >= 1000, "data.max_chars must be >= 1000.")
+        _check(1 <= self.slice_pieces <= 64, "data.slice_pieces must be between 1 and 64.")
         _check(self.heldout_windows >= 1, "data.heldout_windows must be >= 1.")
 
 

@@ -4,12 +4,15 @@ licence out), split and cut into training windows.
 Split first, tokenize second: the whole book's prose is cut into contiguous segments of whole
 paragraphs and every k-th segment is held out, so the held-out part never overlaps the
 training part and both cover all four voyages (a single held-out tail would be the
-Houyhnhnms only). ``data.max_chars`` then keeps only the first N characters of the training
-part: a slice limits what the model trains on, never the held-out text that judges it.
+Houyhnhnms only). ``data.max_chars`` then keeps only N characters of the training part, in
+``data.slice_pieces`` runs spread over it: a slice limits what the model trains on, never the
+held-out text that judges it.
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import logging
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -35,7 +38,7 @@ class Book:
     body_sha256: str
     """sha256 of the cleaned text that was split (what training and metrics saw)."""
     train_text: str
-    """What the model trains on: the training segments, cut at ``data.max_chars``."""
+    """What the model trains on: the training segments, or their ``data.max_chars`` slice."""
     heldout_text: str
     """The held-out segments of the whole book (every ``data.heldout_every``-th)."""
     n_segments: int
@@ -97,7 +100,8 @@ def load_book(cfg: DataConfig, explicit_path: Optional[str] = None) -> Book:
         raise UserError(f"{path} is too short: the book's prose must give at least {cfg.heldout_every} "
                         f"segments of {cfg.segment_chars} characters; use the whole book.")
     held_set = set(held)
-    train, unused = _cut([p for i, s in enumerate(segments) if i not in held_set for p in s], cfg.max_chars)
+    train, unused = _cut([p for i, s in enumerate(segments) if i not in held_set for p in s], cfg.max_chars,
+                         cfg.slice_pieces)
     heldout = "\n\n".join("\n\n".join(s) for i, s in enumerate(segments) if i in held_set)
     return Book(source=str(path), sha256=digest,
                 body_sha256=hashlib.sha256(prose.text.encode("utf-8")).hexdigest(),
@@ -105,16 +109,30 @@ def load_book(cfg: DataConfig, explicit_path: Optional[str] = None) -> Book:
                 heldout_segments=tuple(held), unused_text="\n\n".join(unused), prose=prose)
 
 
-def _cut(paras: list[str], max_chars: Optional[int]) -> tuple[list[str], list[str]]:
-    """The first whole paragraphs reaching ``max_chars`` characters, and the rest."""
-    if max_chars is None:
+def _cut(paras: list[str], max_chars: Optional[int], pieces: int = 1) -> tuple[list[str], list[str]]:
+    """About ``max_chars`` characters of whole paragraphs in ``pieces`` runs, the i-th centred in
+    the i-th of ``pieces`` equal parts of ``paras``; and the rest, in order.
+
+    Centred, not at each part's start: with one piece that would be the book's opening again,
+    whose preface or frame is the book's least typical page. A run takes its next paragraph while
+    that brings the total nearer ``(i + 1) * max_chars / pieces`` (one at least), so long
+    paragraphs do not add up to a slice far over ``max_chars``; runs never overlap."""
+    total = sum(len(p) for p in paras)
+    if max_chars is None or total <= max_chars:
         return paras, []
-    total = 0
-    for i, p in enumerate(paras):
-        if total >= max_chars:
-            return paras[:i], paras[i:]
-        total += len(p)
-    return paras, []
+    starts = list(itertools.accumulate((len(p) for p in paras), initial=0))
+    size = max_chars / pieces
+    chosen: set[int] = set()
+    got = 0
+    for i in range(pieces):
+        j, first = bisect.bisect_left(starts, (i + 0.5) * total / pieces - size / 2), True
+        while j < len(paras) and (first or got + len(paras[j]) / 2 <= (i + 1) * size):
+            if j not in chosen:
+                chosen.add(j)
+                got += len(paras[j])
+                first = False
+            j += 1
+    return ([p for j, p in enumerate(paras) if j in chosen], [p for j, p in enumerate(paras) if j not in chosen])
 
 
 def encode(tokenizer, text: str) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 
 from gpt2ft.config import DataConfig, ModelConfig, load_config
 from gpt2ft.data import encode, load_book, normalise_ws, split_segments, tokenize_book, windows
-from gpt2ft.errors import UserError
+from gpt2ft.errors import ConfigError, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 GULLIVER = ROOT / "experiments" / "gulliver.yaml"
@@ -278,20 +278,33 @@ def test_synthetic_book_with_crlf_bom_and_footnotes(tmp_path):
     assert "Paragraph P02 begins here" in book.train_text
 
 
-def test_max_chars_keeps_the_opening_of_the_training_part_only(tmp_path):
+def test_max_chars_draws_its_slice_from_places_spread_over_the_training_part(tmp_path):
     path = gutenberg_file(tmp_path, numbered(40))
     whole = load_book(DataConfig(segment_chars=100, heldout_every=2), str(path))
-    book = load_book(DataConfig(segment_chars=100, heldout_every=2, max_chars=1000), str(path))
 
     def numbers(text):
         return [int(n) for n in re.findall(r"P(\d\d)", text)]
     trained = numbers(whole.train_text)
-    # The slice is the opening of the training part, whole paragraphs...
-    kept = numbers(book.train_text)
-    assert kept == trained[:len(kept)] and 8 <= len(kept) <= 10
-    # ...the rest of the training part is kept apart, and the held-out part is the whole book's.
-    assert numbers(book.train_text) + numbers(book.unused_text) == trained
-    assert book.heldout_text == whole.heldout_text and len(numbers(book.heldout_text)) == 20
+    for pieces in (1, 2, 4):
+        book = load_book(DataConfig(segment_chars=100, heldout_every=2, max_chars=1000, slice_pieces=pieces),
+                         str(path))
+        kept = numbers(book.train_text)
+        at = [trained.index(n) for n in kept]
+        # About max_chars of whole paragraphs (each ~110 characters), in training order...
+        assert at == sorted(at) and 8 <= len(kept) <= 10, (pieces, kept)
+        runs = [[at[0]]]
+        for a, b in zip(at, at[1:]):
+            runs[-1].append(b) if b == a + 1 else runs.append([b])
+        # ...in `pieces` runs, the i-th inside the i-th equal part, never the training part's opening.
+        assert len(runs) == pieces, (pieces, runs)
+        for i, run in enumerate(runs):
+            assert i * len(trained) / pieces <= run[0] and run[-1] < (i + 1) * len(trained) / pieces, (pieces, runs)
+        assert at[0] > 0
+        # The rest of the training part is kept apart, and the held-out part is the whole book's.
+        assert sorted(kept + numbers(book.unused_text)) == sorted(trained)
+        assert book.heldout_text == whole.heldout_text and len(numbers(book.heldout_text)) == 20
+    with pytest.raises(ConfigError):
+        DataConfig(slice_pieces=0)
 
 
 def test_text_without_markers_is_taken_whole(tmp_path):

@@ -171,8 +171,15 @@ def test_each_novels_training_text_starts_with_its_story(name):
     cleaned, _ = prose.read(SHARED / name)
     seconds = time.perf_counter() - t
     assert seconds < 1.0, seconds  # the bound for a 600 kB novel
+    # The book's prose, and so its whole training part, starts with the story...
+    assert cleaned.paragraphs[0].startswith(OPENINGS[name])
+    whole = load_book(DataConfig(segment_chars=400, heldout_every=5), str(SHARED / name))
+    assert whole.train_text.startswith(OPENINGS[name])
+    # ...and the demo's slice is four runs of the story's paragraphs from across the book.
     book = load_book(DataConfig(max_chars=8000, segment_chars=400, heldout_every=5), str(SHARED / name))
-    assert book.train_text.startswith(OPENINGS[name])
+    paras = book.train_text.split("\n\n")
+    assert 7000 < len(book.train_text) < 9000 and set(paras) <= set(cleaned.paragraphs)
+    assert not book.train_text.startswith(OPENINGS[name])
     for part in (book.train_text, book.heldout_text, book.unused_text):
         for piece in ("CHAPTER", "Chapter 1", "CONTENTS", "[Illustration", "Produced by", "Gutenberg", "THE END",
                       "{"):
