@@ -6,9 +6,15 @@ apart as the candidates the pick ranks. So the leading candidates are re-measure
 sample *i* of the other share their random numbers: a paired design), and the pick reports the
 probability that the selected candidate really is closer to the book than the runner-up.
 
-Below :data:`THRESHOLD` the two are indistinguishable in style, and style is no reason to prefer
-either: the one with the lower held-out loss (then less copying) is chosen instead, and the
-reason says so. Pure functions over per-sample counts; only the standard library.
+Below :data:`THRESHOLD` the two are indistinguishable by ``top100_ratio``, and the second style
+judge decides if it can: the one the style classifier finds more like the book (``style_prob``,
+by the same paired bootstrap, with probability >= THRESHOLD either way). Only when neither judge
+of style can tell them apart is the one with the lower held-out loss (then less copying) chosen.
+Both are eligible, so both passed every copying judge; held-out loss first would pick the
+less-trained point whatever the classifier saw (The Professor's first demo: a pick whose
+``style_prob`` had not moved from the base model's, beside a runner-up the classifier scored
+twice as high). The reason says which rule decided. Pure functions over per-sample values; only
+the standard library.
 """
 from __future__ import annotations
 
@@ -57,24 +63,35 @@ def paired_closer(a_hits: Sequence[int], a_lens: Sequence[int], b_hits: Sequence
 
 
 def settle(result: PickResult, chosen: TrialRow, runner: TrialRow | None, confidence: float,
-           threshold: float = THRESHOLD) -> PickResult:
+           threshold: float = THRESHOLD, style_confidence: float = math.nan) -> PickResult:
     """The pick after its confidence is known: unchanged when the chosen candidate is closer to
     the book with probability >= ``threshold`` (or there is no runner-up, or the probability is
-    unknown); otherwise the one of the two with the lower held-out loss, then the lower
-    memorization, then the lower (trial, step), with a reason that says why."""
+    unknown); otherwise the one of the two the classifier prefers (``style_confidence``: the
+    probability that the chosen one's ``style_prob`` is the higher, >= ``threshold`` or <= 1 -
+    ``threshold``), else the one with the lower held-out loss, then the lower memorization, then
+    the lower (trial, step); with a reason that says why."""
     if runner is None or not math.isfinite(confidence) or confidence >= threshold:
         if runner is not None and math.isfinite(confidence):
             result = replace(result, reason=f"{result.reason}; pick_confidence {confidence:.2f} against "
                                             f"{runner.label}")
         return result
 
+    def tie(other: TrialRow) -> str:
+        return f"; style indistinguishable from {other.label} (pick_confidence {confidence:.2f} < {threshold})"
+    if math.isfinite(style_confidence) and max(style_confidence, 1 - style_confidence) >= threshold:
+        winner, other = (chosen, runner) if style_confidence >= threshold else (runner, chosen)
+        why = (f"{tie(other)} by top100_ratio, so {winner.label} is chosen: the style classifier finds it more like "
+               f"the book (probability {max(style_confidence, 1 - style_confidence):.2f} that its style_prob is "
+               "the higher)")
+        return replace(result, number=winner.number, step=winner.step, reason=result.reason + why)
+
     def key(r: TrialRow) -> tuple[float, float, tuple[int, int]]:
         loss = r.heldout_loss if math.isfinite(r.heldout_loss) else math.inf
         return (loss, r.memorization, r.key)
     winner = min((chosen, runner), key=key)
     other = runner if winner is chosen else chosen
-    why = (f"; style indistinguishable from {other.label} (pick_confidence {confidence:.2f} < {threshold}), so "
-           f"{winner.label} is chosen for lower held-out loss and less copying (held-out loss "
-           f"{winner.heldout_loss:.4g} vs {other.heldout_loss:.4g}, memorization {winner.memorization:.4g} vs "
-           f"{other.memorization:.4g})")
+    classifier = "" if not math.isfinite(style_confidence) else f" (and by style_prob: {style_confidence:.2f})"
+    why = (f"{tie(other)}{classifier}, so {winner.label} is chosen for lower held-out loss and less copying "
+           f"(held-out loss {winner.heldout_loss:.4g} vs {other.heldout_loss:.4g}, memorization "
+           f"{winner.memorization:.4g} vs {other.memorization:.4g})")
     return replace(result, number=winner.number, step=winner.step, reason=result.reason + why)

@@ -166,16 +166,20 @@ def _remeasure_one(study: Any, assets: Assets, checkpoints: Checkpoints, key: tu
     if model is None:
         log.warning("trial %d at step %d kept no checkpoint and is not re-measured", *key)
         return False
-    m, _, ids = measure_model(assets, model, n, seed)
+    m, texts, ids = measure_model(assets, model, n, seed)
     del model
     free_accelerator()
-    # What the paired bootstrap resamples: the top-100 and the copied n-gram counts per sample.
+    # What the paired bootstrap resamples: the top-100 and the copied n-gram counts per sample,
+    # and the classifier's probability per sample (the tie-break when top100_ratio cannot decide).
     hits, lens = M.top100_counts(ids, assets.top_ids)
     copied, ngrams = M.memorization_counts(ids, assets.index, (assets.config.metrics.ngram,))[
         assets.config.metrics.ngram]
+    clf = assets.classifier
+    probs = clf.prob(texts) if clf is not None and clf.usable else []
     study.set_user_attr(S.remeasure_key(*key), {**{k: float(v) for k, v in m.items()}, "n_samples": n,
                                                 "top100_hits": hits, "lengths": lens, "copied": copied,
-                                                "ngrams": ngrams, "sample_ids": ids, "retrained": retrained})
+                                                "ngrams": ngrams, "style_probs": probs, "sample_ids": ids,
+                                                "retrained": retrained})
     on_metrics(key[0], {f"final_step{key[1]}_{k}": v for k, v in m.items()})
     print(f"[study] trial {key[0]} at step {key[1]} re-measured with {n} samples"
           f"{' (retrained: no checkpoint was kept)' if retrained else ''}: top100_ratio "
@@ -187,7 +191,8 @@ def measure_confidence(study: Any, seed: int) -> float:
     """``pick_confidence``: the probability, by a paired bootstrap over samples, that the rule's
     own pick beats its runner-up by the rule's criterion (``pick.criterion``: closeness to the
     book, or the knee score); recorded on the study for ``summary.summarize`` to settle the pick
-    with. NaN when either was not re-measured."""
+    with, beside ``style_value``, the probability that the pick's mean ``style_prob`` is the higher
+    (the same resampled indices). NaN when either was not re-measured."""
     summary = S.summarize(study)
     pick, runner = pick_pair(summary)
     if pick is None or runner is None:
@@ -205,6 +210,9 @@ def measure_confidence(study: Any, seed: int) -> float:
         top = sums[0] / sums[1] if sums[1] else math.nan
         return score(P.style_score(top, target), sums[2] / sums[3] if len(sums) > 2 and sums[3] else 0.0)
     value = K.paired_better([a[c] for c in columns], [b[c] for c in columns], of, seed=seed)
+    # The second style judge, for confidence.settle when the first cannot tell the two apart.
+    style = (K.paired_better([a["style_probs"]], [b["style_probs"]], lambda sums: sums[0], seed=seed)
+             if a.get("style_probs") and b.get("style_probs") else math.nan)
     study.set_user_attr("pick_confidence", {"selected": list(pick.key), "runner_up": list(runner.key),
-                                            "value": value})
+                                            "value": value, "style_value": style})
     return value

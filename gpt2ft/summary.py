@@ -253,7 +253,7 @@ def _settled(picked: P.PickResult, rows: list[P.TrialRow], bounds: J.Bounds, rul
         return picked, math.nan
     chosen = next(r for r in rows if r.key == picked.key)
     value = float(recorded.get("value", math.nan))
-    return K.settle(picked, chosen, runner, value), value
+    return K.settle(picked, chosen, runner, value, style_confidence=float(recorded.get("style_value", math.nan))), value
 
 
 def _trial_row(study: Any, trial: Any, cands: pd.DataFrame, bound: float) -> dict[str, Any]:

@@ -195,6 +195,32 @@ def test_below_the_threshold_the_lower_heldout_loss_wins_and_the_reason_says_so(
     assert tie.key == (2, 4)
 
 
+def test_below_the_threshold_the_style_classifier_decides_when_it_can():
+    chosen = P.TrialRow(0, -0.001, 0.01, step=8, heldout_loss=3.70)
+    runner = P.TrialRow(2, -0.004, 0.00, step=4, heldout_loss=3.61)
+    result = P.PickResult(0, "bounded_style", "trial 0 at step 8 is the best style", True, step=8)
+    # The classifier sure the chosen one is more like the book: it stays, despite its held-out loss.
+    kept = K.settle(result, chosen, runner, 0.62, style_confidence=0.93)
+    assert kept.key == (0, 8) and "the style classifier finds it more like the book (probability 0.93" in kept.reason
+    # Sure of the runner-up: the runner-up.
+    moved = K.settle(result, chosen, P.TrialRow(2, -0.004, 0.00, step=4, heldout_loss=3.99), 0.62,
+                     style_confidence=0.1)
+    assert moved.key == (2, 4) and "probability 0.90" in moved.reason
+    # Unsure (or unknown): held-out loss, as before, and the reason gives both probabilities.
+    unsure = K.settle(result, chosen, runner, 0.62, style_confidence=0.7)
+    assert unsure.key == (2, 4)
+    assert "(and by style_prob: 0.70), so trial 2 at step 4 is chosen for lower" in unsure.reason
+    # Above the threshold the classifier is not asked.
+    assert K.settle(result, chosen, runner, 0.85, style_confidence=0.0).key == (0, 8)
+
+
+def test_the_paired_style_prob_probability_from_per_sample_values():
+    # Per-sample style_prob of two models on the same 6 seeds: A is higher in every pair but one.
+    a, b = [0.5, 0.4, 0.6, 0.3, 0.5, 0.2], [0.1, 0.2, 0.3, 0.1, 0.2, 0.4]
+    p = K.paired_better([a], [b], lambda sums: sums[0], n_boot=2000, seed=0)
+    assert 0.95 < p <= 1.0 and K.paired_better([b], [a], lambda sums: sums[0], n_boot=2000, seed=0) < 0.05
+
+
 def test_the_recorded_confidence_settles_the_pick_of_the_summary():
     study = FakeStudy([copying_trial(0)])
     assert summarize(study).selected == (0, 8)
@@ -204,6 +230,10 @@ def test_the_recorded_confidence_settles_the_pick_of_the_summary():
     assert s.selected == (0, 8) and s.confidence == 0.62 and "style indistinguishable" in s.pick.reason
     study.trials[0].trajectory[1]["heldout_loss"] = 3.5
     assert summarize(study).selected == (0, 4)
+    # The classifier's own probability, recorded beside it, decides the tie first.
+    study.user_attrs["pick_confidence"] = {"selected": [0, 8], "runner_up": [0, 4], "value": 0.62,
+                                           "style_value": 0.95}
+    assert summarize(study).selected == (0, 8)
     # A confidence measured for another pair does not apply.
     study.user_attrs["pick_confidence"] = {"selected": [0, 8], "runner_up": [1, 4], "value": 0.1}
     assert math.isnan(summarize(study).confidence)

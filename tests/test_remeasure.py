@@ -6,6 +6,8 @@ import math
 import random
 from types import SimpleNamespace
 
+import pytest
+
 from gpt2ft import leaders as L
 from gpt2ft import metrics as M
 from gpt2ft import summary as S
@@ -96,7 +98,8 @@ def _fake_assets(n_ngram: int = 8):
     config = SimpleNamespace(train=SimpleNamespace(seed=0), metrics=SimpleNamespace(ngram=n_ngram))
     return SimpleNamespace(config=config,
                            references=SimpleNamespace(samples={}), top_ids=frozenset(range(100)),
-                           index=NgramIndex([5000 + i for i in range(64)], max_n=16), runtime=None, tokenizer=None)
+                           index=NgramIndex([5000 + i for i in range(64)], max_n=16), runtime=None, tokenizer=None,
+                           classifier=None)
 
 
 def _measure_by_key(values):
@@ -129,6 +132,41 @@ def test_the_remeasure_follows_the_pick_until_pick_and_runner_up_are_both_remeas
     assert s.selected == (1, 8) and s.candidate(1, 8)["remeasured"] and s.candidate(1, 4)["remeasured"]
     assert study.user_attrs["pick_confidence"]["runner_up"] == [1, 4]
     assert value > 0.8 and s.confidence == value
+
+
+def test_the_remeasure_records_per_sample_style_prob_and_the_classifier_settles_a_tie(tmp_path, monkeypatch):
+    """Pick and runner-up indistinguishable by top100_ratio on the re-measure: the classifier's
+    per-sample probabilities, recorded with it, decide; the same two with the classifier unsure
+    fall back on the lower held-out loss."""
+    study = FakeStudy([FakeTrial(0, [pt(0, 0.37), pt(4, 0.54, loss=3.6)]),
+                       FakeTrial(1, [pt(0, 0.37), pt(4, 0.545, loss=3.9)])])
+    assert summarize(study).selected == (1, 4)
+
+    def measure(assets, model, n, seed):  # the same top-100 hits; texts that say whose they are
+        return {"top100_ratio": 0.54, "memorization": 0.0}, [f"{model[1]}:{i}" for i in range(n)], _samples(0.54, n)
+    monkeypatch.setattr(L, "measure_model", measure)
+
+    def assets(by_trial):
+        def prob(texts):
+            return [by_trial[int(t[1])] + (0.05 if int(t.split(":")[1]) % 2 else -0.05) for t in texts]
+        return SimpleNamespace(**{**vars(_fake_assets()), "classifier": SimpleNamespace(usable=True, prob=prob)})
+    ckpt = FakeCheckpoints(tmp_path, {(0, 4), (1, 4)})
+    L.remeasure(study, assets({0: 0.2, 1: 0.6}), ckpt, 20, 0, lambda n, m: None)
+    probs = study.user_attrs["remeasure_1_4"]["style_probs"]
+    assert len(probs) == 20 and probs[:2] == pytest.approx([0.55, 0.65])
+    assert L.measure_confidence(study, 0) < 0.8
+    recorded = study.user_attrs["pick_confidence"]  # equal re-measures: either may lead, trial 1 decides
+    assert {tuple(recorded["selected"]), tuple(recorded["runner_up"])} == {(0, 4), (1, 4)}
+    assert recorded["style_value"] == (1.0 if recorded["selected"] == [1, 4] else 0.0)
+    s = summarize(study)
+    assert s.selected == (1, 4) and "the style classifier finds it more like the book" in s.pick.reason
+    # The classifier sees no difference: the lower held-out loss, trial 0.
+    for key in ("remeasure_0_4", "remeasure_1_4", "pick_confidence"):
+        del study.user_attrs[key]
+    L.remeasure(study, assets({0: 0.4, 1: 0.4}), ckpt, 20, 0, lambda n, m: None)
+    L.measure_confidence(study, 0)
+    assert study.user_attrs["pick_confidence"]["style_value"] == 0.5
+    assert summarize(study).selected == (0, 4)
 
 
 def test_each_trial_keeps_its_best_eligible_point_and_the_runner_up():
