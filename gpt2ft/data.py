@@ -115,8 +115,9 @@ def _cut(paras: list[str], max_chars: Optional[int], pieces: int = 1) -> tuple[l
 
     Centred, not at each part's start: with one piece that would be the book's opening again,
     whose preface or frame is the book's least typical page. A run takes its next paragraph while
-    that brings the total nearer ``(i + 1) * max_chars / pieces`` (one at least), so long
-    paragraphs do not add up to a slice far over ``max_chars``; runs never overlap."""
+    that brings the total nearer ``(i + 1) * max_chars / pieces`` (one at least, unless earlier
+    runs' long paragraphs already passed that), so long paragraphs never add up to a slice far
+    over ``max_chars``; runs never overlap."""
     total = sum(len(p) for p in paras)
     if max_chars is None or total <= max_chars:
         return paras, []
@@ -125,8 +126,9 @@ def _cut(paras: list[str], max_chars: Optional[int], pieces: int = 1) -> tuple[l
     chosen: set[int] = set()
     got = 0
     for i in range(pieces):
+        target = (i + 1) * size
         j, first = bisect.bisect_left(starts, (i + 0.5) * total / pieces - size / 2), True
-        while j < len(paras) and (first or got + len(paras[j]) / 2 <= (i + 1) * size):
+        while j < len(paras) and got < target and (first or got + len(paras[j]) / 2 <= target):
             if j not in chosen:
                 chosen.add(j)
                 got += len(paras[j])

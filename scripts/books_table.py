@@ -1,6 +1,7 @@
 """docs/books.md's table: one row per book's demo study, read from the studies' store.
 
-Each argument names a study and the book it trained on (``STUDY=PATH``); every number comes from
+Each argument names a study and the book it trained on (``STUDY=PATH``, or ``STUDY@STORAGE=PATH``
+for a study kept elsewhere, e.g. ``make demo``'s); every number comes from
 the study's records through ``gpt2ft.summary`` (its references, candidates and pick) and the first
 200 characters from the slice ``gpt2ft.data`` cuts with the study's own config, none typed by hand.
 ``--walls`` reads the wall times a sweep wrote (lines ``NAME rc=0 wall=SECONDS``).
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--storage", required=True)
     ap.add_argument("--walls", help="a sweep's wall times, lines 'NAME rc=0 wall=SECONDS'")
-    ap.add_argument("studies", nargs="+", metavar="STUDY=PATH")
+    ap.add_argument("studies", nargs="+", metavar="STUDY[@STORAGE]=PATH")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")  # Optuna's experimental-feature notes on opening the storage
     walls = {}
@@ -75,8 +76,9 @@ def main(argv=None) -> int:
     rows, starts, met = [HEAD], [], 0
     for spec in args.studies:
         name, _, path = spec.partition("=")
-        study = load_study(args.storage, name)
-        line, ok = row(name, summarize(study), walls.get(name.removeprefix("demo-"), "-"))
+        name, _, storage = name.partition("@")
+        study = load_study(storage or args.storage, name)
+        line, ok = row(name, summarize(study), walls.get(Path(path).stem, "-"))
         rows.append(line)
         met += ok
         starts.append(f"* {name}: {opening(study, path)!r}")
