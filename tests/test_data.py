@@ -307,6 +307,18 @@ def test_max_chars_draws_its_slice_from_places_spread_over_the_training_part(tmp
         DataConfig(slice_pieces=0)
 
 
+def test_a_slice_of_long_paragraphs_stays_near_max_chars():
+    from gpt2ft.data import _cut
+    # A paragraph of 1,500 characters where each of four runs has a share of 375: the first run
+    # takes it whole and the later runs, their shares passed, take nothing more.
+    paras = ["a" * 100] * 5 + ["b" * 1500] + ["c" * 100] * 30
+    kept, rest = _cut(paras, 1500, 4)
+    assert kept == ["b" * 1500] and len(rest) == 35
+    # Short paragraphs: about max_chars in all, from four places.
+    kept, rest = _cut(["x" * 100] * 100, 2000, 4)
+    assert sum(map(len, kept)) == 2000 and len(kept) + len(rest) == 100
+
+
 def test_text_without_markers_is_taken_whole(tmp_path):
     path = tmp_path / "plain.txt"
     path.write_text("\n\n".join(numbered(30)))
