@@ -2,13 +2,14 @@
 
 A measurement is ``gpt2ft.measure.measure_model``: sampling (``generate.sample``), the sample
 metrics (``measure_samples``: the n-gram look-ups, the style divergence, the bootstrap, the
-diversity, the base model's fluency, the style classifier) and the extraction test
-(``generate.greedy_until_wrong``). This script builds the experiment's assets once (``assets.prepare``),
-then measures the base model ``--runs`` times and times each part with ``time.perf_counter``
-around the functions ``measure_model`` calls (patched for the run only, so the code measured
-is the code a trial runs). A part called inside another (the memorization inside the
-bootstrap) counts towards the outer one; ``other`` is what no part covers (renormalising the
-samples, the glue). Per part: the median seconds, the median share of the measurement, and
+diversity, the base model's fluency, the style classifier, the near-verbatim words) and the
+teacher-forced passes (extraction, ``gpt2ft.extraction``; membership, ``gpt2ft.membership``).
+This script builds the experiment's assets once (``assets.prepare``), then measures the base model
+``--runs`` times and times each part with ``time.perf_counter`` around the functions
+``measure_model`` calls (patched for the run only, so the code measured is the code a trial runs).
+A part called inside another (the memorization inside the bootstrap) counts towards the outer
+one; ``other`` is what no part covers (renormalising the samples, the glue).
+Per part: the median seconds, the median share of the measurement, and
 the calls per measurement. The metric values of every run are kept and must agree: a fixed
 seed gives one answer.
 
@@ -55,6 +56,9 @@ PARTS = (
     ("gpt2ft.measure", "sample", "sampling"),
     ("gpt2ft.measure", "greedy", "extraction"),
     ("gpt2ft.measure", "greedy_until_wrong", "extraction"),
+    ("gpt2ft.extraction", "suffix_scores", "extraction"),
+    ("gpt2ft.membership", "window_scores", "membership"),
+    ("gpt2ft.words", "WordIndex.measure", "near-verbatim"),
     ("gpt2ft.metrics", "top100_ratio", "top100_ratio"),
     ("gpt2ft.metrics", "top100_counts", "top100_ratio"),
     ("gpt2ft.metrics", "memorization", "memorization 4/8/16"),
@@ -69,8 +73,8 @@ PARTS = (
     ("gpt2ft.measure", "perplexity", "fluency"),
     ("gpt2ft.style", "StyleClassifier.prob", "classifier"),
 )
-ORDER = ("sampling", "extraction", "fluency", "classifier", "bootstrap", "top100_ratio", "memorization 4/8/16",
-         "longest_copy", "style_js", "distinct-n, repetition", "other")
+ORDER = ("sampling", "extraction", "membership", "near-verbatim", "fluency", "classifier", "bootstrap",
+         "top100_ratio", "memorization 4/8/16", "longest_copy", "style_js", "distinct-n, repetition", "other")
 
 
 class Sections:
@@ -240,7 +244,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     config = load_config(args.config, args.set)
     assets, setup = load_assets(config, args.assets_cache)
     print(f"{config.model.name}: {config.sample.n_samples} x {config.sample.new_tokens} tokens, "
-          f"{config.metrics.extraction_prompts} + {config.metrics.extraction_prompts} extraction prompts, "
+          f"at most {config.metrics.extraction_prompts} + {config.metrics.extraction_prompts} extraction prompts, "
           f"{torch.get_num_threads()} threads, load average {load0[0]:.1f}, mm {gflops0:.0f} GFLOP/s; "
           f"setup {setup:.0f} s", flush=True)
     for _ in range(args.warmup):

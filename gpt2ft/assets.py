@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+
+from gpt2ft import extraction as X
 from gpt2ft import metrics as M
 from gpt2ft import pick as P
 from gpt2ft.config import Config
@@ -24,12 +27,13 @@ from gpt2ft.data import Book, TokenData, encode, load_book, normalise_ws, tokeni
 from gpt2ft.errors import UserError
 from gpt2ft.gutenberg import other_novels_folder
 from gpt2ft.judges import Bounds, heldout_bound, reference_bound
-from gpt2ft.measure import chunks, matched_diversity, matched_js, measure_model, measure_samples
+from gpt2ft.measure import chunks, matched_diversity, matched_js, measure_model, measure_samples, window_losses
 from gpt2ft.model import Runtime, describe, load_model, load_tokenizer, n_params, resolve_runtime, seed_everything
 from gpt2ft.ngram_index import NgramIndex
 from gpt2ft.sampler import Sampler, packs_on, sampling_dtype
 from gpt2ft.style import StyleClassifier, load_other_novels
 from gpt2ft.train import evaluate
+from gpt2ft.words import WordIndex
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,8 @@ class References:
     values: dict[str, float] = field(default_factory=dict)
     samples: dict[str, list[list[int]]] = field(default_factory=dict)
     seconds: float = 0.0
+    losses: dict[str, Any] = field(default_factory=dict)
+    """``base``: the base model's loss on each membership window (``measure.window_losses``)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,11 @@ class Assets:
         """The base model in the sampling precision, made once: the fixed judge of fluency. In bf16
         it scored 20 held-out pieces of the book 58.28 against fp32's 58.27, in half the time."""
         return Sampler(self.sampler.dtype).weights_of(self.base_model)
+
+    @functools.cached_property
+    def word_index(self) -> WordIndex:
+        """The training text's word n-grams, for the near-verbatim measure (built in well under a second)."""
+        return WordIndex(self.tokenizer.decode(self.data.train_ids))
 
     def __getstate__(self) -> dict:
         # The decoding copies are per process (bench/measure.py pickles the assets).
@@ -161,9 +172,15 @@ def compute_references(assets: Assets, with_base: bool = True) -> References:
             values[f"{prefix}_{k}"] = v
         values[f"{prefix}_style_js"] = matched_js(assets, seqs, leave_out=prefix == "book")
         values.update({f"{prefix}_{k}": v for k, v in matched_diversity(assets, seqs).items()})
+    losses: dict[str, Any] = {}
     if with_base:
         model = assets.base_model
-        base, _, ids = measure_model(assets, model, assets.config.sample.n_samples, assets.config.train.seed)
+        if assets.config.metrics.mia_windows:
+            with torch.inference_mode():
+                losses["base"] = window_losses(assets, assets.sampler.weights_of(model))[0]
+        # Measured against its own window losses, the base model's mia_auc is 0.5 by construction.
+        base, _, ids = measure_model(assets.with_references(References(losses=losses)), model,
+                                     assets.config.sample.n_samples, assets.config.train.seed)
         tc = assets.config.train
         base["heldout_loss"] = evaluate(model, d.heldout_windows, tc.batch_size, assets.runtime, tc.eval_batches)
         samples["base"] = ids
@@ -172,7 +189,7 @@ def compute_references(assets: Assets, with_base: bool = True) -> References:
     values["heldout_windows"] = float(d.heldout_windows.shape[0])
     if assets.classifier is not None:
         values["style_classifier_accuracy"] = assets.classifier.heldout_accuracy
-    return References(values, samples, time.perf_counter() - t0)
+    return References(values, samples, time.perf_counter() - t0, losses)
 
 
 def book_top_ids(book: Book, tokenizer, data: TokenData, k: int) -> frozenset[int]:
@@ -183,25 +200,34 @@ def book_top_ids(book: Book, tokenizer, data: TokenData, k: int) -> frozenset[in
 
 
 def book_extraction_rate(assets: Assets) -> float:
-    """``book_extractable_rate``: the share of held-out prompts-plus-continuations (cut as
-    ``measure.extraction`` cuts its prompts) that occur whole in the training text, i.e. what a
-    model would "extract" from held-out prompts by knowing the training text alone."""
+    """``book_extractable_rate``: the share of held-out prompts (prefix and suffix, cut as
+    ``measure.extraction`` cuts them) that occur whole in the training text, i.e. what a model would
+    "extract" from held-out prompts by knowing the training text alone."""
     cfg = assets.config.metrics
     if cfg.extraction_prompts == 0:
         return math.nan
-    pieces = chunks(assets.data.heldout_windows.flatten().tolist(), 2 * cfg.extraction_tokens,
-                    cfg.extraction_prompts)
-    return M.verbatim_rate(pieces, assets.data.train_windows.flatten().tolist())
+    rows = X.prompts(assets.data.heldout_windows, cfg.extraction_prefix, cfg.extraction_tokens, cfg.extraction_prompts)
+    return M.verbatim_rate(rows.tolist(), assets.data.train_windows.flatten().tolist())
 
 
 def study_bounds(config: Config, refs: dict[str, float]) -> Bounds:
-    """The three copying judges' bounds from the references and the study's factors, floors and
-    margin (``gpt2ft.judges``)."""
+    """The copying judges' bounds from the references and the study's factors, floors and margins
+    (``gpt2ft.judges``, docs/pick.md); a judge ``study.judges`` leaves out has no bound."""
     s = config.study
-    return Bounds(memorization_bound(config, refs),
-                  reference_bound(refs.get("book_extractable_rate", math.nan),
-                                  refs.get("base_extractable_rate", math.nan), s.extraction_factor, s.extraction_floor),
-                  heldout_bound(refs.get("base_heldout_loss", math.nan), s.heldout_margin))
+
+    def extraction(name: str) -> float:
+        # The book's chance rate counts for both: a held-out prompt found whole in the training text
+        # is reproduced by greedy decoding and by the sampler alike.
+        return reference_bound(refs.get("book_extractable_rate", math.nan), refs.get(f"base_{name}", math.nan),
+                               s.extraction_factor, s.extraction_floor)
+    bounds = Bounds(memorization_bound(config, refs), extraction("extractable_rate"),
+                    heldout_bound(refs.get("base_heldout_loss", math.nan), s.heldout_margin),
+                    discoverable=extraction("discoverable_rate"),
+                    near_verbatim=reference_bound(refs.get("book_near_verbatim", math.nan),
+                                                  refs.get("base_near_verbatim", math.nan),
+                                                  s.memorization_factor, s.memorization_floor),
+                    membership=0.5 + s.mia_margin)
+    return bounds.only(s.judges)
 
 
 def memorization_bound(config: Config, refs: dict[str, float]) -> float:

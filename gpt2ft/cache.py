@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 # 2: judges on the whole book (held-out windows, top-100, classifier), extraction reference;
 # 3: the fluency NLL over flattened rows (the references move in their fifth digit);
 # 4: the book and the other novels cleaned to their prose (gpt2ft.prose; Book.prose).
-CACHE_VERSION = 4
+# 5: extraction over every window under the sampler, membership (the base model's window losses), near-verbatim.
+CACHE_VERSION = 5
 #: train.* fields that setup uses: the seed (classifier, reference sampling), and the held-out
 #: loss of the base model (batch, eval batches; device and precision as resolved, see
 #: :func:`relevant_config`). The rest shape trials only.

@@ -313,10 +313,11 @@ def _duration(seconds: float) -> str:
 # and candidates.csv on the study's run hold every column.
 _TRIAL_COLUMNS = ("number", "state", "lr", "epochs", "batch_size", "goldfish_k", "top100_ratio", "memorization",
                   "best_heldout_loss", "style_prob", "selected")
-_CANDIDATE_COLUMNS = ("number", "step", "epoch", "goldfish_k", "top100_ratio", "memorization", "extractable_rate",
-                      "heldout_loss", "n_samples", "pick", "out_by")
+_CANDIDATE_COLUMNS = ("number", "step", "epoch", "goldfish_k", "top100_ratio", "memorization", "near_verbatim",
+                      "extractable_rate", "discoverable_rate", "mia_auc", "heldout_loss", "n_samples", "pick", "out_by")
 # why_not's judges, as the short word the table has room for (said under the table).
-_JUDGE_WORDS = {"memorization": "mem", "extractable_rate": "ext", "heldout_loss": "loss", "degenerate": "degen"}
+_JUDGE_WORDS = {"memorization": "mem", "near_verbatim": "words", "extractable_rate": "ext",
+                "discoverable_rate": "disc", "mia_auc": "mia", "heldout_loss": "loss", "degenerate": "degen"}
 
 
 def print_trials(summary) -> None:
@@ -337,13 +338,14 @@ def print_candidates(summary) -> None:
     c = c.assign(pick=["selected" if s else "eligible" if e else "out" for s, e in zip(c["selected"], c["eligible"])],
                  out_by=[_judges(w) for w in c.get("why_not", [""] * len(c))])
     cols = [k for k in _CANDIDATE_COLUMNS if k in c.columns]
-    print(f"\ncandidates (bounds: memorization <= {summary.bounds.memorization:.3g}, extractable_rate <= "
-          f"{summary.bounds.extraction:.3g}, heldout_loss <= {summary.bounds.heldout_loss:.4g}; all columns: "
-          "candidates.csv)")
+    from gpt2ft.judges import JUDGE_METRICS
+    bounds = ", ".join(f"{JUDGE_METRICS[j]} <= {b:.4g}" for j, b in summary.bounds.by_judge().items()
+                       if math.isfinite(b))
+    print(f"\ncandidates (bounds: {bounds}; all columns: candidates.csv)")
     print(c[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if c["out_by"].astype(bool).any():
-        print("out_by: mem = memorization, ext = extractable_rate, loss = heldout_loss over its bound; "
-              "degen = degenerate samples")
+        print("out_by: mem = memorization, words = near_verbatim, ext = extractable_rate, disc = discoverable_rate, "
+              "mia = mia_auc, loss = heldout_loss over its bound; degen = degenerate samples")
 
 
 def _judges(why_not) -> str:
@@ -360,8 +362,8 @@ def print_before_after(summary) -> None:
     after = summary.candidate(number, step)
     head = f"after ({number}@{step})"
     print(f"\n{'metric':<18}{'before (base)':>15}{head:>18}{'book (held-out)':>17}")
-    for k in ("top100_ratio", "heldout_loss", "memorization", "extractable_rate", "fluency_ppl", "style_js",
-              "style_prob"):
+    for k in ("top100_ratio", "heldout_loss", "memorization", "near_verbatim", "extractable_rate",
+              "discoverable_rate", "extraction_log10p", "mia_auc", "fluency_ppl", "style_js", "style_prob"):
         if k in after or f"base_{k}" in refs:
             print(f"{k:<18}{refs.get('base_' + k, math.nan):>15.4f}{after.get(k, math.nan):>18.4f}"
                   f"{refs.get('book_' + k, math.nan):>17.4f}")
@@ -375,12 +377,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_references(args: argparse.Namespace) -> int:
     from gpt2ft.assets import REFERENCE_SOURCES, compute_references, prepare
     from gpt2ft.config import load_config
-    from gpt2ft.measure import SAMPLE_METRICS
+    from gpt2ft.measure import MODEL_METRICS, SAMPLE_METRICS
 
     config = load_config(args.config, args.overrides)
     assets = prepare(config, args.corpus)
     refs = compute_references(assets, with_base=not args.no_base).values
-    names = [m for m in SAMPLE_METRICS + ("extractable_rate", "extractable_rate_heldout")]
+    names = list(SAMPLE_METRICS + MODEL_METRICS)
     header = f"{'metric':<26}" + "".join(f"{p:>12}" for p in REFERENCE_SOURCES)
     print(header)
     for m in names:

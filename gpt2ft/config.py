@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from gpt2ft.configio import build as _build, deep_update, parse_override, read_yaml, set_dotted
 from gpt2ft.errors import ConfigError
+from gpt2ft.judges import DEFAULT_JUDGES, JUDGES
 from gpt2ft.pick import RULES as PICK_RULES
 
 #: ``sample.precision`` (``gpt2ft.sampler``) and ``sample.decode`` (``gpt2ft.generate``) values,
@@ -203,10 +204,18 @@ class MetricsConfig:
     """n of the headline ``memorization`` score."""
     bootstrap: int = 200
     """Bootstrap resamples for the standard errors of sample metrics."""
-    extraction_prompts: int = 32
-    """Places in the text from which ``extractable_rate`` prompts are taken (0 = off)."""
+    extraction_prompts: int = 256
+    """At most this many extraction prompts on each side (training, held-out), spread over the text (0 = off)."""
+    extraction_prefix: int = 32
+    """Prefix length of an extraction prompt (``gpt2ft.extraction``)."""
     extraction_tokens: int = 32
-    """Prompt length and continuation length of the extraction test."""
+    """Suffix length, and the stride between prompts in a window."""
+    discoverable_n: int = 100
+    """``discoverable_rate``: a suffix is discoverable when one of this many sampler draws reproduces it..."""
+    discoverable_p: float = 0.5
+    """... with at least this probability."""
+    mia_windows: int = 128
+    """Training windows membership inference compares with every held-out window (0 = off)."""
     style_classifier: bool = True
     """Train the TF-IDF classifier for ``style_prob`` (needs other novels)."""
 
@@ -215,7 +224,9 @@ class MetricsConfig:
         _check(1 <= self.ngram <= 16, "metrics.ngram must be between 1 and 16.")
         _check(self.bootstrap >= 0, "metrics.bootstrap must be >= 0.")
         _check(self.extraction_prompts >= 0, "metrics.extraction_prompts must be >= 0.")
-        _check(self.extraction_tokens >= 1, "metrics.extraction_tokens must be >= 1.")
+        _check(min(self.extraction_tokens, self.extraction_prefix, self.discoverable_n) >= 1 and self.mia_windows >= 0,
+               "metrics.extraction_prefix, extraction_tokens and discoverable_n must be >= 1, mia_windows >= 0.")
+        _check(0 < self.discoverable_p <= 1, "metrics.discoverable_p must lie in (0, 1].")
 
 
 @dataclass(frozen=True)
@@ -315,6 +326,10 @@ class StudyConfig:
     extraction_floor: float = 0.05
     """The extraction bound is never below this: with 32 prompts one reproduced continuation
     (0.031) is tolerated, two are not; with fewer than 20 prompts none is."""
+    judges: list[str] = field(default_factory=lambda: list(DEFAULT_JUDGES))
+    """The copying judges the pick uses (``gpt2ft.judges.JUDGES``; memorization always)."""
+    mia_margin: float = 0.1
+    """The membership judge's bound is ``mia_auc`` 0.5 + this."""
     heldout_margin: float = 0.1
     """A candidate whose held-out loss is above the base model's by more than this (nats per token)
     predicts unseen text of the book worse than before fine-tuning and is not eligible. 0.1 is
@@ -372,6 +387,8 @@ class StudyConfig:
         _check(self.fluency_factor > 1 and self.extraction_factor > 0 and self.heldout_margin >= 0,
                "study.fluency_factor must be > 1, study.extraction_factor > 0 and study.heldout_margin >= 0.")
         _check(0 <= self.extraction_floor <= 1, "study.extraction_floor must be between 0 and 1.")
+        _check(set(self.judges) <= set(JUDGES) and 0 <= self.mia_margin <= 0.5,
+               f"study.judges must list judges of {', '.join(JUDGES)}; study.mia_margin must lie in [0, 0.5].")
         _check(self.checkpoints_per_trial >= 1, "study.checkpoints_per_trial must be >= 1.")
         _check(self.stop_after >= 0, "study.stop_after must be >= 0 (0 = off).")
         _check(self.writer in ("auto", "process", "inline"),

@@ -141,8 +141,7 @@ def load_selected(storage_url: Optional[str], study_name: Optional[str], trackin
 
 def excluding_judges(row: dict[str, Any], bounds: J.Bounds) -> list[str]:
     """The judges that exclude a candidate row (the pick's: the degenerate guard, then copying)."""
-    copying = J.copying_failures(row.get("memorization", math.nan), row.get("extractable_rate", math.nan),
-                                 row.get("heldout_loss", math.nan), bounds)
+    copying = J.copying_failures(J.judged_values(row), bounds)
     return (["degenerate"] if row.get("degenerate") else []) + [judge for judge, _ in copying]
 
 

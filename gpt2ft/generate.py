@@ -1,4 +1,4 @@
-"""Sampling for the metrics and greedy continuations for the extraction test.
+"""Sampling for the metrics, and greedy decoding (the extraction test's definition).
 
 Sampling follows the method: ``do_sample=True``, the EOS token banned through
 ``bad_words_ids`` and ``min_length == max_length``, so every sequence has exactly
@@ -80,7 +80,7 @@ def _decode_kwargs(decode: str, device: torch.device) -> dict:
 def greedy(model, runtime: Runtime, prompts: Sequence[Sequence[int]], new_tokens: int,
            eos_token_id: int, batch_size: int = 32) -> list[list[int]]:
     """Greedy continuations of equal-length prompts (the extraction test of Carlini et al.), decoded
-    step by step: the definition :func:`greedy_until_wrong` computes in one pass."""
+    step by step: the definition ``gpt2ft.extraction.suffix_scores`` computes in one pass."""
     was_training = model.training
     model.eval()
     outs: list[list[int]] = []
@@ -92,42 +92,6 @@ def greedy(model, runtime: Runtime, prompts: Sequence[Sequence[int]], new_tokens
                                  do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                  pad_token_id=eos_token_id, use_cache=True)
         outs.extend(out[:, chunk.shape[1]:].tolist())
-    model.train(was_training)
-    return outs
-
-
-@torch.no_grad()
-def greedy_until_wrong(model, runtime: Runtime, prompts: Sequence[Sequence[int]],
-                       truths: Sequence[Sequence[int]], batch_size: int = 32) -> list[list[int]]:
-    """Each prompt's greedy continuation up to and including its first token that differs from the
-    prompt's true continuation (``truths``, all of one length n): all n tokens when greedy decoding
-    reproduces the truth, so ``metrics.extractable_rate`` of these is that of :func:`greedy`'s.
-
-    One teacher-forced forward pass over prompt + truth instead of n decoding steps. While greedy
-    decoding follows the truth its inputs are the truth's tokens, so its choice at each step is the
-    argmax of the logits the pass gives at that position; its first wrong token is the first
-    argmax that differs. The pass costs the same whether the model copies or not (0.3 s for
-    SmolLM2's 16 prompts of 32 + 32 tokens here, where decoding took 1.6 s), and on a GPU it is one
-    launch instead of n. The logits come from one batched pass instead of a growing cache, so they
-    differ in their last bits (docs/measure_speed.md); a choice moves only at a near tie."""
-    was_training = model.training
-    model.eval()
-    outs: list[list[int]] = []
-    for i in range(0, len(prompts), batch_size):
-        truth = torch.tensor([list(t) for t in truths[i:i + batch_size]], dtype=torch.long, device=runtime.device)
-        chunk = torch.tensor([list(p) for p in prompts[i:i + batch_size]], dtype=torch.long, device=runtime.device)
-        n = truth.shape[1]
-        if n == 0:
-            outs.extend([] for _ in range(len(chunk)))
-            continue
-        # Position t predicts token t + 1: the last n positions of prompt + truth[:-1] predict the truth.
-        ids = torch.cat([chunk, truth[:, :-1]], dim=1)
-        with runtime.autocast():
-            logits = _last_logits(model, ids, n)
-        choice = logits.argmax(dim=-1)
-        right = (choice == truth).long().cumprod(dim=1).sum(dim=1).tolist()  # tokens reproduced
-        for row, k in enumerate(right):
-            outs.append(truth[row, :k].tolist() + choice[row, k:k + 1].tolist())
     model.train(was_training)
     return outs
 

@@ -1,30 +1,39 @@
-"""Who may be picked: the three judges of copying and the degenerate-text guard, as pure rules.
+"""Who may be picked: the judges of copying and the degenerate-text guard, as pure rules.
 
 A *candidate* is one measured point of a trial (an epoch end, a ``sample.every_steps`` point or
-the trial's end). It is **eligible** only when every judge lets it through:
+the trial's end). It is **eligible** only when every judge the study uses (``study.judges``,
+:data:`DEFAULT_JUDGES`) lets it through:
 
 * **memorization** -- sampled 8-gram overlap with the training text at most
   :func:`reference_bound` of the held-out book's and the base model's overlap (a floor under it);
+* **near-verbatim** -- the same for word 8-grams with case and punctuation stripped
+  (``gpt2ft.words``): a copy with its punctuation changed is still a copy;
 * **extraction** -- ``extractable_rate`` (greedy continuations of training prefixes that
   reproduce the training text exactly) at most the same kind of bound, built from the
   held-out book's chance rate and the base model's rate;
+* **sampled extraction** -- ``discoverable_rate``: the same prompts, scored by the probability that
+  the study's own sampler reproduces the suffix (``gpt2ft.extraction``), same kind of bound;
+* **membership** -- ``mia_auc`` (``gpt2ft.membership``) at most 0.5 plus ``study.mia_margin``;
 * **held-out loss** -- the loss on the book's held-out windows at most the base model's plus a
   margin: a model that predicts unseen text of the book *worse* than before fine-tuning has
   learned its training text, not the style;
 
 and its samples are not **degenerate** (:func:`degenerate_reason`: loops by diversity,
 incoherence by the judge model's perplexity). Ten samples of 100 tokens can miss copying that
-greedy decoding and the held-out loss see at once, hence three judges and not one.
+extraction and the held-out loss see at once, hence several judges and not one.
 
 Plain functions over numbers, importing nothing heavier than the standard library.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Mapping
 
-__all__ = ["Bounds", "DEGENERATE_FACTOR", "FLUENCY_FACTOR", "REPETITION_FLOOR", "JUDGES",
-           "copying_failures", "degenerate_reason", "heldout_bound", "reference_bound"]
+__all__ = ["Bounds", "DEFAULT_JUDGES", "DEGENERATE_FACTOR", "FLUENCY_FACTOR", "REPETITION_FLOOR", "JUDGES",
+           "JUDGE_METRICS", "copying_failures", "degenerate_reason", "heldout_bound", "judged_values",
+           "reference_bound"]
 
 #: Default tolerance of :func:`degenerate_reason` (see its docstring for the numbers).
 DEGENERATE_FACTOR = 1.5
@@ -33,13 +42,28 @@ REPETITION_FLOOR = 0.15
 #: Default factor over the held-out book's perplexity under the judge model above which
 #: samples are incoherent (see :func:`degenerate_reason`).
 FLUENCY_FACTOR = 2.0
-#: The copying judges, in the order a reason names them.
-JUDGES = ("memorization", "extraction", "held-out loss")
+#: Each copying judge, in the order a reason names them, and the metric it reads.
+JUDGE_METRICS = {"memorization": "memorization", "near-verbatim": "near_verbatim", "extraction": "extractable_rate",
+                 "sampled extraction": "discoverable_rate", "membership": "mia_auc", "held-out loss": "heldout_loss"}
+JUDGES = tuple(JUDGE_METRICS)
+#: The judges a study uses unless ``study.judges`` says otherwise: all but membership, which every
+#: fine-tuned point of the demo's 13-window slice passes at AUC 1.00 (docs/pick.md).
+DEFAULT_JUDGES = ("memorization", "near-verbatim", "extraction", "sampled extraction", "held-out loss")
+#: The study's user attribute (and parent-run param) that records each judge's bound.
+BOUND_ATTRS = {"memorization": "memorization_bound", "near-verbatim": "near_verbatim_bound",
+               "extraction": "extraction_bound", "sampled extraction": "discoverable_bound",
+               "membership": "membership_bound", "held-out loss": "heldout_bound"}
+#: The judges' metrics beyond the three a ``pick.TrialRow`` names as fields.
+EXTRA_METRICS = ("near_verbatim", "discoverable_rate", "mia_auc")
+#: Bounds' field of each judge.
+_FIELDS = {"memorization": "memorization", "near-verbatim": "near_verbatim", "extraction": "extraction",
+           "sampled extraction": "discoverable", "membership": "membership", "held-out loss": "heldout_loss"}
 
 
 @dataclass(frozen=True)
 class Bounds:
-    """The most a candidate may show of each kind of copying and still be eligible (inclusive)."""
+    """The most a candidate may show of each kind of copying and still be eligible (inclusive);
+    ``inf``: that judge is off."""
 
     memorization: float = 0.02
     """Share of sampled 8-grams found in the training text."""
@@ -47,6 +71,33 @@ class Bounds:
     """``extractable_rate``: share of training prefixes whose continuation greedy decoding reproduces."""
     heldout_loss: float = math.inf
     """Mean loss on the book's held-out windows (nats per token)."""
+    discoverable: float = math.inf
+    """``discoverable_rate``: share of training prefixes whose suffix the study's sampler reproduces
+    at least once in ``metrics.discoverable_n`` draws with probability ``metrics.discoverable_p``."""
+    near_verbatim: float = math.inf
+    """Share of sampled word 8-grams (case, punctuation and spacing stripped) found in the training text."""
+    membership: float = math.inf
+    """``mia_auc``: how well the base-calibrated loss tells training windows from held-out ones."""
+
+    def by_judge(self) -> dict[str, float]:
+        """``{judge: bound}`` in :data:`JUDGES`' order."""
+        return {judge: float(getattr(self, _FIELDS[judge])) for judge in JUDGES}
+
+    def as_attrs(self) -> dict[str, float]:
+        """``{"memorization_bound": ..., ...}``: how a study records its bounds (:data:`BOUND_ATTRS`)."""
+        return {BOUND_ATTRS[j]: b for j, b in self.by_judge().items()}
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping) -> "Bounds":
+        """The bounds a study recorded (a judge an older study lacks is off; memorization NaN admits none)."""
+        return cls(**{_FIELDS[j]: float(attrs.get(a, math.nan if j == "memorization" else math.inf))
+                      for j, a in BOUND_ATTRS.items()})
+
+    def only(self, judges) -> "Bounds":
+        """These bounds with every judge not in ``judges`` switched off (memorization excepted: it
+        ranks the candidates, so it is always judged)."""
+        off = {_FIELDS[j]: math.inf for j in JUDGES if j not in judges and j != "memorization"}
+        return dataclasses.replace(self, **off)
 
 
 def reference_bound(book: float, base: float, factor: float, floor: float) -> float:
@@ -68,21 +119,31 @@ def heldout_bound(base_heldout_loss: float, margin: float) -> float:
     return base + float(margin) if math.isfinite(base) else math.inf
 
 
-def copying_failures(memorization: float, extraction: float, heldout_loss: float,
-                     bounds: Bounds) -> list[tuple[str, str]]:
-    """``[(judge, "memorization 0.031 > 0.02"), ...]`` for each copying judge the values fail.
+def copying_failures(values: Mapping[str, float], bounds: Bounds) -> list[tuple[str, str]]:
+    """``[(judge, "memorization 0.031 > 0.02"), ...]`` for each copying judge the metric ``values``
+    (``{"memorization": ..., "extractable_rate": ..., ...}``, :data:`JUDGE_METRICS`) fail.
 
-    Every bound is inclusive. A NaN value is no evidence and fails nothing (an extraction that
-    was switched off, a held-out loss that was not evaluated), except ``memorization``, which a
+    Every bound is inclusive. A NaN or missing value is no evidence and fails nothing (an extraction
+    that was switched off, a held-out loss that was not evaluated), except ``memorization``, which a
     candidate must have to be ranked at all (:func:`gpt2ft.pick.pick` drops such rows first).
     """
     out = []
-    for judge, name, value, bound in (("memorization", "memorization", memorization, bounds.memorization),
-                                      ("extraction", "extractable_rate", extraction, bounds.extraction),
-                                      ("held-out loss", "heldout_loss", heldout_loss, bounds.heldout_loss)):
-        v = float(value)
+    for judge, bound in bounds.by_judge().items():
+        name = JUDGE_METRICS[judge]
+        v = float(values.get(name, math.nan))
         if math.isfinite(v) and not v <= bound:  # `not <=`: a NaN bound admits nothing
             out.append((judge, f"{name} {v:.3g} > {bound:.3g}"))
+    return out
+
+
+def judged_values(row: Mapping) -> dict[str, float]:
+    """The metrics the copying judges read, from any mapping of a candidate's values (NaN where missing)."""
+    out = {}
+    for name in JUDGE_METRICS.values():
+        try:
+            out[name] = float(row.get(name, math.nan))
+        except (TypeError, ValueError):
+            out[name] = math.nan
     return out
 
 

@@ -44,7 +44,7 @@ def point_row(study: Any, number: int, point: dict[str, float]) -> P.TrialRow:
     style = S.study_style(attrs, point.get("top100_ratio", math.nan))
     return P.TrialRow(number, style, float(point.get("memorization", math.nan)), degenerate=bool(why), why=why,
                       step=int(point["step"]), extraction=float(point.get("extractable_rate", math.nan)),
-                      heldout_loss=float(point.get("heldout_loss", math.nan)))
+                      heldout_loss=float(point.get("heldout_loss", math.nan)), copying=P.copying_of(point))
 
 
 def keeper(study: Any, number: int, checkpoints: Checkpoints, tokenizer,

@@ -19,15 +19,19 @@ import torch
 from gpt2ft import metrics as M
 from gpt2ft.data import encode, normalise_ws
 from gpt2ft.fluency import perplexity
-from gpt2ft.generate import greedy_until_wrong, sample
+from gpt2ft import extraction as X
+from gpt2ft import membership as MI
+from gpt2ft.generate import sample
 
 if TYPE_CHECKING:  # assets imports this module; the type is only for signatures
     from gpt2ft.assets import Assets
 
 #: Sample metrics, in the order they are printed. ``*_se`` companions are logged beside them.
-SAMPLE_METRICS = ("top100_ratio", "memorization", "memorization_4", "memorization_16",
-                  "longest_copy", "style_js", "style_prob", "distinct_1", "distinct_2", "distinct_3",
-                  "repetition_4", "fluency_ppl")
+SAMPLE_METRICS = ("top100_ratio", "memorization", "memorization_4", "memorization_16", "longest_copy",
+                  "near_verbatim", "near_verbatim_longest", "style_js", "style_prob", "distinct_1", "distinct_2",
+                  "distinct_3", "repetition_4", "fluency_ppl")
+#: Metrics of the model itself (teacher-forced passes, ``extraction``), beside the sample metrics.
+MODEL_METRICS = tuple(f"{m}{side}" for side in ("", "_heldout") for m in X.METRICS) + MI.METRICS
 #: Diversity statistics; a reference text must be measured at the samples' size for them
 #: (distinct-n falls as a text grows), see :func:`matched_diversity`.
 DIVERSITY = {"distinct_1": lambda s: M.distinct_n(s, 1), "distinct_2": lambda s: M.distinct_n(s, 2),
@@ -59,6 +63,9 @@ def measure_samples(assets: "Assets", samples: Sequence[Sequence[int]], texts: O
                              ("memorization_4", mem[4]), ("memorization_16", mem[16])):
         out[name] = M.pooled_ratio(num, den)
     out["longest_copy"] = float(longest_copy(assets, samples)[0])
+    if texts is None:
+        texts = [assets.tokenizer.decode(s) for s in samples]
+    out.update(assets.word_index.measure(texts))
     flat = [t for s in samples for t in s]
     out["style_js"] = M.js_divergence(flat, assets.data.heldout_ids)
     if cfg.bootstrap:
@@ -69,8 +76,6 @@ def measure_samples(assets: "Assets", samples: Sequence[Sequence[int]], texts: O
         out["fluency_ppl"], out["fluency_ppl_se"] = perplexity(
             assets.fluency_judge, chunks_of(samples, FLUENCY_PIECES), assets.runtime.device)
     if assets.classifier is not None and assets.classifier.usable:
-        if texts is None:
-            texts = [assets.tokenizer.decode(s) for s in samples]
         probs = assets.classifier.prob(list(texts))
         out["style_prob"], out["style_prob_se"] = M.mean_se(probs)
     return out
@@ -139,29 +144,32 @@ def chunks(ids: Sequence[int], size: int, limit: Optional[int] = None) -> list[l
 
 
 def extraction(assets: "Assets", model) -> dict[str, float]:
-    """``extractable_rate``: greedy continuations of training prefixes that reproduce the true
-    continuation exactly; ``extractable_rate_heldout``: the same from held-out prefixes."""
-    cfg = assets.config.metrics
-    if cfg.extraction_prompts == 0:
-        return {}
-    k, n = cfg.extraction_prompts, cfg.extraction_tokens
-    # Prompts come from the raw token streams the model was trained on, not the normalised ones.
-    pieces = {name: chunks(stream.flatten().tolist(), 2 * n, k)
-              for name, stream in (("extractable_rate", assets.data.train_windows),
-                                   ("extractable_rate_heldout", assets.data.heldout_windows))}
-    prompts = [p[:n] for ps in pieces.values() for p in ps]
-    if not prompts:
-        return {}
-    # Every prompt has n tokens, so both sets go through one batched teacher-forced pass, which
-    # gives each greedy continuation as far as its first wrong token: all extractable_rate needs.
-    truths = [p[n:] for ps in pieces.values() for p in ps]
-    conts = greedy_until_wrong(model, assets.runtime, prompts, truths, batch_size=len(prompts))
-    out, start = {}, 0
-    for name, ps in pieces.items():
-        if ps:
-            out[name] = M.extractable_rate(conts[start:start + len(ps)], [p[n:] for p in ps])
-            start += len(ps)
+    """What the model knows of its training windows, from teacher-forced passes (no sampling):
+    greedy and sampled extraction on training and held-out prompts (``gpt2ft.extraction``) and
+    membership inference against the base model (``gpt2ft.membership``)."""
+    cfg, sc = assets.config.metrics, assets.config.sample
+    out: dict[str, float] = {}
+    if cfg.extraction_prompts:
+        banned = X.banned_ids(model, assets.tokenizer)
+        # Prompts come from the raw token streams the model was trained on, not the normalised ones.
+        for side, windows in (("", assets.data.train_windows), ("_heldout", assets.data.heldout_windows)):
+            rows = X.prompts(windows, cfg.extraction_prefix, cfg.extraction_tokens, cfg.extraction_prompts)
+            exact, log10p = X.suffix_scores(model, assets.runtime, rows, cfg.extraction_prefix, sc.top_k,
+                                            sc.temperature, banned)
+            out.update(X.summarise(exact, log10p, cfg.discoverable_n, cfg.discoverable_p, side))
+    if cfg.mia_windows:
+        loss, minkpp = window_losses(assets, model)
+        n_train = min(assets.data.train_windows.shape[0], cfg.mia_windows)
+        out.update(MI.membership(loss, minkpp, assets.references.losses.get("base"), n_train,
+                                 cfg.bootstrap, assets.config.train.seed))
     return out
+
+
+def window_losses(assets: "Assets", model):
+    """Per-window (loss, Min-K%++) of ``model`` on the membership windows, training ones first."""
+    train, heldout = MI.windows_of(assets.data.train_windows, assets.data.heldout_windows,
+                                   assets.config.metrics.mia_windows)
+    return MI.window_scores(model, assets.runtime, torch.cat([train, heldout]))
 
 
 def measure_model(assets: "Assets", model, n_samples: int,

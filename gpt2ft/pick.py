@@ -38,8 +38,8 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
-from gpt2ft.judges import (DEGENERATE_FACTOR, FLUENCY_FACTOR, REPETITION_FLOOR, Bounds, copying_failures,
-                           degenerate_reason, reference_bound)
+from gpt2ft.judges import (DEGENERATE_FACTOR, EXTRA_METRICS, FLUENCY_FACTOR, JUDGE_METRICS, JUDGES,
+                           REPETITION_FLOOR, Bounds, copying_failures, degenerate_reason, reference_bound)
 
 __all__ = [
     "DEGENERATE_FACTOR",
@@ -50,6 +50,7 @@ __all__ = [
     "PickResult",
     "TrialRow",
     "contenders",
+    "copying_of",
     "criterion",
     "degenerate_reason",
     "ineligible_reason",
@@ -91,6 +92,15 @@ class TrialRow:
     extraction: float = math.nan
     heldout_loss: float = math.nan
     style_se: float = math.nan
+    copying: tuple[tuple[str, float], ...] = ()
+    """The other judges' metrics as (name, value) pairs (``near_verbatim``, ``discoverable_rate``,
+    ``mia_auc``, see ``judges.JUDGE_METRICS``); a tuple so that a row stays hashable."""
+
+    @property
+    def values(self) -> dict[str, float]:
+        """Every metric a copying judge reads."""
+        return {**dict(self.copying), "memorization": self.memorization, "extractable_rate": self.extraction,
+                "heldout_loss": self.heldout_loss}
 
     @property
     def key(self) -> tuple[int, int]:
@@ -121,6 +131,11 @@ class PickResult:
     @property
     def key(self) -> tuple[int, int]:
         return (self.number, self.step)
+
+
+def copying_of(values) -> tuple[tuple[str, float], ...]:
+    """``TrialRow.copying`` from any mapping of a candidate's metrics (NaN where one is missing)."""
+    return tuple((name, float(values.get(name, math.nan))) for name in EXTRA_METRICS)
 
 
 def style_score(
@@ -215,7 +230,7 @@ def pareto_front(rows: Iterable[TrialRow]) -> list[TrialRow]:
 def _failures(row: TrialRow, bounds: Bounds) -> list[tuple[str, str]]:
     """Every judge ``row`` fails, as (judge, text): the degenerate guard, then the copying judges."""
     out = [("degenerate", row.why or "degenerate")] if row.degenerate else []
-    return out + copying_failures(row.memorization, row.extraction, row.heldout_loss, bounds)
+    return out + copying_failures(row.values, bounds)
 
 
 def ineligible_reason(row: TrialRow, bounds: Bounds) -> str:
@@ -273,7 +288,7 @@ def _exclusions(excluded: list[tuple[TrialRow, list[tuple[str, str]]]]) -> str:
     """``"memorization: 2@16 (memorization 0.031 > 0.02), ...; extraction: ..."``: every
     excluded candidate under each judge that excluded it (the first few, then a count)."""
     parts = []
-    for judge in ("degenerate", "memorization", "extraction", "held-out loss"):
+    for judge in ("degenerate",) + JUDGES:
         hits = [f"{r.number}@{r.step} ({text})" for r, fails in sorted(excluded, key=lambda e: e[0].key)
                 for j, text in fails if j == judge]
         if hits:
@@ -286,9 +301,9 @@ def _least_bad(usable: list[TrialRow], bounds: Bounds) -> TrialRow:
     """The candidate closest to eligible: not degenerate, fewest failed judges, then the
     smallest excess over the bounds it fails (relative), then least copying, then best style."""
     def excess(r: TrialRow) -> float:
-        total = 0.0
-        for value, bound in ((r.memorization, bounds.memorization), (r.extraction, bounds.extraction),
-                             (r.heldout_loss, bounds.heldout_loss)):
+        total, values = 0.0, r.values
+        for judge, bound in bounds.by_judge().items():
+            value = values.get(JUDGE_METRICS[judge], math.nan)
             if math.isfinite(value) and value > bound:
                 total += (value - bound) / max(abs(bound), 1e-9)
         return total

@@ -167,7 +167,7 @@ def log_study_report(parent, summary, trajectories, assets, sample_ids: dict[int
     parent.log_text(table.to_csv(index=False), "trials.csv")
     parent.log_text(summary.candidates.to_csv(index=False), "candidates.csv")
     parent.log_text(trajectories.to_csv(index=False), "trajectories.csv")
-    refs = {**summary.references, "memorization_bound": summary.bound, "heldout_bound": summary.bounds.heldout_loss}
+    refs = {**summary.references, **summary.bounds.as_attrs()}
     chosen = summary.candidate(*summary.selected) if summary.selected else None
     parent.log_figure(plots.style_vs_copying(table.assign(selected=False), refs, trajectories, chosen=chosen),
                       "plots/style_vs_copying.png")

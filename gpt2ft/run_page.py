@@ -10,12 +10,13 @@ import math
 from typing import Any
 
 from gpt2ft.fmt import fmt
+from gpt2ft.judges import JUDGE_METRICS
 
 #: The figures the study's run logs (gpt2ft.report), shown in its description.
 FIGURES = {"plots/style_vs_copying.png": "Style vs copying: each trial's path from the base model",
            "plots/copying_and_loss_by_epoch.png": "Copying and held-out loss by epoch"}
-_COLUMNS = ("number", "step", "epoch", "goldfish_k", "top100_ratio", "memorization", "extractable_rate", "heldout_loss",
-            "n_samples")
+_COLUMNS = ("number", "step", "epoch", "goldfish_k", "top100_ratio", "memorization", "near_verbatim",
+            "extractable_rate", "discoverable_rate", "mia_auc", "heldout_loss", "n_samples")
 #: MLflow keeps a tag of at most 8,000 characters: a long study's table shows its first rows (the
 #: pick first, then the eligible by closeness to the book) and says where the rest are.
 MAX_ROWS = 24
@@ -41,8 +42,10 @@ def _pick_lines(summary: Any) -> str:
     base = summary.references.get("base_top100_ratio", math.nan)
     return (f"**The pick: trial {number} at step {step} (epoch {fmt(row.get('epoch', math.nan))})**{conf}. "
             f"`top100_ratio` {fmt(row.get('top100_ratio', math.nan))} (base model {fmt(base)}, the book "
-            f"{fmt(book)}), `memorization` {fmt(row.get('memorization', math.nan))}, `heldout_loss` "
-            f"{fmt(row.get('heldout_loss', math.nan))}.\n\nWhy: {pick.reason}")
+            f"{fmt(book)}), `memorization` {fmt(row.get('memorization', math.nan))}, `near_verbatim` "
+            f"{fmt(row.get('near_verbatim', math.nan))}, `discoverable_rate` "
+            f"{fmt(row.get('discoverable_rate', math.nan))}, `mia_auc` {fmt(row.get('mia_auc', math.nan))}, "
+            f"`heldout_loss` {fmt(row.get('heldout_loss', math.nan))}.\n\nWhy: {pick.reason}")
 
 
 def _candidate_table(summary: Any) -> str:
@@ -61,9 +64,9 @@ def _candidate_table(summary: Any) -> str:
         lines.append("| " + " | ".join(fmt(row.get(k)) for k in cols) + f" | {says} |")
     if len(c) > MAX_ROWS:
         lines.append(f"\n{len(c) - MAX_ROWS} more in `candidates.csv`.")
-    b = summary.bounds
-    return (f"Candidates (bounds: `memorization` <= {fmt(b.memorization)}, `extractable_rate` <= "
-            f"{fmt(b.extraction)}, `heldout_loss` <= {fmt(b.heldout_loss)}):\n\n" + "\n".join(lines))
+    bounds = ", ".join(f"`{JUDGE_METRICS[j]}` <= {fmt(b)}" for j, b in summary.bounds.by_judge().items()
+                       if math.isfinite(b))
+    return f"Candidates (bounds: {bounds}):\n\n" + "\n".join(lines)
 
 
 def _figures(run_id: str) -> str:

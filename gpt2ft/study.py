@@ -83,11 +83,10 @@ def config_yaml(config: Config) -> str:
 
 def record_setup(study: optuna.Study, config: Config, assets: Assets, checkpoint_root: str) -> dict[str, float]:
     """Write what every worker and export reads from the study (config, corpus, references,
-    rule, the three copying bounds, the degenerate-text rule, where checkpoints live); returns
+    rule, the copying judges' bounds, the degenerate-text rule, where checkpoints live); returns
     the bounds. Once recorded, these are the study's: a resumed run with other settings keeps them."""
     refs = assets.references.values
-    b = study_bounds(config, refs)
-    bounds = {"memorization_bound": b.memorization, "extraction_bound": b.extraction, "heldout_bound": b.heldout_loss}
+    bounds = study_bounds(config, refs).as_attrs()
     s = config.study
     for key, value in (("config_yaml", config_yaml(config)), ("corpus", assets.book.source),
                        ("references", refs), ("pick_rule", s.pick_rule), *bounds.items(),

@@ -28,9 +28,10 @@ from gpt2ft import pick as P
 #: When copying began and whether held-out loss warned first (``gpt2ft.trajectory``).
 ONSET_METRICS = ("copying_onset_step", "copying_onset_epoch", "heldout_turn_step", "heldout_up_before_copying")
 #: Per-candidate metrics carried into the tables (beside params, state and the pick's columns).
-TABLE_METRICS = ("top100_ratio", "top100_ratio_se", "memorization", "extractable_rate", "heldout_loss",
-                 "fluency_ppl", "distinct_2", "repetition_4", "style_prob", "longest_copy", "style_js",
-                 "train_loss")
+TABLE_METRICS = ("top100_ratio", "top100_ratio_se", "memorization", "near_verbatim", "extractable_rate",
+                 "discoverable_rate", "extraction_log10p", "mia_auc", "mia_auc_se", "heldout_loss",
+                 "fluency_ppl", "distinct_2", "repetition_4", "style_prob", "longest_copy", "near_verbatim_longest",
+                 "style_js", "train_loss")
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,7 @@ def derived_points(trial: Any, low: int, high: int) -> list[dict[str, Any]]:
 
 def recorded_bounds(attrs: dict[str, Any]) -> J.Bounds:
     """The bounds the study recorded when it was set up (older studies: memorization only)."""
-    return J.Bounds(float(attrs.get("memorization_bound", math.nan)),
-                    float(attrs.get("extraction_bound", math.inf)), float(attrs.get("heldout_bound", math.inf)))
+    return J.Bounds.from_attrs(attrs)
 
 
 def study_style(attrs: dict[str, Any], top100_ratio: float) -> float:
@@ -202,7 +202,8 @@ def candidate_rows(table: pd.DataFrame) -> list[P.TrialRow]:
     return [P.TrialRow(int(r.number), float(r.style_score), float(r.memorization), str(r.state),
                        degenerate=bool(r.degenerate), why=str(r.degenerate_why), step=int(r.step),
                        extraction=float(r.extractable_rate), heldout_loss=float(r.heldout_loss),
-                       style_se=float(r.top100_ratio_se)) for r in table.itertuples()]
+                       style_se=float(r.top100_ratio_se), copying=P.copying_of(r._asdict()))
+            for r in table.itertuples()]
 
 
 CANDIDATE_COLUMNS = ["number", "step", "epoch", "state", "is_end", *TABLE_METRICS, "style_score", "n_samples",

@@ -14,7 +14,10 @@ Point = Mapping[str, Any]
 #: Metrics of a trajectory point, logged as MLflow step metrics under these (the final) names.
 POINT_METRICS = ("top100_ratio", "top100_ratio_se", "memorization", "memorization_se", "memorization_4",
                  "memorization_16", "longest_copy", "style_js", "style_prob", "distinct_1", "distinct_2", "distinct_3",
-                 "repetition_4", "fluency_ppl", "extractable_rate", "extractable_rate_heldout")
+                 "repetition_4", "fluency_ppl", "near_verbatim", "near_verbatim_longest", "extractable_rate",
+                 "extractable_rate_heldout", "extraction_prob", "extraction_prob_heldout", "discoverable_rate",
+                 "discoverable_rate_heldout", "extraction_log10p", "extraction_log10p_heldout", "mia_auc",
+                 "mia_auc_se", "mia_auc_loss", "mia_auc_minkpp")
 
 
 def copying_onset(points: Sequence[Point], bound: float) -> Optional[Point]:

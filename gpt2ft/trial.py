@@ -167,8 +167,7 @@ class _Tracer:
         copies more, and no later point can be picked."""
         if not self.stop_after:
             return False
-        fails = J.copying_failures(p.get("memorization", math.nan), p.get("extractable_rate", math.nan),
-                                   p["heldout_loss"], self.bounds)
+        fails = J.copying_failures(J.judged_values(p), self.bounds)
         above = p["heldout_loss"] > min(self.heldout.values(), default=math.inf)
         self.copying_in_row = self.copying_in_row + 1 if fails and above else 0
         return self.copying_in_row >= self.stop_after

@@ -18,8 +18,8 @@ from __future__ import annotations
 LEAD = "Style and copying"
 PICK = "Pick"
 #: The charts a trial's page leads with.
-LEADING = ("train_loss", "heldout_loss", "top100_ratio", "memorization", "extractable_rate", "style_prob",
-           "fluency_ppl", "style_score")
+LEADING = ("train_loss", "heldout_loss", "top100_ratio", "memorization", "near_verbatim", "extractable_rate",
+           "discoverable_rate", "extraction_log10p", "mia_auc", "style_prob", "fluency_ppl", "style_score")
 _REFERENCE_PREFIXES = ("book_", "base_", "train_", "other_")
 _TIMING = ("tokens_per_second", "measure_share", "steps", "setup_cache_hit")
 SECTIONS = (LEAD, PICK, "detail", "remeasure", "refs", "timing")

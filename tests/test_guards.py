@@ -62,13 +62,16 @@ def test_the_fluency_judge_is_the_base_model_not_the_trials():
     from gpt2ft.model import Runtime, load_tokenizer
     from gpt2ft.ngram_index import NgramIndex
     from gpt2ft.sampler import Sampler
+    from gpt2ft.words import WordIndex
 
     tok = load_tokenizer(ModelConfig(name="random-gpt2"))
     base, trial = _gpt2(len(tok), seed=0), _gpt2(len(tok), seed=1, sharpness=40.0)
     book = tok("It is a truth that the king of Lilliput was a small man.")["input_ids"] * 20
-    config = load_config(TINY, ["metrics.bootstrap=0", "metrics.extraction_prompts=0", "sample.new_tokens=16"])
+    config = load_config(TINY, ["metrics.bootstrap=0", "metrics.extraction_prompts=0", "metrics.mia_windows=0",
+                                "sample.new_tokens=16"])
     assets = SimpleNamespace(config=config, tokenizer=tok, runtime=Runtime(torch.device("cpu"), None),
                              base_model=base, fluency_judge=base, sampler=Sampler(None),
+                             word_index=WordIndex(tok.decode(book)),
                              index=NgramIndex(book), top_ids=frozenset(book),
                              data=SimpleNamespace(heldout_ids=book), classifier=None)
     metrics, _texts, ids = measure_model(assets, trial, 4, seed=0)

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 
+from gpt2ft.judges import Bounds
 from gpt2ft.run_page import study_note
 
 
@@ -20,7 +21,7 @@ def summary(selected=(1, 8), confidence=0.77) -> SimpleNamespace:
     return SimpleNamespace(pick=SimpleNamespace(reason="trial 1 at step 12 is the best style score"),
                            selected=selected, candidate=lambda n, s: rows[(n, s)], candidates=cands,
                            confidence=confidence, references={"book_top100_ratio": 0.554, "base_top100_ratio": 0.407},
-                           bounds=SimpleNamespace(memorization=0.02, extraction=0.05, heldout_loss=4.145))
+                           bounds=Bounds(memorization=0.02, extraction=0.05, heldout_loss=4.145))
 
 
 def test_the_note_leads_with_the_pick_and_shows_every_candidate_and_both_figures() -> None:

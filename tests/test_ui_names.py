@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from gpt2ft.ui_names import LEAD, LEADING, plain, plain_name, ui_name
 
-# The 53 metrics a tiny study's trial run logged (2026-12-03), and the parent run's own kinds.
+# The metrics a tiny study's trial run logged (2026-12-03, and issue 33's), and the parent run's own kinds.
 TRIAL = ["best_epoch", "best_heldout_loss", "best_heldout_step", "checkpoint_seconds", "copy_seconds", "distinct_1",
          "distinct_2", "distinct_3", "epoch", "eval_seconds", "extractable_rate", "extractable_rate_heldout",
+         "discoverable_rate", "discoverable_rate_heldout", "extraction_prob", "extraction_log10p", "mia_auc",
+         "mia_auc_se", "mia_auc_minkpp", "near_verbatim", "near_verbatim_longest",
          "final_step20_distinct_2", "final_step20_memorization", "final_step20_top100_ratio", "fluency_ppl",
          "fluency_ppl_se", "heldout_loss", "heldout_perplexity", "log_seconds", "longest_copy", "measure_seconds",
          "measure_share", "memorization", "memorization_16", "memorization_4", "memorization_se", "overfit_gap",

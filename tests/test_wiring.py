@@ -232,11 +232,13 @@ def test_a_measurement_keeps_the_values_of_the_unbatched_unvectorised_code(one_t
     from gpt2ft.model import Runtime, load_tokenizer
     from gpt2ft.ngram_index import NgramIndex
     from gpt2ft.sampler import Sampler
+    from gpt2ft.words import WordIndex
 
     tok = load_tokenizer(ModelConfig(name="random-gpt2"))
     eos, rt, n = tok.eos_token_id, Runtime(torch.device("cpu"), None), 16
     model = _tiny_lm(len(tok), seed=0, sharpness=20.0)
-    config = load_config(TINY, ["metrics.extraction_prompts=4", f"metrics.extraction_tokens={n}"])
+    config = load_config(TINY, ["metrics.extraction_prompts=4", f"metrics.extraction_tokens={n}",
+                                f"metrics.extraction_prefix={n}", "metrics.mia_windows=0"])
     # The prompts are rows 0, 2, 4, 6 of each stream (four pieces spread over eight): training rows
     # 0 and 2 and held-out row 4 continue as the model continues them, so they are extractable.
     gen = torch.Generator().manual_seed(0)
@@ -250,7 +252,7 @@ def test_a_measurement_keeps_the_values_of_the_unbatched_unvectorised_code(one_t
     top = frozenset(sorted(set(ids[2]))[:10])
     judge = _tiny_lm(len(tok), 1, 1.0)
     assets = SimpleNamespace(config=config, tokenizer=tok, runtime=rt, base_model=judge, fluency_judge=judge,
-                             sampler=Sampler(None),
+                             sampler=Sampler(None), word_index=WordIndex(tok.decode(book)),
                              index=NgramIndex(book), top_ids=top, classifier=None,
                              data=SimpleNamespace(train_windows=train, heldout_windows=held, heldout_ids=book))
     got, _, got_ids = measure_model(assets, model, 4, seed=0)
@@ -279,11 +281,11 @@ def test_a_measurement_keeps_the_values_of_the_unbatched_unvectorised_code(one_t
     assert {k: got[k] for k in want} == want
 
 
-def test_one_teacher_forced_pass_gives_greedy_up_to_its_first_wrong_token(one_torch_thread):
-    """greedy_until_wrong gives each prompt's greedy continuation (generate, step by step) as far as
-    its first token off the truth, from one forward pass; a row that follows its truth to the end
-    comes whole, so the extractable rate is greedy's."""
-    from gpt2ft.generate import greedy, greedy_until_wrong
+def test_one_teacher_forced_pass_says_whether_greedy_decoding_reproduces_the_suffix(one_torch_thread):
+    """suffix_scores' exact match is greedy decoding's (generate, step by step), from one forward pass;
+    a suffix off greedy's path at its first, a middle or its last token is not reproduced."""
+    from gpt2ft.extraction import suffix_scores
+    from gpt2ft.generate import greedy
     from gpt2ft.model import Runtime
 
     model, rt, n = _tiny_lm(300, seed=0, sharpness=20.0), Runtime(torch.device("cpu"), None), 12
@@ -291,19 +293,19 @@ def test_one_teacher_forced_pass_gives_greedy_up_to_its_first_wrong_token(one_to
     prompts = torch.randint(0, 299, (4, n), generator=gen).tolist()
     full = greedy(model, rt, prompts, n, 299)
     # Truths: row 0 is the model's own continuation; the others leave it at 0, 5 and n - 1.
-    truths, wrong_at = [list(c) for c in full], {0: n, 1: 0, 2: 5, 3: n - 1}
-    for row, at in wrong_at.items():
-        if at < n:
-            truths[row][at] = (truths[row][at] + 1) % 299
+    truths = [list(c) for c in full]
+    for row, at in {1: 0, 2: 5, 3: n - 1}.items():
+        truths[row][at] = (truths[row][at] + 1) % 299
+    rows = torch.tensor([p + t for p, t in zip(prompts, truths)])
     calls = []
     hook = model.register_forward_hook(lambda *a: calls.append(1))
     try:
-        cut = greedy_until_wrong(model, rt, prompts, truths)
+        exact, log10p = suffix_scores(model, rt, rows, n, 0, 1.0, [])
     finally:
         hook.remove()
     assert len(calls) == 1
-    assert cut == [full[row][:at + 1] for row, at in wrong_at.items()]
-    assert M.extractable_rate(cut, truths) == M.extractable_rate(full, truths) == 0.25
+    assert exact.tolist() == [True, False, False, False]
+    assert M.extractable_rate(full, truths) == 0.25
 
     class NoKeep(torch.nn.Module):  # a causal LM whose forward has no logits_to_keep
         def __init__(self, inner):
@@ -313,7 +315,8 @@ def test_one_teacher_forced_pass_gives_greedy_up_to_its_first_wrong_token(one_to
         def forward(self, input_ids, attention_mask=None):
             return self.inner(input_ids=input_ids, attention_mask=attention_mask)
 
-    assert greedy_until_wrong(NoKeep(model), rt, prompts, truths) == cut
+    again, again_p = suffix_scores(NoKeep(model), rt, rows, n, 0, 1.0, [])
+    assert again.tolist() == exact.tolist() and np.allclose(again_p, log10p)
 
 
 def test_a_static_cache_draws_the_same_samples(one_torch_thread):

@@ -133,12 +133,39 @@ def _chosen_points(points: pd.DataFrame, chosen: Mapping[str, Any] | None,
             for r in points[points["selected"]].itertuples(index=False)]
 
 
+#: The judges besides memorization (the x axis) whose objections the figure marks: metric -> bound key.
+_OTHER_JUDGES = {"near_verbatim": "near_verbatim_bound", "extractable_rate": "extraction_bound",
+                 "discoverable_rate": "discoverable_bound", "mia_auc": "membership_bound",
+                 "heldout_loss": "heldout_bound"}
+
+
+def _mark_copying(ax: Axes, trajectories: pd.DataFrame | None, references: Mapping[str, Any], slots: _Slots) -> None:
+    """A red cross on every measured point another judge of copying objects to: the figure's x axis
+    is sampled memorization alone, and extraction, near-verbatim copies, membership or the held-out
+    loss often see copying first."""
+    if trajectories is None or trajectories.empty or "memorization" not in trajectories:
+        return
+    over = pd.Series(False, index=trajectories.index)
+    for metric, key in _OTHER_JUDGES.items():
+        bound = ref(references, key)
+        if metric in trajectories and bound is not None and np.isfinite(bound):
+            over |= pd.to_numeric(trajectories[metric], errors="coerce") > bound
+    hit = trajectories[over & trajectories["memorization"].map(finite) & trajectories["top100_ratio"].map(finite)]
+    if len(hit):
+        xs = [float(slots.x(n, m)) for n, m in zip(hit["number"], hit["memorization"])]
+        ax.scatter(xs, hit["top100_ratio"], marker="x", s=40, color="#c0392b", lw=1.2, zorder=5,
+                   label="copying by another judge (extraction, near-verbatim, membership or held-out loss)")
+
+
 def _mark_selected(ax: Axes, points: pd.DataFrame, chosen: Mapping[str, Any] | None, slots: _Slots) -> None:
     """Star and annotate the selected candidate (placed later, by :func:`_place_labels`)."""
     for x, mem, y, text in _chosen_points(points, chosen, slots):
         ax.scatter([x], [y], marker="*", s=420, color=SELECTED_COLOR, edgecolor="black",
                    lw=0.8, zorder=6, label="selected trial")
-        ax.annotate(f"{text}\ntop-100 ratio {y:.3f}, memorization {mem:.3g}",
+        evidence = ", ".join(f"{short} {float(chosen[k]):.3g}" for k, short in (
+            ("near_verbatim", "near-verbatim"), ("discoverable_rate", "discoverable"), ("mia_auc", "membership AUC"))
+            if chosen is not None and finite(chosen.get(k)))
+        ax.annotate(f"{text}\ntop-100 ratio {y:.3f}, memorization {mem:.3g}" + (f"\n{evidence}" if evidence else ""),
                     (x, y), xytext=_OFFSETS[0], textcoords="offset points", fontsize="small",
                     arrowprops=dict(arrowstyle="->", color="0.2"), gid="selected-label",
                     bbox=dict(boxstyle="round", fc="white", ec=SELECTED_COLOR, alpha=0.95), zorder=7)
@@ -247,6 +274,7 @@ def style_vs_copying(
         no_data(ax, "no completed trials with both metrics yet")
     _reference_marks(ax, references, axis)
     _draw_front(ax, points[points["on_front"]], ref(references, "book_top100_ratio"), slots)
+    _mark_copying(ax, trajectories, references, slots)
     _mark_selected(ax, points, chosen, slots)
     if n_hidden:
         ax.text(0.99, 0.01, f"{n_hidden} failed/pruned/unmeasured trial(s) not shown",
