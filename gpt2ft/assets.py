@@ -19,7 +19,6 @@ from typing import Any, Optional
 
 import torch
 
-from gpt2ft import extraction as X
 from gpt2ft import metrics as M
 from gpt2ft import pick as P
 from gpt2ft.config import Config
@@ -27,7 +26,8 @@ from gpt2ft.data import Book, TokenData, encode, load_book, normalise_ws, tokeni
 from gpt2ft.errors import UserError
 from gpt2ft.gutenberg import other_novels_folder
 from gpt2ft.judges import Bounds, heldout_bound, reference_bound
-from gpt2ft.measure import chunks, matched_diversity, matched_js, measure_model, measure_samples, window_losses
+from gpt2ft.measure import (chunks, matched_diversity, matched_js, measure_model, measure_samples, prompt_rows,
+                            prompt_scores)
 from gpt2ft.model import Runtime, describe, load_model, load_tokenizer, n_params, resolve_runtime, seed_everything
 from gpt2ft.ngram_index import NgramIndex
 from gpt2ft.sampler import Sampler, packs_on, sampling_dtype
@@ -54,7 +54,7 @@ class References:
     samples: dict[str, list[list[int]]] = field(default_factory=dict)
     seconds: float = 0.0
     losses: dict[str, Any] = field(default_factory=dict)
-    """``base``: the base model's loss on each membership window (``measure.window_losses``)."""
+    """``base``: the base model's suffix loss on each extraction prompt (``measure.prompt_scores``)."""
 
 
 @dataclass(frozen=True)
@@ -175,10 +175,10 @@ def compute_references(assets: Assets, with_base: bool = True) -> References:
     losses: dict[str, Any] = {}
     if with_base:
         model = assets.base_model
-        if assets.config.metrics.mia_windows:
+        if assets.config.metrics.extraction_prompts:
             with torch.inference_mode():
-                losses["base"] = window_losses(assets, assets.sampler.weights_of(model))[0]
-        # Measured against its own window losses, the base model's mia_auc is 0.5 by construction.
+                losses["base"] = prompt_scores(assets, assets.sampler.weights_of(model))[0]["loss"]
+        # Measured against its own prompt losses, the base model's mia_auc is 0.5 by construction.
         base, _, ids = measure_model(assets.with_references(References(losses=losses)), model,
                                      assets.config.sample.n_samples, assets.config.train.seed)
         tc = assets.config.train
@@ -206,13 +206,14 @@ def book_extraction_rate(assets: Assets) -> float:
     cfg = assets.config.metrics
     if cfg.extraction_prompts == 0:
         return math.nan
-    rows = X.prompts(assets.data.heldout_windows, cfg.extraction_prefix, cfg.extraction_tokens, cfg.extraction_prompts)
-    return M.verbatim_rate(rows.tolist(), assets.data.train_windows.flatten().tolist())
+    rows, n_train = prompt_rows(assets)
+    return M.verbatim_rate(rows[n_train:].tolist(), assets.data.train_windows.flatten().tolist())
 
 
 def study_bounds(config: Config, refs: dict[str, float]) -> Bounds:
-    """The copying judges' bounds from the references and the study's factors, floors and margins
-    (``gpt2ft.judges``, docs/pick.md); a judge ``study.judges`` leaves out has no bound."""
+    """Every copying judge's bound from the references and the study's factors, floors and margins
+    (``gpt2ft.judges``, docs/pick.md), whether ``study.judges`` uses it or not (the pick applies
+    ``Bounds.only(study.judges)``; the study records all, so a table can say when each would fail)."""
     s = config.study
 
     def extraction(name: str) -> float:
@@ -227,7 +228,7 @@ def study_bounds(config: Config, refs: dict[str, float]) -> Bounds:
                                                   refs.get("base_near_verbatim", math.nan),
                                                   s.memorization_factor, s.memorization_floor),
                     membership=0.5 + s.mia_margin)
-    return bounds.only(s.judges)
+    return bounds
 
 
 def memorization_bound(config: Config, refs: dict[str, float]) -> float:

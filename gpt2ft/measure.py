@@ -143,33 +143,42 @@ def chunks(ids: Sequence[int], size: int, limit: Optional[int] = None) -> list[l
     return chunks_of(pieces, limit) if limit is not None else pieces
 
 
+def prompt_rows(assets: "Assets") -> tuple[torch.Tensor, int]:
+    """The extraction prompts, training ones first, and how many of them are training ones: at most
+    ``metrics.extraction_prompts`` per side, the held-out side no larger than the training side.
+    Cut from the raw token streams the model was trained on, not the normalised ones."""
+    cfg = assets.config.metrics
+    train = X.prompts(assets.data.train_windows, cfg.extraction_prefix, cfg.extraction_tokens, cfg.extraction_prompts)
+    held = X.prompts(assets.data.heldout_windows, cfg.extraction_prefix, cfg.extraction_tokens,
+                     min(cfg.extraction_prompts, train.shape[0]))
+    return torch.cat([train, held]), train.shape[0]
+
+
+def prompt_scores(assets: "Assets", model) -> tuple[dict, int]:
+    """:func:`gpt2ft.extraction.suffix_scores` of every prompt of :func:`prompt_rows`, under the
+    study's sampler, and the number of training prompts."""
+    rows, n_train = prompt_rows(assets)
+    sc = assets.config.sample
+    cfg = assets.config.metrics
+    scores = X.suffix_scores(model, assets.runtime, rows, cfg.extraction_prefix, sc.top_k, sc.temperature,
+                             X.banned_ids(model, assets.tokenizer), minkpp=cfg.min_k_plus_plus)
+    return scores, n_train
+
+
 def extraction(assets: "Assets", model) -> dict[str, float]:
-    """What the model knows of its training windows, from teacher-forced passes (no sampling):
-    greedy and sampled extraction on training and held-out prompts (``gpt2ft.extraction``) and
-    membership inference against the base model (``gpt2ft.membership``)."""
-    cfg, sc = assets.config.metrics, assets.config.sample
+    """What the model knows of its training text, from one teacher-forced pass over the prompts (no
+    sampling): greedy and sampled extraction on training and held-out prompts (``gpt2ft.extraction``)
+    and membership inference against the base model (``gpt2ft.membership``)."""
+    cfg = assets.config.metrics
+    if cfg.extraction_prompts == 0:
+        return {}
+    scores, n = prompt_scores(assets, model)
     out: dict[str, float] = {}
-    if cfg.extraction_prompts:
-        banned = X.banned_ids(model, assets.tokenizer)
-        # Prompts come from the raw token streams the model was trained on, not the normalised ones.
-        for side, windows in (("", assets.data.train_windows), ("_heldout", assets.data.heldout_windows)):
-            rows = X.prompts(windows, cfg.extraction_prefix, cfg.extraction_tokens, cfg.extraction_prompts)
-            exact, log10p = X.suffix_scores(model, assets.runtime, rows, cfg.extraction_prefix, sc.top_k,
-                                            sc.temperature, banned)
-            out.update(X.summarise(exact, log10p, cfg.discoverable_n, cfg.discoverable_p, side))
-    if cfg.mia_windows:
-        loss, minkpp = window_losses(assets, model)
-        n_train = min(assets.data.train_windows.shape[0], cfg.mia_windows)
-        out.update(MI.membership(loss, minkpp, assets.references.losses.get("base"), n_train,
-                                 cfg.bootstrap, assets.config.train.seed))
+    for side, part in (("", slice(0, n)), ("_heldout", slice(n, None))):
+        out.update(X.summarise({k: v[part] for k, v in scores.items()}, cfg.discoverable_n, cfg.discoverable_p, side))
+    out.update(MI.membership(scores["loss"], scores.get("minkpp"), assets.references.losses.get("base"), n,
+                             cfg.bootstrap, assets.config.train.seed))
     return out
-
-
-def window_losses(assets: "Assets", model):
-    """Per-window (loss, Min-K%++) of ``model`` on the membership windows, training ones first."""
-    train, heldout = MI.windows_of(assets.data.train_windows, assets.data.heldout_windows,
-                                   assets.config.metrics.mia_windows)
-    return MI.window_scores(model, assets.runtime, torch.cat([train, heldout]))
 
 
 def measure_model(assets: "Assets", model, n_samples: int,

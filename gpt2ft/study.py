@@ -87,6 +87,7 @@ def record_setup(study: optuna.Study, config: Config, assets: Assets, checkpoint
     the bounds. Once recorded, these are the study's: a resumed run with other settings keeps them."""
     refs = assets.references.values
     bounds = study_bounds(config, refs).as_attrs()
+    study.set_user_attr("judges", list(config.study.judges))
     s = config.study
     for key, value in (("config_yaml", config_yaml(config)), ("corpus", assets.book.source),
                        ("references", refs), ("pick_rule", s.pick_rule), *bounds.items(),

@@ -100,7 +100,7 @@ def derived_points(trial: Any, low: int, high: int) -> list[dict[str, Any]]:
 
 def recorded_bounds(attrs: dict[str, Any]) -> J.Bounds:
     """The bounds the study recorded when it was set up (older studies: memorization only)."""
-    return J.Bounds.from_attrs(attrs)
+    return J.Bounds.from_attrs(attrs).only(attrs.get("judges", J.JUDGES))
 
 
 def study_style(attrs: dict[str, Any], top100_ratio: float) -> float:

@@ -231,7 +231,7 @@ def run_trial(assets: Assets, train_cfg: TrainConfig, run=None, keep_model: bool
     t_copy = time.perf_counter() - t0
     sc = assets.config.sample
     # A study passes the bounds it recorded at setup, the pick's own; a lone run builds them.
-    bounds = bounds or study_bounds(assets.config, assets.references.values)
+    bounds = bounds or study_bounds(assets.config, assets.references.values).only(assets.config.study.judges)
     tracer = _Tracer(assets, model, run, train_cfg.seed, bounds, on_candidate)
     try:
         result = fit(train_cfg, model, assets.data, tracer.saw, assets.runtime, progress=progress,

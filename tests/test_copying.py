@@ -40,19 +40,19 @@ def counting(rows: int, length: int, vocab: int) -> torch.Tensor:
 
 def test_a_model_sure_of_the_suffix_extracts_it_with_probability_one():
     rows = counting(3, 64, 50)
-    exact, log10p = X.suffix_scores(Successor(50, 1.0), CPU, rows, 32, 10, 1.0, [])
-    got = X.summarise(exact, log10p, 100, 0.5)
-    assert exact.all() and got["extraction_prob"] == pytest.approx(1.0)
+    scores = X.suffix_scores(Successor(50, 1.0), CPU, rows, 32, 10, 1.0, [])
+    got = X.summarise(scores, 100, 0.5)
+    assert scores["exact"].all() and got["extraction_prob"] == pytest.approx(1.0)
     assert got["discoverable_rate"] == 1.0 and got["extractable_rate"] == 1.0
 
 
 def test_a_half_sure_model_gives_the_suffix_32_log10_half():
     # Two tokens: the true one at 0.5, the other at 0.5 (top-k 2 keeps both, nothing is renormalised).
     rows = counting(2, 64, 2)
-    exact, log10p = X.suffix_scores(Successor(2, 0.5), CPU, rows, 32, 2, 1.0, [])
-    assert log10p == pytest.approx([32 * math.log10(0.5)] * 2)
+    scores = X.suffix_scores(Successor(2, 0.5), CPU, rows, 32, 2, 1.0, [])
+    assert scores["log10p"] == pytest.approx([32 * math.log10(0.5)] * 2)
     # 0.5^32 is far below what 100 draws find with probability 0.5: not discoverable.
-    assert X.summarise(exact, log10p, 100, 0.5)["discoverable_rate"] == 0.0
+    assert X.summarise(scores, 100, 0.5)["discoverable_rate"] == 0.0
     assert X.discoverable(np.array([math.log10(0.01)]), 100, 0.5).tolist() == [True]  # 1 - 0.99^100 = 0.63
 
 
@@ -63,12 +63,28 @@ def test_top_k_gives_a_suffix_token_outside_the_k_best_probability_zero():
             out = super().forward(input_ids, attention_mask, logits_to_keep)
             return SimpleNamespace(logits=-out.logits)
     rows = counting(2, 16, 10)
-    exact, log10p = X.suffix_scores(Unlikely(10, 0.9), CPU, rows, 8, 3, 1.0, [])
-    assert np.isneginf(log10p).all() and not exact.any()
-    got = X.summarise(exact, log10p, 100, 0.5)
+    scores = X.suffix_scores(Unlikely(10, 0.9), CPU, rows, 8, 3, 1.0, [])
+    assert np.isneginf(scores["log10p"]).all() and not scores["exact"].any()
+    got = X.summarise(scores, 100, 0.5)
     assert got["extraction_prob"] == 0.0 and got["extraction_log10p"] == X.LOG10P_FLOOR
     # Without top-k the same suffix has a (tiny) probability.
-    assert np.isfinite(X.suffix_scores(Unlikely(10, 0.9), CPU, rows, 8, 0, 1.0, [])[1]).all()
+    assert np.isfinite(X.suffix_scores(Unlikely(10, 0.9), CPU, rows, 8, 0, 1.0, [])["log10p"]).all()
+
+
+def test_the_warped_log_probability_is_the_masked_softmax_ties_and_bans_included():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 40, generator=gen).round(decimals=0)  # rounded: many ties at the k-th
+    targets = torch.randint(0, 40, (3, 5), generator=gen)
+    for top_k, temp, banned in ((5, 1.0, []), (7, 0.7, [3, 39]), (0, 1.3, [1])):
+        s = logits.clone()
+        s[..., banned] = -math.inf
+        s = s / temp
+        if top_k:
+            s = s.masked_fill(s < torch.topk(s, top_k).values[..., -1:], -math.inf)
+        want = torch.log_softmax(s, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        got = X.warped_target_log_probs(torch.log_softmax(logits, -1), targets, top_k, temp, banned)
+        assert torch.equal(torch.isinf(got), torch.isinf(want))
+        assert torch.allclose(got[torch.isfinite(want)], want[torch.isfinite(want)], atol=1e-5)
 
 
 def test_the_warped_probability_is_how_often_generate_draws_the_suffix():
@@ -89,9 +105,9 @@ def test_the_warped_probability_is_how_often_generate_draws_the_suffix():
     got = sample(model, tok, CPU, draws, 2, seed=1, top_k=top_k, temperature=temp, prompt_ids=prefix)
     suffix = max(set(map(tuple, got)), key=got.count)  # the likeliest pair, for a tight check
     freq = got.count(list(suffix)) / draws
-    _, log10p = X.suffix_scores(model, CPU, torch.tensor([prefix + list(suffix)]), 3, top_k, temp,
-                                X.banned_ids(model, tok))
-    p = 10 ** log10p[0]
+    scores = X.suffix_scores(model, CPU, torch.tensor([prefix + list(suffix)]), 3, top_k, temp,
+                             X.banned_ids(model, tok))
+    p = 10 ** scores["log10p"][0]
     assert abs(freq - p) < 4 * math.sqrt(p * (1 - p) / draws) + 1e-3
     assert all(eos not in s for s in got)
 
@@ -101,6 +117,7 @@ def test_prompts_are_every_suffix_offset_of_every_window_spread_to_the_cap():
     rows = X.prompts(windows, 32, 32, 256)
     assert rows.shape == (12, 64)  # offsets 0, 32, 64 in each of 4 windows
     assert rows[1, 0].item() == 32 and rows[3, 0].item() == 128
+    assert X.prompts(windows, 32, 32, 0).shape[0] == 0
     capped = X.prompts(windows, 32, 32, 5)
     assert capped.shape == (5, 64) and capped[0, 0].item() == 0 and capped[-1, 0].item() > 256
     assert X.prompts(windows[:, :40], 32, 32, 256).shape[0] == 0
@@ -124,14 +141,15 @@ def test_the_base_model_against_itself_scores_a_half_by_construction():
     assert trained["mia_auc"] == 1.0 and trained["mia_auc_se"] >= 0
 
 
-def test_window_scores_give_each_window_its_loss_and_a_min_k_score():
-    windows = counting(3, 16, 10)
-    loss, minkpp = MI.window_scores(Successor(10, 0.9), CPU, windows)
-    assert loss == pytest.approx([-math.log(0.9)] * 3)
-    noisy = windows.clone()
-    noisy[0, 5] = 0  # one surprising token: a higher loss and a lower Min-K%++ score
-    loss2, minkpp2 = MI.window_scores(Successor(10, 0.9), CPU, noisy)
-    assert loss2[0] > loss[0] and minkpp2[0] < minkpp[0]
+def test_the_extraction_pass_gives_each_prompt_its_suffix_loss_and_a_min_k_score():
+    rows = counting(3, 16, 10)
+    clean = X.suffix_scores(Successor(10, 0.9), CPU, rows, 8, 0, 1.0, [])
+    assert clean["loss"] == pytest.approx([-math.log(0.9)] * 3)
+    noisy = rows.clone()
+    noisy[0, 12] = 0  # one surprising suffix token: a higher loss and a lower Min-K%++ score
+    got = X.suffix_scores(Successor(10, 0.9), CPU, noisy, 8, 0, 1.0, [])
+    assert got["loss"][0] > clean["loss"][0] and got["minkpp"][0] < clean["minkpp"][0]
+    assert got["loss"][1:] == pytest.approx(clean["loss"][1:])
 
 
 def test_a_copy_with_case_and_punctuation_changed_is_near_verbatim_but_not_an_exact_8gram():
@@ -171,7 +189,7 @@ def test_each_new_bound_comes_from_its_references_and_excludes_a_candidate_over_
             "base_near_verbatim": 0.01, "book_extractable_rate": 0.0, "base_discoverable_rate": 0.04,
             "base_heldout_loss": 4.0}
     config = Config(study=StudyConfig(judges=list(J.JUDGES)))
-    b = study_bounds(config, refs)
+    b = study_bounds(config, refs).only(config.study.judges)
     assert b.near_verbatim == pytest.approx(3 * 0.02) and b.discoverable == pytest.approx(3 * 0.04)
     assert b.membership == pytest.approx(0.6)
     row = rows_with(**{metric: value})
@@ -179,8 +197,12 @@ def test_each_new_bound_comes_from_its_references_and_excludes_a_candidate_over_
     assert why.startswith(metric) and [j for j, _ in P._failures(row, b)] == [judge]
     assert P.pick([row, P.TrialRow(1, -0.5, 0.0, step=4, copying=rows_with().copying)], bounds=b).number == 1
     # Switched off, the judge no longer objects.
-    off = study_bounds(Config(study=StudyConfig(judges=[j for j in J.JUDGES if j != judge])), refs)
+    off = b.only([j for j in J.JUDGES if j != judge])
     assert P.ineligible_reason(row, off) == ""
+    # What a study records, read back with the judges it used.
+    from gpt2ft.summary import recorded_bounds
+    assert recorded_bounds({**b.as_attrs(), "judges": list(config.study.judges)}) == b
+    assert recorded_bounds({**b.as_attrs(), "judges": list(J.DEFAULT_JUDGES)}).membership == math.inf
 
 
 def test_recorded_bounds_round_trip_and_an_older_study_has_the_new_judges_off():

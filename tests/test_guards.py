@@ -67,8 +67,7 @@ def test_the_fluency_judge_is_the_base_model_not_the_trials():
     tok = load_tokenizer(ModelConfig(name="random-gpt2"))
     base, trial = _gpt2(len(tok), seed=0), _gpt2(len(tok), seed=1, sharpness=40.0)
     book = tok("It is a truth that the king of Lilliput was a small man.")["input_ids"] * 20
-    config = load_config(TINY, ["metrics.bootstrap=0", "metrics.extraction_prompts=0", "metrics.mia_windows=0",
-                                "sample.new_tokens=16"])
+    config = load_config(TINY, ["metrics.bootstrap=0", "metrics.extraction_prompts=0", "sample.new_tokens=16"])
     assets = SimpleNamespace(config=config, tokenizer=tok, runtime=Runtime(torch.device("cpu"), None),
                              base_model=base, fluency_judge=base, sampler=Sampler(None),
                              word_index=WordIndex(tok.decode(book)),

@@ -238,7 +238,7 @@ def test_a_measurement_keeps_the_values_of_the_unbatched_unvectorised_code(one_t
     eos, rt, n = tok.eos_token_id, Runtime(torch.device("cpu"), None), 16
     model = _tiny_lm(len(tok), seed=0, sharpness=20.0)
     config = load_config(TINY, ["metrics.extraction_prompts=4", f"metrics.extraction_tokens={n}",
-                                f"metrics.extraction_prefix={n}", "metrics.mia_windows=0"])
+                                f"metrics.extraction_prefix={n}"])
     # The prompts are rows 0, 2, 4, 6 of each stream (four pieces spread over eight): training rows
     # 0 and 2 and held-out row 4 continue as the model continues them, so they are extractable.
     gen = torch.Generator().manual_seed(0)
@@ -253,6 +253,7 @@ def test_a_measurement_keeps_the_values_of_the_unbatched_unvectorised_code(one_t
     judge = _tiny_lm(len(tok), 1, 1.0)
     assets = SimpleNamespace(config=config, tokenizer=tok, runtime=rt, base_model=judge, fluency_judge=judge,
                              sampler=Sampler(None), word_index=WordIndex(tok.decode(book)),
+                             references=SimpleNamespace(losses={}),
                              index=NgramIndex(book), top_ids=top, classifier=None,
                              data=SimpleNamespace(train_windows=train, heldout_windows=held, heldout_ids=book))
     got, _, got_ids = measure_model(assets, model, 4, seed=0)
@@ -300,11 +301,11 @@ def test_one_teacher_forced_pass_says_whether_greedy_decoding_reproduces_the_suf
     calls = []
     hook = model.register_forward_hook(lambda *a: calls.append(1))
     try:
-        exact, log10p = suffix_scores(model, rt, rows, n, 0, 1.0, [])
+        scores = suffix_scores(model, rt, rows, n, 0, 1.0, [])
     finally:
         hook.remove()
     assert len(calls) == 1
-    assert exact.tolist() == [True, False, False, False]
+    assert scores["exact"].tolist() == [True, False, False, False]
     assert M.extractable_rate(full, truths) == 0.25
 
     class NoKeep(torch.nn.Module):  # a causal LM whose forward has no logits_to_keep
@@ -315,8 +316,8 @@ def test_one_teacher_forced_pass_says_whether_greedy_decoding_reproduces_the_suf
         def forward(self, input_ids, attention_mask=None):
             return self.inner(input_ids=input_ids, attention_mask=attention_mask)
 
-    again, again_p = suffix_scores(NoKeep(model), rt, rows, n, 0, 1.0, [])
-    assert again.tolist() == exact.tolist() and np.allclose(again_p, log10p)
+    again = suffix_scores(NoKeep(model), rt, rows, n, 0, 1.0, [])
+    assert all(np.allclose(again[k], scores[k]) for k in scores)
 
 
 def test_a_static_cache_draws_the_same_samples(one_torch_thread):

@@ -1,0 +1,29 @@
+"""scripts/judges_table.py: each judge's first failing epoch, read from the study with the bounds it recorded."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+from gpt2ft.summary import summarize
+from test_candidates import FakeStudy, copying_trial
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import judges_table  # noqa: E402
+
+
+def test_each_judge_names_the_first_epoch_it_fails_even_when_the_pick_does_not_use_it():
+    trial = copying_trial(0)
+    for point, auc, words in zip(trial.trajectory, (0.5, 0.8, 0.9, 1.0), (0, 0, 0.05, 0.4)):
+        point.update(mia_auc=auc, near_verbatim=words)
+    study = FakeStudy([trial], near_verbatim_bound=0.02, membership_bound=0.6,
+                      judges=["memorization", "near-verbatim", "extraction", "held-out loss"])
+    s = summarize(study)
+    fails = judges_table.first_failures(s.candidates, judges_table.J.Bounds.from_attrs(study.user_attrs))[0]
+    assert fails["membership"] == 1 and fails["near-verbatim"] == 2 and fails["memorization"] == 3
+    assert fails["held-out loss"] == 3 and math.isnan(fails["sampled extraction"])
+    lines = judges_table.table("demo", s, study.user_attrs)
+    assert "membership (off)" in lines[0] and "near-verbatim |" in lines[0]
+    assert lines[2].startswith("| demo | 0 (the pick's trial) |") and lines[2].endswith("| 3 | 2 | 3 | - | 1 | 3 |")
+    # Near-verbatim (on) moves the pick from epoch 2 to epoch 1; membership (off) would exclude that too.
+    assert s.selected == (0, 4) and "near-verbatim: 0@8" in s.pick.reason
