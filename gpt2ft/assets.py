@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import torch
 
+from gpt2ft import membership as MI
 from gpt2ft import metrics as M
 from gpt2ft import pick as P
 from gpt2ft.config import Config
@@ -175,12 +176,16 @@ def compute_references(assets: Assets, with_base: bool = True) -> References:
     losses: dict[str, Any] = {}
     if with_base:
         model = assets.base_model
-        if assets.config.metrics.extraction_prompts:
+        base, _, ids = measure_model(assets, model, assets.config.sample.n_samples, assets.config.train.seed)
+        cfg = assets.config.metrics
+        if cfg.extraction_prompts:
             with torch.inference_mode():
-                losses["base"] = prompt_scores(assets, assets.sampler.weights_of(model))[0]["loss"]
-        # Measured against its own prompt losses, the base model's mia_auc is 0.5 by construction.
-        base, _, ids = measure_model(assets.with_references(References(losses=losses)), model,
-                                     assets.config.sample.n_samples, assets.config.train.seed)
+                scores, n = prompt_scores(assets, assets.sampler.weights_of(model))
+            losses["base"] = scores["loss"]
+            # The same losses on both sides of the calibration: every score is exactly 0, so the base
+            # model's mia_auc is 0.5 by construction (two passes can differ in their last bits).
+            base.update(MI.membership(scores["loss"], scores.get("minkpp"), scores["loss"], n, cfg.bootstrap,
+                                      assets.config.train.seed))
         tc = assets.config.train
         base["heldout_loss"] = evaluate(model, d.heldout_windows, tc.batch_size, assets.runtime, tc.eval_batches)
         samples["base"] = ids

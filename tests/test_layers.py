@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "gpt2ft"
 
 #: Modules that must import neither torch nor mlflow nor optuna (nor I/O-heavy frameworks):
 #: plain functions over plain data, testable on literal inputs.
-PURE = {"metrics", "pick", "ngram_index", "fmt", "urls", "errors", "writer"}
+PURE = {"metrics", "pick", "ngram_index", "words", "fmt", "urls", "errors", "writer"}
 #: Who may import each framework directly. MLflow is the tracking module's job; Optuna is the
 #: study's (its loop) and coordination's (storage and workers).
 OWNERS = {"mlflow": {"tracking"}, "optuna": {"study", "coordination"}, "optuna_integration": {"study"}}
