@@ -12,20 +12,25 @@ one H100/H200.
 4. ``study``: a short ``experiments/gulliver.yaml`` study (6 trials of 1-3 epochs, random-init
    GPT-2 124M: pretrained weights do not travel to the GPU machine, ../shared/NOTES.md) with
    ``--jobs auto``: every trial COMPLETE, the pick made;
-5. ``jobs_auto``: on CUDA, ``--jobs auto`` started several workers and each used the GPU (one
-   process per worker in ``nvidia-smi``'s compute apps);
+5. ``jobs_auto``: on CUDA, ``--jobs auto`` started several workers and each trained on the GPU:
+   every trial records the pid, device and peak memory of the process that ran it
+   (``gpt2ft.model.peak_memory``, in its ``worker`` user attribute), read here; ``nvidia-smi``'s
+   list of compute processes is not asked, since inside the device's sandbox it may list none;
 6. ``derived_trials``: the study told Optuna the interior epochs of its trials;
 7. ``export``: ``gpt2ft export`` of the pick (of the least-bad candidate by name when nothing is
    eligible) loads in ``transformers.pipeline`` on the device and generates.
 
-Writes ``bench/gpu_check.json`` (``--out``; also ``$OUT/gpu_check.json`` when ``$OUT`` is set) with
-``device``, ``trials_per_minute``, ``gpu_busy_share``, ``mfu``, ``measure_share``, ``pick`` and
-every check's verdict; exits 1 when a check fails. ``--cpu-check`` runs the same script on the tiny
+Writes ``gpu_check.json`` into ``--out-dir`` (default ``bench/``) with ``device``,
+``trials_per_minute``, ``gpu_busy_share``, ``mfu``, ``measure_share``, ``pick``, every check's
+verdict and ``parts`` (the seconds of each part, also printed as each ends, so a run cut off at its
+limit still says where its time went); exits 1 when a check fails. On the GPU machine it runs
+inside ``bench/device_check.sh`` (docs/gpu.md), whose whole command must end within 5 minutes
+with 60 s to spare: hence the 200 s default ``--budget`` on CUDA. ``--cpu-check`` runs the same script on the tiny
 model on the CPU (2 trials; the GPU figures are null) so CI keeps it alive.
 
 Usage, from the repository root::
 
-    PYTHONUNBUFFERED=1 python3 bench/gpu_check.py [--corpus PATH] [--out FILE]
+    PYTHONUNBUFFERED=1 python3 bench/gpu_check.py [--corpus PATH] [--out-dir DIR]
     python3 bench/gpu_check.py --cpu-check
 """
 from __future__ import annotations
@@ -65,9 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cpu-check", action="store_true", help="the tiny model on the CPU (GPU figures null)")
     ap.add_argument("--corpus", help="the book (else $GPT2FT_CORPUS, else ../shared/data/gulliver.txt)")
     ap.add_argument("--n-trials", type=int, help="trials of the study (default 6; --cpu-check 2)")
-    ap.add_argument("--budget", type=float, help="seconds for the whole check (default 290; --cpu-check 600, "
+    ap.add_argument("--budget", type=float, help="seconds for the whole check (default 200; --cpu-check 600, "
                     "for a busy CPU)")
-    ap.add_argument("--out", default=str(HERE / "gpu_check.json"), help="JSON results (bench/gpu_check.json)")
+    ap.add_argument("--out-dir", default=str(HERE), help="folder for gpu_check.json (default bench/)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary store (its path is printed)")
     return ap
 
@@ -152,14 +157,26 @@ def copying_stop(device) -> str:
     return f"stopped at step {res.steps}, the second point"
 
 
+_T0 = time.perf_counter()
+
+
+def part(results: dict[str, Any], name: str, t: float) -> None:
+    """Record and print one part's seconds (since ``t``) and the total so far."""
+    results.setdefault("parts", {})[name] = round(time.perf_counter() - t, 2)
+    print(f"gpu_check: [{time.perf_counter() - _T0:5.0f} s] {name}: {results['parts'][name]:.1f} s",
+          file=sys.stderr, flush=True)
+
+
 def check(results: dict[str, Any], name: str, fn: Callable[[], str]) -> None:
-    """Run one check into ``results['checks']``: ok and what it saw, or the failure."""
+    """Run one check into ``results['checks']``: ok and what it saw, or the failure; timed."""
+    t = time.perf_counter()
     try:
         results["checks"][name] = {"ok": True, "detail": fn()}
     except Exception as exc:  # every failure is reported, the other checks still run
         results["checks"][name] = {"ok": False, "detail": f"{exc.__class__.__name__}: {exc}"}
     print(f"gpu_check: {name}: {'ok' if results['checks'][name]['ok'] else 'FAILED'} -- "
           f"{results['checks'][name]['detail']}", file=sys.stderr, flush=True)
+    part(results, name, t)
 
 
 def study_figures(store: Path, res: dict[str, Any], peak: Optional[float]) -> dict[str, Any]:
@@ -178,7 +195,7 @@ def study_figures(store: Path, res: dict[str, Any], peak: Optional[float]) -> di
     pick = summary.pick
     figures = G.summarize(res, peak, {t.number for t in done})
     return {"trials": len(mine), "trials_complete": len(done), "wall_seconds": res["wall_seconds"],
-            "workers": res["workers"], "gpu_processes": len(res["peak_mib_by_pid"]),
+            "workers": res["workers"], "trial_workers": trial_workers(done),
             "trials_per_minute": 60 * len(done) / res["wall_seconds"], "gpu_busy_share": res["gpu_busy_share"],
             "mfu": figures["mfu"], "measure_share": measuring / busy if busy else None,
             "derived_trials": sum(is_derived(t) for t in study.get_trials(deepcopy=False)),
@@ -189,6 +206,21 @@ def study_figures(store: Path, res: dict[str, Any], peak: Optional[float]) -> di
                 "trial": pick.number, "step": pick.step, "eligible": bool(pick.eligible),
                 "confidence": summary.confidence if summary.confidence == summary.confidence else None,
                 "reason": pick.reason}}
+
+
+def trial_workers(done) -> dict[str, dict[str, Any]]:
+    """Each process that ran a COMPLETE trial, by pid: its device and its largest recorded peak memory."""
+    out: dict[str, dict[str, Any]] = {}
+    for t in done:
+        w = t.user_attrs.get("worker") or {}
+        if "pid" not in w:
+            continue
+        seen = out.setdefault(str(w["pid"]), {"device": w.get("device"), "device_name": w.get("device_name"),
+                                              "trials": 0, "peak_memory_bytes": None})
+        seen["trials"] += 1
+        if w.get("peak_memory_bytes") is not None:
+            seen["peak_memory_bytes"] = max(seen["peak_memory_bytes"] or 0, w["peak_memory_bytes"])
+    return out
 
 
 def export_loads(store: Path, pick: dict[str, Any], device) -> str:
@@ -221,10 +253,14 @@ def run_study_checks(args, results: dict[str, Any], device, t0: float) -> None:
     results.update(config=config, sets=sets, n_trials=n)
     root = Path(tempfile.mkdtemp(prefix="gpu_check."))
     try:
+        t = time.perf_counter()
         results["setup"] = G.warm_cache(config, sets, corpus, root / "shared", args.budget)
+        part(results, "setup (book, index, references)", t)
         left = args.budget - (time.perf_counter() - t0) - 60  # the export and its pipeline after it
+        t = time.perf_counter()
         res = G.run_study("auto", n, config, sets, corpus, root / "study", root / "shared" / "cache",
                           left - G.FINISH_MARGIN / 3, left)
+        part(results, f"study ({n} trials, --jobs auto)", t)
         peak = B.gpu_peak(res.get("gpu") or "") if device.type == "cuda" else None
         figures = study_figures(root / "study", res, peak)
         results["study"] = figures
@@ -254,10 +290,17 @@ def _study_verdicts(results: dict[str, Any], f: dict[str, Any], n: int, device, 
         return f"{n} trials in {f['wall_seconds']:.0f} s; pick {f['pick']}"
 
     def jobs_auto() -> str:
+        seen = f["trial_workers"]
+        assert sum(w["trials"] for w in seen.values()) == f["trials_complete"], \
+            f"{f['trials_complete']} trials COMPLETE, {sum(w['trials'] for w in seen.values())} recorded their worker"
+        off = {pid: w["device"] for pid, w in seen.items() if w["device"] != device.type}
+        assert not off, f"workers trained off the {device.type}: {off}"
         if device.type == "cuda":
             assert f["workers"] >= 2, f"--jobs auto started {f['workers']} worker on the GPU"
-            assert f["gpu_processes"] >= f["workers"], f"{f['gpu_processes']} GPU processes for {f['workers']} workers"
-        return f"{f['workers']} workers, {f['gpu_processes']} processes on the GPU"
+            assert len(seen) >= 2, f"the trials ran in {len(seen)} process(es) of {f['workers']} workers"
+            assert all((w["peak_memory_bytes"] or 0) > 0 for w in seen.values()), f"a worker's peak is 0: {seen}"
+        peaks = ", ".join(B.fmt((w["peak_memory_bytes"] or 0) / 2 ** 20) + " MiB" for w in seen.values())
+        return f"{f['workers']} workers; trials ran in {len(seen)} processes on {device.type}, peaks {peaks}"
 
     def derived() -> str:
         assert f["derived_trials"] > 0, "no derived trial was told"
@@ -281,7 +324,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     import torch
 
     device = torch.device("cpu" if args.cpu_check or not torch.cuda.is_available() else "cuda")
-    args.budget = args.budget or (290.0 if device.type == "cuda" else 600.0)
+    args.budget = args.budget or (200.0 if device.type == "cuda" else 600.0)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     results: dict[str, Any] = {"device": name, "cpu_check": args.cpu_check, "trials_per_minute": None,
                                "gpu_busy_share": None, "mfu": None, "measure_share": None, "pick": None,
@@ -299,12 +342,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         results["checks"]["study"] = {"ok": False, "detail": f"{exc.__class__.__name__}: {exc}"}
     results["seconds"] = time.perf_counter() - t0
     failed = [k for k, v in results["checks"].items() if not v["ok"]]
-    for path in filter(None, [args.out, os.environ.get("OUT") and str(Path(os.environ["OUT"]) / "gpu_check.json")]):
-        G.write_results(results, Path(path))
+    out = Path(args.out_dir) / "gpu_check.json"
+    G.write_results(results, out)
     print(json.dumps({k: results[k] for k in ("device", "trials_per_minute", "gpu_busy_share", "mfu",
                                               "measure_share", "pick", "seconds")}, indent=1, default=str))
     print(f"gpu_check: {len(results['checks']) - len(failed)} of {len(results['checks'])} checks passed"
-          + (f"; FAILED: {', '.join(failed)}" if failed else "") + f" ({results['seconds']:.0f} s; {args.out})")
+          + (f"; FAILED: {', '.join(failed)}" if failed else "") + f" ({results['seconds']:.0f} s; {out})")
     return 1 if failed else 0
 
 
