@@ -45,6 +45,6 @@ part "imports checked in $((SECONDS - t)) s"
 mkdir -p "$out"
 t=$SECONDS
 rc=0
-"$py" bench/gpu_check.py --corpus "$carry/data/gulliver.txt" --out "$out/gpu_check.json" "$@" || rc=$?
+"$py" bench/gpu_check.py --corpus "$carry/data/gulliver.txt" --out-dir "$out" "$@" || rc=$?
 part "gpu_check ended (exit $rc) in $((SECONDS - t)) s"
 exit $rc

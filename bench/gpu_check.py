@@ -18,7 +18,13 @@ one H100/H200.
    list of compute processes is not asked, since inside the device's sandbox it may list none;
 6. ``derived_trials``: the study told Optuna the interior epochs of its trials;
 7. ``export``: ``gpt2ft export`` of the pick (of the least-bad candidate by name when nothing is
-   eligible) loads in ``transformers.pipeline`` on the device and generates.
+   eligible) loads in ``transformers.pipeline`` on the device and generates;
+8. ``goldfish_labels``: the goldfish loss's labels made on the device equal the CPU's, and ``fit``
+   trains on them there;
+9. while the budget holds each one's estimated cost (else recorded as skipped, ``ok`` null):
+   ``retrain``, the export again with the study's checkpoints deleted, so it retrains the pick on
+   the device; on CUDA only, ``train_compile`` (``fit`` with ``train.compile=default``, no fallback
+   to eager) and ``decode_compiled`` (sampling with ``sample.decode=static-compile``).
 
 Writes ``gpu_check.json`` into ``--out-dir`` (default ``bench/``) with ``device``,
 ``trials_per_minute``, ``gpu_busy_share``, ``mfu``, ``measure_share``, ``pick``, every check's
@@ -66,7 +72,7 @@ CPU_SETS = ["train.device=cpu", "data.max_chars=4000", "train.max_steps=40", "tr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--cpu-check", action="store_true", help="the tiny model on the CPU (GPU figures null)")
     ap.add_argument("--corpus", help="the book (else $GPT2FT_CORPUS, else ../shared/data/gulliver.txt)")
     ap.add_argument("--n-trials", type=int, help="trials of the study (default 6; --cpu-check 2)")
@@ -165,6 +171,69 @@ def part(results: dict[str, Any], name: str, t: float) -> None:
     results.setdefault("parts", {})[name] = round(time.perf_counter() - t, 2)
     print(f"gpu_check: [{time.perf_counter() - _T0:5.0f} s] {name}: {results['parts'][name]:.1f} s",
           file=sys.stderr, flush=True)
+
+
+def goldfish_fit(device) -> str:
+    """The goldfish labels computed on the device equal the CPU's (int64 hash arithmetic), and
+    ``fit`` trains on them there."""
+    import torch
+
+    from gpt2ft import goldfish
+    from gpt2ft.config import TrainConfig
+    from gpt2ft.data import TokenData
+    from gpt2ft.model import resolve_runtime
+    from gpt2ft.train import fit
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 50257, (8, 64), generator=g)
+    here, there = goldfish.labels(ids, 4), goldfish.labels(ids.to(device), 4)
+    assert there.device.type == device.type and torch.equal(here, there.cpu()), "the device's labels differ"
+    share = (here == goldfish.IGNORE_INDEX).float().mean().item()
+    assert 0.15 < share < 0.35, f"{share:.2f} of the targets dropped for k = 4"
+    cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-3, max_steps=None, log_every=2, device=device.type,
+                      goldfish_k=4)
+    data = TokenData(torch.randint(0, 512, (16, 16), generator=g), torch.randint(0, 512, (8, 16), generator=g),
+                     [], [], 16)
+    res = fit(cfg, _small_model(device), data, None, resolve_runtime(cfg), progress=False)
+    loss = res.history[-1]["train_loss"]
+    assert res.steps == 4 and loss == loss, f"{res.steps} steps, train_loss {loss}"
+    return f"labels equal the CPU's ({share:.2f} dropped); fit ran {res.steps} steps, train_loss {loss:.3f}"
+
+
+def compiled_fit(device) -> str:
+    """``train.compile=default``: ``fit`` on the device through the compiled step, no fallback to eager."""
+    import torch
+
+    from gpt2ft import compiled
+    from gpt2ft.config import TrainConfig
+    from gpt2ft.data import TokenData
+    from gpt2ft.model import resolve_runtime
+    from gpt2ft.train import fit
+
+    compiled.reset()
+    g = torch.Generator().manual_seed(0)
+    cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-3, max_steps=None, log_every=2, device=device.type,
+                      compile="default")
+    data = TokenData(torch.randint(0, 512, (16, 16), generator=g), torch.randint(0, 512, (8, 16), generator=g),
+                     [], [], 16)
+    t = time.perf_counter()
+    res = fit(cfg, _small_model(device), data, None, resolve_runtime(cfg), progress=False)
+    assert not compiled._BROKEN, f"torch.compile fell back to eager ({sorted(compiled._BROKEN)})"
+    assert res.steps == 4, f"{res.steps} steps"
+    return f"{res.steps} compiled steps in {time.perf_counter() - t:.1f} s (the compile included)"
+
+
+def compiled_decode(device) -> str:
+    """``sample.decode=static-compile``: sampling through transformers' compiled static-cache decode."""
+    from gpt2ft.generate import sample
+    from gpt2ft.model import Runtime
+
+    class Tok:  # sample() reads only the BOS/EOS ids
+        bos_token_id = eos_token_id = 0
+
+    ids = sample(_small_model(device), Tok(), Runtime(device, None), 2, 8, seed=0, decode="static-compile")
+    assert len(ids) == 2 and all(len(row) == 8 for row in ids), f"sampled {ids}"
+    return f"2 x 8 tokens sampled through the compiled decode: {ids[0]}"
 
 
 def check(results: dict[str, Any], name: str, fn: Callable[[], str]) -> None:
@@ -267,6 +336,7 @@ def run_study_checks(args, results: dict[str, Any], device, t0: float) -> None:
         results.update({k: figures[k] for k in ("trials_per_minute", "gpu_busy_share", "mfu", "measure_share",
                                                 "pick")})
         _study_verdicts(results, figures, n, device, root / "study")
+        extras(args, results, device, root / "study", t0)
     finally:
         if args.keep:
             print(f"gpu_check: store kept in {root}", file=sys.stderr)
@@ -285,9 +355,11 @@ class SimpleArgs:
 
 def _study_verdicts(results: dict[str, Any], f: dict[str, Any], n: int, device, store: Path) -> None:
     def study() -> str:
-        assert f["trials_complete"] == n, f"{f['trials_complete']} of {n} trials COMPLETE"
+        # --timeout stops starting trials to keep the budget: what started must COMPLETE, 3 at least
+        assert f["trials_complete"] == f["trials"] >= min(n, 3), \
+            f"{f['trials_complete']} of {f['trials']} trials COMPLETE (of {n} asked, {min(n, 3)} at least)"
         assert f["pick"] is not None, "no pick"
-        return f"{n} trials in {f['wall_seconds']:.0f} s; pick {f['pick']}"
+        return f"{f['trials']} of {n} trials in {f['wall_seconds']:.0f} s; pick {f['pick']}"
 
     def jobs_auto() -> str:
         seen = f["trial_workers"]
@@ -317,6 +389,39 @@ def _study_verdicts(results: dict[str, Any], f: dict[str, Any], n: int, device, 
         check(results, "export", lambda: export_loads(store, f["pick"], device))
 
 
+def extras(args, results: dict[str, Any], device, store: Path, t0: float) -> None:
+    """The CUDA paths beyond the study, each only while the budget holds its estimated cost: one
+    that does not fit is recorded as skipped (``ok`` null), not failed."""
+    pick = results.get("pick")
+    todo = [("retrain", 60, (lambda: retrain_export(store, pick, device)) if pick else None)]
+    if device.type == "cuda":  # Inductor on this 2-core CPU takes minutes: not a CPU check
+        todo += [("train_compile", 45, lambda: compiled_fit(device)),
+                 ("decode_compiled", 45, lambda: compiled_decode(device))]
+    for name, cost, fn in todo:
+        left = args.budget - (time.perf_counter() - t0)
+        if fn is None or left < cost:
+            why = "no pick to retrain" if fn is None else f"{left:.0f} s of the budget left, it needs ~{cost} s"
+            results["checks"][name] = {"ok": None, "detail": f"skipped: {why}"}
+            print(f"gpu_check: {name}: skipped -- {why}", file=sys.stderr, flush=True)
+        else:
+            check(results, name, fn)
+
+
+def retrain_export(store: Path, pick: dict[str, Any], device) -> str:
+    """The export again with the study's checkpoints gone: it retrains the pick on the device."""
+    import shutil
+
+    from gpt2ft.coordination import default_storage, load_study
+
+    root = load_study(default_storage(store), "bench").user_attrs.get("checkpoint_root")
+    assert root, "the study recorded no checkpoint_root"
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(store / "export", ignore_errors=True)
+    detail = export_loads(store, pick, device)
+    assert "retrained: True" in detail, f"no retrain: {detail}"
+    return detail
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
@@ -334,20 +439,22 @@ def main(argv: Optional[list[str]] = None) -> int:
         results["cpu_check"] = True
         args.cpu_check = True
     for check_name, fn in (("sampler_refresh", sampler_refresh), ("step_timer", step_timer),
-                           ("copying_stop", copying_stop)):
+                           ("copying_stop", copying_stop), ("goldfish_labels", goldfish_fit)):
         check(results, check_name, lambda fn=fn: fn(device))
     try:
         run_study_checks(args, results, device, t0)
     except (Exception, SystemExit) as exc:
         results["checks"]["study"] = {"ok": False, "detail": f"{exc.__class__.__name__}: {exc}"}
     results["seconds"] = time.perf_counter() - t0
-    failed = [k for k, v in results["checks"].items() if not v["ok"]]
+    failed = [k for k, v in results["checks"].items() if v["ok"] is False]
+    skipped = [k for k, v in results["checks"].items() if v["ok"] is None]
     out = Path(args.out_dir) / "gpu_check.json"
     G.write_results(results, out)
     print(json.dumps({k: results[k] for k in ("device", "trials_per_minute", "gpu_busy_share", "mfu",
                                               "measure_share", "pick", "seconds")}, indent=1, default=str))
-    print(f"gpu_check: {len(results['checks']) - len(failed)} of {len(results['checks'])} checks passed"
-          + (f"; FAILED: {', '.join(failed)}" if failed else "") + f" ({results['seconds']:.0f} s; {out})")
+    print(f"gpu_check: {len(results['checks']) - len(failed) - len(skipped)} of {len(results['checks'])} checks "
+          "passed" + (f"; FAILED: {', '.join(failed)}" if failed else "")
+          + (f"; skipped for time: {', '.join(skipped)}" if skipped else "") + f" ({results['seconds']:.0f} s; {out})")
     return 1 if failed else 0
 
 

@@ -248,6 +248,7 @@ def test_gpu_check_device_checks_pass_on_the_cpu():
     assert "refreshed in place across two trials" in C.sampler_refresh(cpu)
     assert C.step_timer(cpu).startswith("StepTimer")
     assert C.copying_stop(cpu) == "stopped at step 8, the second point"
+    assert C.goldfish_fit(cpu).startswith("labels equal the CPU's")
 
 
 def test_gpu_check_writes_its_figures_and_fails_on_any_failed_check(tmp_path, monkeypatch, capsys):
@@ -269,7 +270,8 @@ def test_gpu_check_writes_its_figures_and_fails_on_any_failed_check(tmp_path, mo
     assert C.main(["--cpu-check", "--out-dir", str(tmp_path)]) == 0
     saved = json.loads(out.read_text())
     assert {k: saved[k] for k in figures} == figures and saved["device"] == "cpu"
-    assert set(saved["checks"]) == {"sampler_refresh", "step_timer", "copying_stop", "study", "export"}
+    assert set(saved["checks"]) == {"sampler_refresh", "step_timer", "copying_stop", "goldfish_labels", "study",
+                                    "export"}
     assert set(saved["parts"]) == set(saved["checks"]) and all(s >= 0 for s in saved["parts"].values())
     monkeypatch.setattr(C, "run_study_checks", lambda *a: study(*a, ok=False))
     assert C.main(["--cpu-check", "--out-dir", str(tmp_path)]) == 1
