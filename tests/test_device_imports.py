@@ -107,3 +107,12 @@ def test_a_floor_above_the_torch_here_is_named(tmp_path, monkeypatch):
     found = D.version_problems()
     assert len(found) == 2 and "outside setup.cfg's python_requires >=3.99" in found[0]
     assert found[1].startswith("torch ") and found[1].endswith("is below setup.cfg's torch>=99.0")
+
+
+@pytest.mark.parametrize("args, says", [([], "give the folder for gpu_check.json"),
+                                        (["out"], "no wheels in")])
+def test_the_device_entry_says_what_is_missing_in_one_sentence(tmp_path, args, says):
+    env = {**os.environ, "GPT2FT_CARRY": str(tmp_path / "nothing"), "GPT2FT_SITE": str(tmp_path / "site")}
+    done = subprocess.run(["bash", str(BENCH / "device_check.sh"), *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and says in done.stderr and len(done.stderr.strip().splitlines()) == 1
