@@ -74,7 +74,7 @@ CPU_SETS = ["train.device=cpu", "data.max_chars=4000", "train.max_steps=40", "tr
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--cpu-check", action="store_true", help="the tiny model on the CPU (GPU figures null)")
-    ap.add_argument("--corpus", help="the book (else $GPT2FT_CORPUS, else ../shared/data/gulliver.txt)")
+    ap.add_argument("--corpus", help="the book (else $GPT2FT_CORPUS, ../shared/data/gulliver.txt, .carry/data/)")
     ap.add_argument("--n-trials", type=int, help="trials of the study (default 6; --cpu-check 2)")
     ap.add_argument("--budget", type=float, help="seconds for the whole check (default 200; --cpu-check 600, "
                     "for a busy CPU)")
