@@ -8,7 +8,7 @@ CONFIG  ?= experiments/gulliver.yaml
 TORCH   ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 ARGS    ?=
 
-.PHONY: install test lint train study study-cpu ui export references demo bench bench-gpu bench-compile bench-measure bench-study bench-goldfish demo-goldfish gpu-check ui-check multiworker clean
+.PHONY: install test lint train study study-cpu ui export references demo bench bench-gpu bench-compile bench-measure bench-study bench-goldfish demo-goldfish gpu-check device-pack device-rehearse ui-check multiworker clean
 
 $(BIN)/gpt2ft: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -69,6 +69,16 @@ bench-gpu: install
 # bench/gpu_check.json; exits 1 on a failed check). ARGS=--cpu-check: the tiny model on the CPU, GPU figures null.
 gpu-check: install
 	$(BIN)/python bench/gpu_check.py $(ARGS)
+
+# What the offline GPU machine lacks (wheels for its Python 3.12, the book, the other novels) into
+# .carry/, weighed against the 64 MiB a device call takes; prints that call (docs/gpu.md).
+device-pack:
+	$(PY) bench/device_pack.py $(ARGS)
+
+# The device command rehearsed on this CPU: a fresh venv with only the device image's packages
+# plus the carried wheels, then bench/device_check.sh --cpu-check (bench/rehearse.sh).
+device-rehearse:
+	bash bench/rehearse.sh $(ARGS)
 
 # train.compile's cost and gain per batch size (bench/compile.py; CUDA: GPT-2 124M x 256, else a tiny CPU model).
 bench-compile: install

@@ -12,20 +12,31 @@ one H100/H200.
 4. ``study``: a short ``experiments/gulliver.yaml`` study (6 trials of 1-3 epochs, random-init
    GPT-2 124M: pretrained weights do not travel to the GPU machine, ../shared/NOTES.md) with
    ``--jobs auto``: every trial COMPLETE, the pick made;
-5. ``jobs_auto``: on CUDA, ``--jobs auto`` started several workers and each used the GPU (one
-   process per worker in ``nvidia-smi``'s compute apps);
+5. ``jobs_auto``: on CUDA, ``--jobs auto`` started several workers and each trained on the GPU:
+   every trial records the pid, device and peak memory of the process that ran it
+   (``gpt2ft.model.peak_memory``, in its ``worker`` user attribute), read here; ``nvidia-smi``'s
+   list of compute processes is not asked, since inside the device's sandbox it may list none;
 6. ``derived_trials``: the study told Optuna the interior epochs of its trials;
 7. ``export``: ``gpt2ft export`` of the pick (of the least-bad candidate by name when nothing is
-   eligible) loads in ``transformers.pipeline`` on the device and generates.
+   eligible) loads in ``transformers.pipeline`` on the device and generates;
+8. ``goldfish_labels``: the goldfish loss's labels made on the device equal the CPU's, and ``fit``
+   trains on them there;
+9. while the budget holds each one's estimated cost (else recorded as skipped, ``ok`` null):
+   ``retrain``, the export again with the study's checkpoints deleted, so it retrains the pick on
+   the device; on CUDA only, ``train_compile`` (``fit`` with ``train.compile=default``, no fallback
+   to eager) and ``decode_compiled`` (sampling with ``sample.decode=static-compile``).
 
-Writes ``bench/gpu_check.json`` (``--out``; also ``$OUT/gpu_check.json`` when ``$OUT`` is set) with
-``device``, ``trials_per_minute``, ``gpu_busy_share``, ``mfu``, ``measure_share``, ``pick`` and
-every check's verdict; exits 1 when a check fails. ``--cpu-check`` runs the same script on the tiny
+Writes ``gpu_check.json`` into ``--out-dir`` (default ``bench/``) with ``device``,
+``trials_per_minute``, ``gpu_busy_share``, ``mfu``, ``measure_share``, ``pick``, every check's
+verdict and ``parts`` (the seconds of each part, also printed as each ends, so a run cut off at its
+limit still says where its time went); exits 1 when a check fails. On the GPU machine it runs
+inside ``bench/device_check.sh`` (docs/gpu.md), whose whole command must end within 5 minutes
+with 60 s to spare: hence the 200 s default ``--budget`` on CUDA. ``--cpu-check`` runs the same script on the tiny
 model on the CPU (2 trials; the GPU figures are null) so CI keeps it alive.
 
 Usage, from the repository root::
 
-    PYTHONUNBUFFERED=1 python3 bench/gpu_check.py [--corpus PATH] [--out FILE]
+    PYTHONUNBUFFERED=1 python3 bench/gpu_check.py [--corpus PATH] [--out-dir DIR]
     python3 bench/gpu_check.py --cpu-check
 """
 from __future__ import annotations
@@ -61,13 +72,13 @@ CPU_SETS = ["train.device=cpu", "data.max_chars=4000", "train.max_steps=40", "tr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--cpu-check", action="store_true", help="the tiny model on the CPU (GPU figures null)")
-    ap.add_argument("--corpus", help="the book (else $GPT2FT_CORPUS, else ../shared/data/gulliver.txt)")
+    ap.add_argument("--corpus", help="the book (else $GPT2FT_CORPUS, ../shared/data/gulliver.txt, .carry/data/)")
     ap.add_argument("--n-trials", type=int, help="trials of the study (default 6; --cpu-check 2)")
-    ap.add_argument("--budget", type=float, help="seconds for the whole check (default 290; --cpu-check 600, "
+    ap.add_argument("--budget", type=float, help="seconds for the whole check (default 200; --cpu-check 600, "
                     "for a busy CPU)")
-    ap.add_argument("--out", default=str(HERE / "gpu_check.json"), help="JSON results (bench/gpu_check.json)")
+    ap.add_argument("--out-dir", default=str(HERE), help="folder for gpu_check.json (default bench/)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary store (its path is printed)")
     return ap
 
@@ -152,14 +163,89 @@ def copying_stop(device) -> str:
     return f"stopped at step {res.steps}, the second point"
 
 
+_T0 = time.perf_counter()
+
+
+def part(results: dict[str, Any], name: str, t: float) -> None:
+    """Record and print one part's seconds (since ``t``) and the total so far."""
+    results.setdefault("parts", {})[name] = round(time.perf_counter() - t, 2)
+    print(f"gpu_check: [{time.perf_counter() - _T0:5.0f} s] {name}: {results['parts'][name]:.1f} s",
+          file=sys.stderr, flush=True)
+
+
+def goldfish_fit(device) -> str:
+    """The goldfish labels computed on the device equal the CPU's (int64 hash arithmetic), and
+    ``fit`` trains on them there."""
+    import torch
+
+    from gpt2ft import goldfish
+    from gpt2ft.config import TrainConfig
+    from gpt2ft.data import TokenData
+    from gpt2ft.model import resolve_runtime
+    from gpt2ft.train import fit
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 50257, (8, 64), generator=g)
+    here, there = goldfish.labels(ids, 4), goldfish.labels(ids.to(device), 4)
+    assert there.device.type == device.type and torch.equal(here, there.cpu()), "the device's labels differ"
+    share = (here == goldfish.IGNORE_INDEX).float().mean().item()
+    assert 0.15 < share < 0.35, f"{share:.2f} of the targets dropped for k = 4"
+    cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-3, max_steps=None, log_every=2, device=device.type,
+                      goldfish_k=4)
+    data = TokenData(torch.randint(0, 512, (16, 16), generator=g), torch.randint(0, 512, (8, 16), generator=g),
+                     [], [], 16)
+    res = fit(cfg, _small_model(device), data, None, resolve_runtime(cfg), progress=False)
+    loss = res.history[-1]["train_loss"]
+    assert res.steps == 4 and loss == loss, f"{res.steps} steps, train_loss {loss}"
+    return f"labels equal the CPU's ({share:.2f} dropped); fit ran {res.steps} steps, train_loss {loss:.3f}"
+
+
+def compiled_fit(device) -> str:
+    """``train.compile=default``: ``fit`` on the device through the compiled step, no fallback to eager."""
+    import torch
+
+    from gpt2ft import compiled
+    from gpt2ft.config import TrainConfig
+    from gpt2ft.data import TokenData
+    from gpt2ft.model import resolve_runtime
+    from gpt2ft.train import fit
+
+    compiled.reset()
+    g = torch.Generator().manual_seed(0)
+    cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-3, max_steps=None, log_every=2, device=device.type,
+                      compile="default")
+    data = TokenData(torch.randint(0, 512, (16, 16), generator=g), torch.randint(0, 512, (8, 16), generator=g),
+                     [], [], 16)
+    t = time.perf_counter()
+    res = fit(cfg, _small_model(device), data, None, resolve_runtime(cfg), progress=False)
+    assert not compiled._BROKEN, f"torch.compile fell back to eager ({sorted(compiled._BROKEN)})"
+    assert res.steps == 4, f"{res.steps} steps"
+    return f"{res.steps} compiled steps in {time.perf_counter() - t:.1f} s (the compile included)"
+
+
+def compiled_decode(device) -> str:
+    """``sample.decode=static-compile``: sampling through transformers' compiled static-cache decode."""
+    from gpt2ft.generate import sample
+    from gpt2ft.model import Runtime
+
+    class Tok:  # sample() reads only the BOS/EOS ids
+        bos_token_id = eos_token_id = 0
+
+    ids = sample(_small_model(device), Tok(), Runtime(device, None), 2, 8, seed=0, decode="static-compile")
+    assert len(ids) == 2 and all(len(row) == 8 for row in ids), f"sampled {ids}"
+    return f"2 x 8 tokens sampled through the compiled decode: {ids[0]}"
+
+
 def check(results: dict[str, Any], name: str, fn: Callable[[], str]) -> None:
-    """Run one check into ``results['checks']``: ok and what it saw, or the failure."""
+    """Run one check into ``results['checks']``: ok and what it saw, or the failure; timed."""
+    t = time.perf_counter()
     try:
         results["checks"][name] = {"ok": True, "detail": fn()}
     except Exception as exc:  # every failure is reported, the other checks still run
         results["checks"][name] = {"ok": False, "detail": f"{exc.__class__.__name__}: {exc}"}
     print(f"gpu_check: {name}: {'ok' if results['checks'][name]['ok'] else 'FAILED'} -- "
           f"{results['checks'][name]['detail']}", file=sys.stderr, flush=True)
+    part(results, name, t)
 
 
 def study_figures(store: Path, res: dict[str, Any], peak: Optional[float]) -> dict[str, Any]:
@@ -178,7 +264,7 @@ def study_figures(store: Path, res: dict[str, Any], peak: Optional[float]) -> di
     pick = summary.pick
     figures = G.summarize(res, peak, {t.number for t in done})
     return {"trials": len(mine), "trials_complete": len(done), "wall_seconds": res["wall_seconds"],
-            "workers": res["workers"], "gpu_processes": len(res["peak_mib_by_pid"]),
+            "workers": res["workers"], "trial_workers": trial_workers(done),
             "trials_per_minute": 60 * len(done) / res["wall_seconds"], "gpu_busy_share": res["gpu_busy_share"],
             "mfu": figures["mfu"], "measure_share": measuring / busy if busy else None,
             "derived_trials": sum(is_derived(t) for t in study.get_trials(deepcopy=False)),
@@ -189,6 +275,21 @@ def study_figures(store: Path, res: dict[str, Any], peak: Optional[float]) -> di
                 "trial": pick.number, "step": pick.step, "eligible": bool(pick.eligible),
                 "confidence": summary.confidence if summary.confidence == summary.confidence else None,
                 "reason": pick.reason}}
+
+
+def trial_workers(done) -> dict[str, dict[str, Any]]:
+    """Each process that ran a COMPLETE trial, by pid: its device and its largest recorded peak memory."""
+    out: dict[str, dict[str, Any]] = {}
+    for t in done:
+        w = t.user_attrs.get("worker") or {}
+        if "pid" not in w:
+            continue
+        seen = out.setdefault(str(w["pid"]), {"device": w.get("device"), "device_name": w.get("device_name"),
+                                              "trials": 0, "peak_memory_bytes": None})
+        seen["trials"] += 1
+        if w.get("peak_memory_bytes") is not None:
+            seen["peak_memory_bytes"] = max(seen["peak_memory_bytes"] or 0, w["peak_memory_bytes"])
+    return out
 
 
 def export_loads(store: Path, pick: dict[str, Any], device) -> str:
@@ -221,16 +322,21 @@ def run_study_checks(args, results: dict[str, Any], device, t0: float) -> None:
     results.update(config=config, sets=sets, n_trials=n)
     root = Path(tempfile.mkdtemp(prefix="gpu_check."))
     try:
+        t = time.perf_counter()
         results["setup"] = G.warm_cache(config, sets, corpus, root / "shared", args.budget)
+        part(results, "setup (book, index, references)", t)
         left = args.budget - (time.perf_counter() - t0) - 60  # the export and its pipeline after it
+        t = time.perf_counter()
         res = G.run_study("auto", n, config, sets, corpus, root / "study", root / "shared" / "cache",
                           left - G.FINISH_MARGIN / 3, left)
+        part(results, f"study ({n} trials, --jobs auto)", t)
         peak = B.gpu_peak(res.get("gpu") or "") if device.type == "cuda" else None
         figures = study_figures(root / "study", res, peak)
         results["study"] = figures
         results.update({k: figures[k] for k in ("trials_per_minute", "gpu_busy_share", "mfu", "measure_share",
                                                 "pick")})
         _study_verdicts(results, figures, n, device, root / "study")
+        extras(args, results, device, root / "study", t0)
     finally:
         if args.keep:
             print(f"gpu_check: store kept in {root}", file=sys.stderr)
@@ -249,15 +355,24 @@ class SimpleArgs:
 
 def _study_verdicts(results: dict[str, Any], f: dict[str, Any], n: int, device, store: Path) -> None:
     def study() -> str:
-        assert f["trials_complete"] == n, f"{f['trials_complete']} of {n} trials COMPLETE"
+        # --timeout stops starting trials to keep the budget: what started must COMPLETE, 3 at least
+        assert f["trials_complete"] == f["trials"] >= min(n, 3), \
+            f"{f['trials_complete']} of {f['trials']} trials COMPLETE (of {n} asked, {min(n, 3)} at least)"
         assert f["pick"] is not None, "no pick"
-        return f"{n} trials in {f['wall_seconds']:.0f} s; pick {f['pick']}"
+        return f"{f['trials']} of {n} trials in {f['wall_seconds']:.0f} s; pick {f['pick']}"
 
     def jobs_auto() -> str:
+        seen = f["trial_workers"]
+        assert sum(w["trials"] for w in seen.values()) == f["trials_complete"], \
+            f"{f['trials_complete']} trials COMPLETE, {sum(w['trials'] for w in seen.values())} recorded their worker"
+        off = {pid: w["device"] for pid, w in seen.items() if w["device"] != device.type}
+        assert not off, f"workers trained off the {device.type}: {off}"
         if device.type == "cuda":
             assert f["workers"] >= 2, f"--jobs auto started {f['workers']} worker on the GPU"
-            assert f["gpu_processes"] >= f["workers"], f"{f['gpu_processes']} GPU processes for {f['workers']} workers"
-        return f"{f['workers']} workers, {f['gpu_processes']} processes on the GPU"
+            assert len(seen) >= 2, f"the trials ran in {len(seen)} process(es) of {f['workers']} workers"
+            assert all((w["peak_memory_bytes"] or 0) > 0 for w in seen.values()), f"a worker's peak is 0: {seen}"
+        peaks = ", ".join(B.fmt((w["peak_memory_bytes"] or 0) / 2 ** 20) + " MiB" for w in seen.values())
+        return f"{f['workers']} workers; trials ran in {len(seen)} processes on {device.type}, peaks {peaks}"
 
     def derived() -> str:
         assert f["derived_trials"] > 0, "no derived trial was told"
@@ -274,6 +389,39 @@ def _study_verdicts(results: dict[str, Any], f: dict[str, Any], n: int, device, 
         check(results, "export", lambda: export_loads(store, f["pick"], device))
 
 
+def extras(args, results: dict[str, Any], device, store: Path, t0: float) -> None:
+    """The CUDA paths beyond the study, each only while the budget holds its estimated cost: one
+    that does not fit is recorded as skipped (``ok`` null), not failed."""
+    pick = results.get("pick")
+    todo = [("retrain", 60, (lambda: retrain_export(store, pick, device)) if pick else None)]
+    if device.type == "cuda":  # Inductor on this 2-core CPU takes minutes: not a CPU check
+        todo += [("train_compile", 45, lambda: compiled_fit(device)),
+                 ("decode_compiled", 45, lambda: compiled_decode(device))]
+    for name, cost, fn in todo:
+        left = args.budget - (time.perf_counter() - t0)
+        if fn is None or left < cost:
+            why = "no pick to retrain" if fn is None else f"{left:.0f} s of the budget left, it needs ~{cost} s"
+            results["checks"][name] = {"ok": None, "detail": f"skipped: {why}"}
+            print(f"gpu_check: {name}: skipped -- {why}", file=sys.stderr, flush=True)
+        else:
+            check(results, name, fn)
+
+
+def retrain_export(store: Path, pick: dict[str, Any], device) -> str:
+    """The export again with the study's checkpoints gone: it retrains the pick on the device."""
+    import shutil
+
+    from gpt2ft.coordination import default_storage, load_study
+
+    root = load_study(default_storage(store), "bench").user_attrs.get("checkpoint_root")
+    assert root, "the study recorded no checkpoint_root"
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(store / "export", ignore_errors=True)
+    detail = export_loads(store, pick, device)
+    assert "retrained: True" in detail, f"no retrain: {detail}"
+    return detail
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
@@ -281,7 +429,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     import torch
 
     device = torch.device("cpu" if args.cpu_check or not torch.cuda.is_available() else "cuda")
-    args.budget = args.budget or (290.0 if device.type == "cuda" else 600.0)
+    args.budget = args.budget or (200.0 if device.type == "cuda" else 600.0)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     results: dict[str, Any] = {"device": name, "cpu_check": args.cpu_check, "trials_per_minute": None,
                                "gpu_busy_share": None, "mfu": None, "measure_share": None, "pick": None,
@@ -291,20 +439,22 @@ def main(argv: Optional[list[str]] = None) -> int:
         results["cpu_check"] = True
         args.cpu_check = True
     for check_name, fn in (("sampler_refresh", sampler_refresh), ("step_timer", step_timer),
-                           ("copying_stop", copying_stop)):
+                           ("copying_stop", copying_stop), ("goldfish_labels", goldfish_fit)):
         check(results, check_name, lambda fn=fn: fn(device))
     try:
         run_study_checks(args, results, device, t0)
     except (Exception, SystemExit) as exc:
         results["checks"]["study"] = {"ok": False, "detail": f"{exc.__class__.__name__}: {exc}"}
     results["seconds"] = time.perf_counter() - t0
-    failed = [k for k, v in results["checks"].items() if not v["ok"]]
-    for path in filter(None, [args.out, os.environ.get("OUT") and str(Path(os.environ["OUT"]) / "gpu_check.json")]):
-        G.write_results(results, Path(path))
+    failed = [k for k, v in results["checks"].items() if v["ok"] is False]
+    skipped = [k for k, v in results["checks"].items() if v["ok"] is None]
+    out = Path(args.out_dir) / "gpu_check.json"
+    G.write_results(results, out)
     print(json.dumps({k: results[k] for k in ("device", "trials_per_minute", "gpu_busy_share", "mfu",
                                               "measure_share", "pick", "seconds")}, indent=1, default=str))
-    print(f"gpu_check: {len(results['checks']) - len(failed)} of {len(results['checks'])} checks passed"
-          + (f"; FAILED: {', '.join(failed)}" if failed else "") + f" ({results['seconds']:.0f} s; {args.out})")
+    print(f"gpu_check: {len(results['checks']) - len(failed) - len(skipped)} of {len(results['checks'])} checks "
+          "passed" + (f"; FAILED: {', '.join(failed)}" if failed else "")
+          + (f"; skipped for time: {', '.join(skipped)}" if skipped else "") + f" ({results['seconds']:.0f} s; {out})")
     return 1 if failed else 0
 
 

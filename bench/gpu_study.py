@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--jobs", default="auto", help="workers of the parallel study: N or auto (default auto)")
     ap.add_argument("--n-trials", type=int, help="trials per study (default 30; --cpu-check 3)")
     ap.add_argument("--budget", type=float, default=560, help="seconds for both studies together (default 560)")
-    ap.add_argument("--corpus", help="the book (else $GPT2FT_CORPUS, else ../shared/data/gulliver.txt)")
+    ap.add_argument("--corpus", help="the book (else $GPT2FT_CORPUS, ../shared/data/gulliver.txt, .carry/data/)")
     ap.add_argument("--peak-tflops", type=float, help="the card's bf16 dense peak, if its name is unknown")
     ap.add_argument("--out", help="JSON results (default $OUT/gpu_study.json, else bench/gpu_study.json)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -87,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def corpus_path(args) -> Path:
-    for cand in (args.corpus, os.environ.get("GPT2FT_CORPUS"), ROOT.parent / "shared" / "data" / "gulliver.txt"):
+    # .carry/data: where make device-pack puts the book for the GPU machine, which ../shared does not reach
+    for cand in (args.corpus, os.environ.get("GPT2FT_CORPUS"), ROOT.parent / "shared" / "data" / "gulliver.txt",
+                 ROOT / ".carry" / "data" / "gulliver.txt"):
         if cand and Path(cand).is_file():
             return Path(cand).resolve()
     sys.exit("gpu_study: the book is needed: --corpus PATH or GPT2FT_CORPUS")

@@ -232,6 +232,32 @@ def free_accelerator() -> None:
         torch.cuda.empty_cache()
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start ``peak_memory``'s count afresh (CUDA: per trial; a CPU process's peak only grows)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> dict[str, Any]:
+    """What this process says it used: its pid, the device, and the peak bytes there since
+    ``reset_peak_memory`` (CUDA tensors) or since it started (CPU: peak RSS; None off Linux/macOS).
+    A study's GPU check reads this from every trial, since ``nvidia-smi`` inside a sandbox may list
+    no process at all."""
+    if device.type == "cuda":
+        peak: Optional[int] = int(torch.cuda.max_memory_allocated(device))
+        name = torch.cuda.get_device_name(device)
+    else:
+        try:
+            import resource
+
+            # ru_maxrss is in KiB on Linux
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        except (ImportError, OSError):
+            peak = None
+        name = device.type
+    return {"pid": os.getpid(), "device": device.type, "device_name": name, "peak_memory_bytes": peak}
+
+
 def save_model(model, tokenizer, path: str | Path) -> Path:
     """Weights (safetensors) and tokenizer into ``path``, written aside and moved into place,
     so the folder loads with plain ``transformers`` and a crash never leaves half a folder."""

@@ -31,15 +31,30 @@ def bf16_is_native(device: torch.device) -> bool:
 
     CUDA: compute capability 8.0 or more (Ampere on; ROCm always). ``torch.cuda.is_bf16_supported()``
     alone also counts a T4's or V100's emulation, so emulation is excluded by name. CPU: AVX512-BF16
-    or AMX-BF16 (``torch.cpu.get_capabilities``); oneDNN's own bf16 check also passes plain AVX512,
-    which converts to fp32 for every product."""
+    or AMX-BF16 (``torch.cpu.get_capabilities``, else the kernel's CPU flags); oneDNN's own bf16 check
+    also passes plain AVX512, which converts to fp32 for every product."""
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
-        caps = torch.cpu.get_capabilities()
-        native = any(bool(caps.get(k)) for k in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16"))
+        native = any(k in _cpu_features() for k in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16"))
         return bool(native and torch.backends.mkldnn.is_available())
     return False
+
+
+_CPUINFO = "/proc/cpuinfo"
+
+
+def _cpu_features() -> set[str]:
+    """The CPU's feature names. ``torch.cpu.get_capabilities`` is newer than the GPU machine's
+    torch 2.11, where Linux's ``/proc/cpuinfo`` flags (the same names) answer instead."""
+    get = getattr(torch.cpu, "get_capabilities", None)
+    if get is not None:
+        return {k for k, v in get().items() if v}
+    try:
+        with open(_CPUINFO) as f:
+            return {w for line in f if line.startswith(("flags", "Features")) for w in line.split(":", 1)[1].split()}
+    except OSError:  # not Linux: no bf16 copy, fp32 decodes as before
+        return set()
 
 
 def sampling_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:

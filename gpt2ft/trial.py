@@ -19,7 +19,7 @@ from gpt2ft import judges as J
 from gpt2ft.assets import Assets, study_bounds
 from gpt2ft.config import Config, TrainConfig
 from gpt2ft.measure import longest_copy, measure_model
-from gpt2ft.model import free_accelerator, seed_everything
+from gpt2ft.model import free_accelerator, peak_memory, reset_peak_memory, seed_everything
 from gpt2ft.train import FitResult, fit
 from gpt2ft.trial_writes import write_now
 
@@ -41,6 +41,8 @@ class TrialResult:
     log_ops: Optional[list] = None
     """The trial's final MLflow writes (``gpt2ft.logops``): made by ``run_trial`` itself, or with
     ``defer_log`` left to the caller (``trial_writes.TrialWrites.store``)."""
+    worker: dict[str, Any] = field(default_factory=dict)
+    """The process that ran it: pid, device and peak memory (``model.peak_memory``)."""
 
     def record(self) -> dict[str, Any]:
         """What a study stores durably for the trial (Optuna user attributes, JSON): enough to
@@ -50,7 +52,7 @@ class TrialResult:
                 "stopped_early": f.stopped_early, "stopped_for_copying": f.stopped_for_copying,
                 "sample_texts": self.texts, "sample_ids": self.ids,
                 "seconds": {k: float(v) for k, v in self.seconds.items() if k != "log_seconds"},
-                "trajectory": self.trajectory,
+                "trajectory": self.trajectory, "worker": self.worker,
                 "fit_curves": {"train_curve": f.train_curve, "heldout_curve": f.heldout_curve,
                                "steps": f.steps, "steps_per_epoch": f.steps_per_epoch}}
 
@@ -65,7 +67,7 @@ class TrialResult:
                         stopped_for_copying=bool(record.get("stopped_for_copying", False)))
         return cls(dict(record.get("metrics", {})), fit, list(record.get("sample_texts", [])),
                    [list(i) for i in record.get("sample_ids", [])], seconds=dict(record.get("seconds", {})),
-                   trajectory=list(record.get("trajectory", [])))
+                   trajectory=list(record.get("trajectory", [])), worker=dict(record.get("worker", {})))
 
 
 def trial_train_config(config: Config, params: dict[str, Any]) -> TrainConfig:
@@ -227,6 +229,7 @@ def run_trial(assets: Assets, train_cfg: TrainConfig, run=None, keep_model: bool
     without them, and applying them logs their own ``log_seconds``."""
     t0 = time.perf_counter()
     seed_everything(train_cfg.seed)
+    reset_peak_memory(assets.runtime.device)
     model = assets.fresh_model()
     t_copy = time.perf_counter() - t0
     sc = assets.config.sample
@@ -245,7 +248,8 @@ def run_trial(assets: Assets, train_cfg: TrainConfig, run=None, keep_model: bool
         seconds = {"copy_seconds": t_copy, "step_seconds": result.step_seconds, "eval_seconds": result.eval_seconds,
                    "measure_seconds": t_measure, "trajectory_seconds": tracer.seconds,
                    "checkpoint_seconds": tracer.keep_seconds}
-        out = TrialResult(metrics, result, texts, ids, seconds, model if keep_model else None, path)
+        out = TrialResult(metrics, result, texts, ids, seconds, model if keep_model else None, path,
+                          worker=peak_memory(assets.runtime.device))
         # The trial's seconds end here, before its final writes (logged apart as log_seconds).
         seconds["trial_seconds"] = time.perf_counter() - t0
         seconds["measure_share"] = (t_measure + tracer.seconds) / seconds["trial_seconds"]

@@ -248,6 +248,7 @@ def test_gpu_check_device_checks_pass_on_the_cpu():
     assert "refreshed in place across two trials" in C.sampler_refresh(cpu)
     assert C.step_timer(cpu).startswith("StepTimer")
     assert C.copying_stop(cpu) == "stopped at step 8, the second point"
+    assert C.goldfish_fit(cpu).startswith("labels equal the CPU's")
 
 
 def test_gpu_check_writes_its_figures_and_fails_on_any_failed_check(tmp_path, monkeypatch, capsys):
@@ -266,12 +267,64 @@ def test_gpu_check_writes_its_figures_and_fails_on_any_failed_check(tmp_path, mo
     out = tmp_path / "gpu_check.json"
     monkeypatch.delenv("OUT", raising=False)
     monkeypatch.setattr(C, "run_study_checks", study)
-    assert C.main(["--cpu-check", "--out", str(out)]) == 0
+    assert C.main(["--cpu-check", "--out-dir", str(tmp_path)]) == 0
     saved = json.loads(out.read_text())
     assert {k: saved[k] for k in figures} == figures and saved["device"] == "cpu"
-    assert set(saved["checks"]) == {"sampler_refresh", "step_timer", "copying_stop", "study", "export"}
+    assert set(saved["checks"]) == {"sampler_refresh", "step_timer", "copying_stop", "goldfish_labels", "study",
+                                    "export"}
+    assert set(saved["parts"]) == set(saved["checks"]) and all(s >= 0 for s in saved["parts"].values())
     monkeypatch.setattr(C, "run_study_checks", lambda *a: study(*a, ok=False))
-    assert C.main(["--cpu-check", "--out", str(out)]) == 1
+    assert C.main(["--cpu-check", "--out-dir", str(tmp_path)]) == 1
     failed = json.loads(out.read_text())["checks"]["export"]
     assert failed == {"ok": False, "detail": "ZeroDivisionError: division by zero"}
     assert "FAILED: export" in capsys.readouterr().out
+
+
+def test_gpu_check_jobs_auto_reads_what_each_trial_recorded_not_nvidia_smi(monkeypatch):
+    """--jobs auto passes on what the trials recorded of their process (pid, device, peak memory):
+    inside the device's sandbox nvidia-smi may list no process; one worker or a CPU trial fails it."""
+    from types import SimpleNamespace
+
+    import torch
+
+    C = load("gpu_check")
+    cuda = torch.device("cuda")
+
+    def trial(pid, device="cuda", peak=3 << 30):
+        return SimpleNamespace(user_attrs={"worker": {"pid": pid, "device": device, "device_name": "NVIDIA H100",
+                                                      "peak_memory_bytes": peak}})
+
+    def verdict(trials, workers=3):
+        results = {"checks": {}}
+        f = {"trials_complete": len(trials), "pick": None, "wall_seconds": 60.0, "workers": workers,
+             "trial_workers": C.trial_workers(trials), "derived_trials": 1, "stop_recorded": len(trials),
+             "stopped_for_copying": []}
+        C._study_verdicts(results, f, len(trials), cuda, None)
+        return results["checks"]["jobs_auto"]
+
+    ok = verdict([trial(11), trial(12), trial(11), trial(13)])
+    assert ok["ok"] and "trials ran in 3 processes on cuda" in ok["detail"], ok
+    assert not verdict([trial(11), trial(11)])["ok"]  # one process did every trial
+    assert "off the cuda" in verdict([trial(11), trial(12, device="cpu")])["detail"]
+    assert "peak is 0" in verdict([trial(11), trial(12, peak=0)])["detail"]
+    unrecorded = SimpleNamespace(user_attrs={})
+    assert "recorded their worker" in verdict([trial(11), trial(12), unrecorded])["detail"]
+
+
+def test_peak_memory_on_the_cpu_is_this_process_and_its_peak_rss():
+    import os
+
+    import torch
+
+    from gpt2ft.model import peak_memory, reset_peak_memory
+    from gpt2ft.trial import TrialResult
+
+    cpu = torch.device("cpu")
+    reset_peak_memory(cpu)
+    seen = peak_memory(cpu)
+    assert seen["pid"] == os.getpid() and seen["device"] == "cpu"
+    assert seen["peak_memory_bytes"] > 50 << 20  # torch alone is more than 50 MiB resident
+    from gpt2ft.train import FitResult
+
+    res = TrialResult({}, FitResult(history=[], steps=0), [], [], worker=seen)
+    assert TrialResult.from_record(res.record()).worker == seen

@@ -193,3 +193,18 @@ def test_bf16_on_a_cpu_is_native_with_its_bf16_instructions_only(monkeypatch, ca
     assert bf16_is_native(cpu) is native
     assert sampling_dtype("auto", cpu) is (torch.bfloat16 if native else None)
     assert packs_on(cpu, torch.bfloat16) is (native and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+@pytest.mark.parametrize("flags, native", [("fpu avx512_bw avx512f", False), ("fpu avx512_bw avx512_bf16", True),
+                                           ("fpu amx_tile amx_bf16", True)])
+def test_bf16_on_a_torch_without_get_capabilities_reads_the_cpu_flags(monkeypatch, tmp_path, flags, native):
+    # the GPU machine's torch 2.11 has no torch.cpu.get_capabilities: a --cpu-check there must not fail
+    from gpt2ft import sampler as S
+
+    (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    monkeypatch.delattr(torch.cpu, "get_capabilities")
+    monkeypatch.setattr(S, "_CPUINFO", str(tmp_path / "cpuinfo"))
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+    assert S.bf16_is_native(torch.device("cpu")) is native
+    monkeypatch.setattr(S, "_CPUINFO", str(tmp_path / "absent"))
+    assert S.bf16_is_native(torch.device("cpu")) is False

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The GPU machine's command rehearsed on this CPU (make device-rehearse; docs/gpu.md):
+# a fresh virtualenv holding only what the device image holds that the study touches (torch,
+# transformers 5.17 and the packages the carried wheels were pruned of) plus the carried wheels
+# installed as the device installs them, then bench/device_check.sh --cpu-check. Nothing of
+# `make install` or .venv is used, so a wheel make device-pack forgot fails here first.
+# This machine has Python 3.11 and only torch 2.13's CPU build (the device: 3.12, torch 2.11):
+# the wheels are fetched for 3.11 and the torch differs; bench/device_imports.py checks the
+# device's own torch against setup.cfg's floor there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=${PYTHON:-python3}
+dir=.rehearse
+start=$SECONDS
+part() { echo "rehearse: $1 ($((SECONDS - start)) s so far)" >&2; }
+
+"$py" bench/device_pack.py --python-version "$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
+  --dest "$dir/carry" >&2
+part "wheels and books packed into $dir/carry"
+rm -rf "$dir/venv" "$dir/site" "$dir/out"
+"$py" -m venv "$dir/venv"
+# the image's packages the study reaches (setup.cfg's requirements the wheels do not bring)
+"$dir/venv/bin/pip" install -q torch==2.13.0 transformers==5.17.0 packaging tokenizers safetensors \
+  scikit-learn seaborn matplotlib pandas numpy pyyaml tqdm $(cat "$dir/carry/from-image.txt")
+part "fresh venv with the image's packages ($("$dir/venv/bin/pip" list 2>/dev/null | tail -n +3 | wc -l) installed)"
+PYTHON="$dir/venv/bin/python" GPT2FT_CARRY="$dir/carry" GPT2FT_SITE="$dir/site" \
+  bash bench/device_check.sh "$dir/out" --cpu-check "$@"
+part "done: $dir/out/gpu_check.json"
