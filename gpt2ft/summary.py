@@ -29,7 +29,8 @@ from gpt2ft import pick as P
 ONSET_METRICS = ("copying_onset_step", "copying_onset_epoch", "heldout_turn_step", "heldout_up_before_copying")
 #: Per-candidate metrics carried into the tables (beside params, state and the pick's columns).
 TABLE_METRICS = ("top100_ratio", "top100_ratio_se", "memorization", "near_verbatim", "extractable_rate",
-                 "discoverable_rate", "extraction_log10p", "mia_auc", "mia_auc_se", "heldout_loss",
+                 "discoverable_rate", "discoverable_rate_heldout", "extraction_log10p", "extraction_log10p_heldout",
+                 "mia_auc", "mia_auc_se", "mia_auc_loss", "mia_auc_minkpp", "heldout_loss",
                  "fluency_ppl", "distinct_2", "repetition_4", "style_prob", "longest_copy", "near_verbatim_longest",
                  "style_js", "train_loss")
 

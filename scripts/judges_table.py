@@ -59,17 +59,37 @@ def table(label: str, summary, attrs) -> list[str]:
             *lines, "", f"{label}: bounds {bound_line}"]
 
 
+POINT_COLUMNS = ("memorization", "near_verbatim", "near_verbatim_longest", "extractable_rate", "discoverable_rate",
+                 "discoverable_rate_heldout", "extraction_log10p", "extraction_log10p_heldout", "mia_auc",
+                 "mia_auc_se", "mia_auc_loss", "heldout_loss")
+
+
+def points(label: str, summary) -> list[str]:
+    """Every measured point's copying evidence, the numbers behind the first failing epochs."""
+    c = summary.candidates.sort_values(["number", "step"])
+    cols = [k for k in POINT_COLUMNS if k in c.columns]
+    lines = [f"| book | trial | epoch | {' | '.join(cols)} |", "|" + "---|" * (3 + len(cols))]
+    for r in c.to_dict("records"):
+        cells = " | ".join("-" if not math.isfinite(float(r[k])) else f"{float(r[k]):.3g}" for k in cols)
+        lines.append(f"| {label} | {r['number']} | {_epoch(float(r['epoch']))} | {cells} |")
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--storage", default="sqlite:///mlruns/optuna.db")
+    ap.add_argument("--points", action="store_true", help="also every point's copying measures")
     ap.add_argument("studies", nargs="+", help="STUDY[@STORAGE][=LABEL]")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     for spec in args.studies:
         name, _, label = spec.partition("=")
         name, _, storage = name.partition("@")
-        study = load_study(name, storage or args.storage)
-        print("\n".join(table(label or name, summarize(study), study.user_attrs)) + "\n")
+        study = load_study(storage or args.storage, name)
+        summary = summarize(study)
+        print("\n".join(table(label or name, summary, study.user_attrs)) + "\n")
+        if args.points:
+            print("\n".join(points(label or name, summary)) + "\n")
     return 0
 
 

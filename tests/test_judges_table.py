@@ -27,3 +27,12 @@ def test_each_judge_names_the_first_epoch_it_fails_even_when_the_pick_does_not_u
     assert lines[2].startswith("| demo | 0 (the pick's trial) |") and lines[2].endswith("| 3 | 2 | 3 | - | 1 | 3 |")
     # Near-verbatim (on) moves the pick from epoch 2 to epoch 1; membership (off) would exclude that too.
     assert s.selected == (0, 4) and "near-verbatim: 0@8" in s.pick.reason
+
+
+def test_points_show_every_measured_point_with_its_copying_numbers():
+    trial = copying_trial(0)
+    for point in trial.trajectory:
+        point.update(mia_auc=0.9, near_verbatim=0.0)
+    lines = judges_table.points("demo", summarize(FakeStudy([trial])))
+    assert len(lines) == 2 + 3 and "| near_verbatim |" in lines[0] and "mia_auc" in lines[0]
+    assert lines[-1].startswith("| demo | 0 | 3 | 0.3 | 0 |")
