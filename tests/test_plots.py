@@ -560,3 +560,18 @@ def test_save_creates_parents_and_closes_pyplot_figures(tmp_path: Path) -> None:
     out = plots.save(fig, tmp_path / "deep" / "dir" / "x.png", dpi=100)
     assert out.is_file()
     assert fig.number not in plt.get_fignums()
+
+
+def test_style_vs_copying_crosses_every_point_another_judge_objects_to() -> None:
+    traj = trajectories_table()
+    traj["discoverable_rate"] = np.where((traj["number"] == 4) & (traj["epoch"] == 3), 0.2, 0.0)
+    refs = {**REFS, "heldout_bound": 3.6, "discoverable_bound": 0.05, "membership_bound": math.inf}
+    fig = plots.style_vs_copying(trials_table(), refs, traj)
+    crosses = [c for ax in fig.axes for c in ax.collections if c.get_label() == "another judge of copying objects"]
+    # Trial 2's epoch 3 passes the held-out bound (3.6); trial 4's epoch 3 the sampled extraction's.
+    want = ((traj["heldout_loss"] > 3.6) | (traj["discoverable_rate"] > 0.05)) & traj["top100_ratio"].notna()
+    assert len(crosses) == 1 and len(crosses[0].get_offsets()) == int(want.sum()) == 2
+    plt.close(fig)
+    fig = plots.style_vs_copying(trials_table(), REFS, traj)  # no other bound: no cross
+    assert not [c for ax in fig.axes for c in ax.collections if c.get_label() == "another judge of copying objects"]
+    plt.close(fig)

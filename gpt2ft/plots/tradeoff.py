@@ -154,7 +154,7 @@ def _mark_copying(ax: Axes, trajectories: pd.DataFrame | None, references: Mappi
     if len(hit):
         xs = [float(slots.x(n, m)) for n, m in zip(hit["number"], hit["memorization"])]
         ax.scatter(xs, hit["top100_ratio"], marker="x", s=40, color="#c0392b", lw=1.2, zorder=5,
-                   label="copying by another judge (extraction, near-verbatim, membership or held-out loss)")
+                   label="another judge of copying objects")
 
 
 def _mark_selected(ax: Axes, points: pd.DataFrame, chosen: Mapping[str, Any] | None, slots: _Slots) -> None:
