@@ -24,6 +24,7 @@ Pure: no torch, so ``gpt2ft book`` answers in well under a second of cleaning.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from pathlib import Path
 
 from gpt2ft.errors import UserError
 from gpt2ft.gutenberg import has_markers, read_bytes, strip_gutenberg
+
+log = logging.getLogger(__name__)
 
 #: Kinds of dropped text, in the order reports list them.
 KINDS = ("licence", "producer's note", "front matter", "heading", "illustration", "footnote", "the end",
@@ -106,20 +109,33 @@ def fingerprint() -> str:
 
 
 def decode(raw: bytes, source: str) -> str:
-    """The text of a file's bytes: UTF-8 (with or without BOM), UTF-16 with a BOM, else Latin-1.
-    An empty or binary file is a ``UserError`` naming ``source``."""
+    """The text of a file's bytes: UTF-8 (with or without BOM; a file that is UTF-8 but for a few
+    stray bytes, under one per hundred of its non-ASCII characters, keeps them as U+FFFD with a
+    warning saying how many), UTF-16 with a BOM, else
+    Windows-1252, else Latin-1. An empty or binary file is a ``UserError`` naming ``source``.
+
+    Why not charset-normalizer (3.5.3, checked 2026-12-07): it names a cp1252 novel "cp1250" and
+    a UTF-8 file with one stray cp1252 byte "mac_iceland", turning every curly quote to mojibake.
+    cp1252 comes before Latin-1 because older downloads and Word exports are cp1252: read as
+    Latin-1, their quotes, dashes and ellipses become C1 control characters."""
     if not raw.strip():
         raise UserError(f"{source} is empty; pass the plain-text file of a book.")
     if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
         text = raw.decode("utf-16", errors="replace")
     else:
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            text = raw.decode("latin-1")  # every byte decodes; the control-character test below judges
+        text = raw.decode("utf-8-sig", errors="replace")
+        bad = text.count("\ufffd") - raw.count("\ufffd".encode())
+        good = sum(1 for c in text if ord(c) > 127) - text.count("\ufffd")
+        if bad * 100 > good:  # UTF-8 only where its multi-byte characters outnumber the stray bytes
+            try:
+                text = raw.decode("cp1252")
+            except UnicodeDecodeError:  # cp1252 leaves five bytes undefined; Latin-1 decodes all
+                text = raw.decode("latin-1")  # the control-character test below judges
+        elif bad:
+            log.warning("%s is UTF-8 but for %d byte(s), read as U+FFFD", source, bad)
     controls = sum(1 for c in text[:100_000] if ord(c) < 32 and c not in "\t\n\r\f" or 0x7f <= ord(c) < 0xa0)
     if "\x00" in text or controls > 0.01 * min(len(text), 100_000):
-        raise UserError(f"{source} is not a text file (binary bytes, or neither UTF-8 nor Latin-1); "
+        raise UserError(f"{source} is not a text file (binary bytes, or none of UTF-8, Windows-1252, Latin-1); "
                         "pass the plain-text file of a book.")
     return text
 

@@ -204,3 +204,20 @@ def test_a_story_start_found_late_is_not_taken_for_front_matter():
     verse = ["The rain upon the hills\nThe wind along the shore", "And all the long night through\nThe sea"] * 10
     out = prose.clean("\n\n".join(verse + ["It ended there, as all such nights end, in a grey morning light."]))
     assert len(out.paragraphs) == 21 and "front matter" not in out.by_kind
+
+
+def test_cp1252_and_utf8_with_a_stray_byte_are_read(tmp_path, caplog):
+    # Issue 34 item 1: cp1252 was read as Latin-1 (curly quotes became C1 controls, a dialogue-dense
+    # book was refused) and a UTF-8 file with one stray cp1252 byte was refused outright.
+    story = ["“Well,” said he, “I don’t know — perhaps…”", "‘Yes,’ she answered.", STORY[0]] * 40
+    cp = tmp_path / "cp1252.txt"
+    cp.write_bytes("\r\n\r\n".join(story).encode("cp1252"))
+    assert prose.read(cp)[0].paragraphs == tuple(story)
+    mixed = tmp_path / "mixed.txt"
+    raw = "\n\n".join(story + ["Le café était fermé."]).encode("utf-8")
+    mixed.write_bytes(raw.replace("— perhaps".encode(), b"\x97 perhaps", 1))
+    with caplog.at_level("WARNING"):
+        out = prose.read(mixed)[0]
+    assert out.paragraphs[0] == "“Well,” said he, “I don’t know \ufffd perhaps…”"
+    assert out.paragraphs[1:] == tuple(story[1:] + ["Le café était fermé."])
+    assert "UTF-8 but for 1 byte(s)" in caplog.text and str(mixed) in caplog.text
