@@ -91,4 +91,4 @@ def test_pick_confidence_is_the_picks_chance_against_the_runner_up_not_the_rever
     value = L.measure_confidence(study, 0)
     assert study.user_attrs["pick_confidence"]["selected"] == [0, 4] and value > 0.95
     s = summarize(study)
-    assert s.selected == (0, 4) and "pick_confidence 1.00 against trial 1 at step 4" in s.pick.reason
+    assert s.selected == (0, 4) and "selected_p_closer_by_top100 1.00 against trial 1 at step 4" in s.pick.reason
