@@ -42,12 +42,19 @@ KINDS = ("licence", "producer's note", "front matter", "heading", "illustration"
 _NUMERAL = (r"(?:[IVXLCDM]+|[ivxlcdm]+|\d+|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|"
             r"first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|last)")
 # "CHAPTER I.", "Chapter 1", "PART I. The Wild Land", "Book I— The Shimerdas", "CHAPTER THE FIRST".
-_NUMBERED = re.compile(rf"^(?:chapter|part|book|volume|vol\.|letter|canto|stave|section)\s+(?:the\s+)?"
+# The chapter words of the common European languages too ("Chapitre 1", "Kapitel 12", "Глава 3").
+_NUMBERED = re.compile(rf"^(?:chapter|part|book|volume|vol\.|letter|canto|stave|section|article|chapitre|livre|partie|"
+                       rf"kapitel|teil|buch|cap[ií]tulo|capitolo|libro|parte|hoofdstuk|deel|rozdzia[lł]|kapitola|"
+                       rf"luku|kapittel|глава|часть|книга)\s+(?:the\s+)?"
                        rf"{_NUMERAL}(?=$|[\s.:,;—–-])", re.IGNORECASE)
 _LONE_NUMERAL = re.compile(r"^(?:[IVXLCDM]+|\d+)\.?$")
 _THE_END = re.compile(r"^(?:the end|finis)\.?$", re.IGNORECASE)
 _FOOTNOTES_HEAD = re.compile(r"^foot-?notes?\s*[:.]?$", re.IGNORECASE)
-_FOOTNOTE_ENTRY = re.compile(r"^\{\w{1,6}\}")
+_FOOTNOTE_ENTRY = re.compile(r"^(?:\{\w{1,6}\}|\[\d{1,4}\])")
+# Inside a FOOTNOTES section an entry may be a bare number too (My Ántonia's "1 The Bohemian name").
+_SECTION_ENTRY = re.compile(r"^\d{1,3}[.)]?\s")
+#: Footnotes above this share of the prose are named in a warning (a section that ran on?).
+_MAX_FOOTNOTE_SHARE = 0.03
 _LICENCE = re.compile(r"project gutenberg|gutenberg\.(?:org|net)|gutenberg literary archive", re.IGNORECASE)
 _PRODUCER = re.compile(r"^\[?(?:produced by|transcribed (?:from|by)|e-?text prepared by|this e-?(?:text|book) was "
                        r"(?:prepared|produced)|transcriber['’]?s? notes?|note from the transcriber|"
@@ -56,7 +63,7 @@ _PRODUCER = re.compile(r"^\[?(?:produced by|transcribed (?:from|by)|e-?text prep
 _INLINE = (("illustration", re.compile(r"\[(?:Illustration|Picture)\b[^\]]{0,2000}\]", re.IGNORECASE)),
            ("footnote", re.compile(r"\[(?:Footnote\b|\*)[^\]]{0,5000}\]", re.IGNORECASE)),
            ("producer's note", re.compile(r"\[Transcriber['’]?s? notes?[^\]]{0,5000}\]", re.IGNORECASE)),
-           ("footnote", re.compile(r"\{\d{1,4}[a-z]?\}")),
+           ("footnote", re.compile(r"(?<!\n\n)\{\d{1,4}[a-z]?\}")),  # not an entry's own, at a block's start
            ("url or e-mail", re.compile(r"\b(?:https?://|www\.)\S+|\b[\w.+-]+@[\w-]+\.[\w.-]*\w")))
 _ILLUSTRATION_LINE = re.compile(r"^\[?(?:illustration|picture)\b", re.IGNORECASE)
 _QUOTES = "\"'“”‘’«»"
@@ -165,6 +172,9 @@ def clean(text: str) -> Prose:
     by_kind = Counter()
     for kind, piece in dropped:
         by_kind[kind] += len(piece)
+    if by_kind["footnote"] > max(1000, _MAX_FOOTNOTE_SHARE * sum(map(len, paragraphs))):
+        log.warning("footnotes are %s characters, over %.0f%% of the prose: check `gpt2ft book`'s footnote lines",
+                    f"{by_kind['footnote']:,}", 100 * _MAX_FOOTNOTE_SHARE)
     licence = max(0, len(" ".join(text.split())) - len(" ".join(strip_gutenberg(text).split())))
     if licence:
         by_kind["licence"] += licence
@@ -183,15 +193,19 @@ def _classify(blocks: list[str]) -> list[str | None]:
     """Each block's kind of apparatus, or None for prose."""
     kinds: list[str | None] = []
     in_footnotes = False
-    for block in blocks:
+    for i, block in enumerate(blocks):
         kind = _apparatus(block)
         if kind == "footnote" and _FOOTNOTES_HEAD.match(block.strip()):
-            in_footnotes = True  # a FOOTNOTES section runs to the next numbered heading
-        elif in_footnotes and not (kind == "heading" and _NUMBERED.match(block.strip())):
-            kind = "footnote"
-        else:
-            in_footnotes = False
+            in_footnotes = True  # a FOOTNOTES section runs while its entries do ("{1} ...", "[1] ...")
+        elif in_footnotes and kind is None and (_SECTION_ENTRY.match(block.strip()) or i + 1 < len(blocks)
+                                                and _FOOTNOTE_ENTRY.match(blocks[i + 1].strip())):
+            kind = "footnote"  # a numbered entry, or an entry's second paragraph with another after it
+        elif kind != "footnote":
+            in_footnotes = False  # a heading or the story again: per-chapter footnotes end here
         kinds.append(kind)
+    for i in range(1, len(blocks) - 1):
+        if kinds[i] == "heading" and kinds[i - 1] is None and _in_speech(blocks[i - 1], blocks[i], blocks[i + 1]):
+            kinds[i] = None
     # A spoken line opens the story only where a sentence follows it: a list of illustrations
     # has quoted titles too ("“Got it at Last!”"), each followed by another title.
     start = next((i for i, (b, k) in enumerate(zip(blocks, kinds)) if k is None and _opens_story(b)
@@ -238,6 +252,17 @@ def _heading(lines: list[str], flat: str) -> bool:
     words = flat.split()
     return (len(lines) == 1 and len(words) <= 6 and flat[-1] not in _END_PUNCT and not any(c.isdigit() for c in flat)
             and all(w[0].isupper() or not w[0].isalpha() or w.lower() in _SMALL_WORDS for w in words))
+
+
+def _in_speech(before: str, block: str, after: str) -> bool:
+    """Whether a heading by its form alone (capitals, title case) is a line of the story: a reply
+    or a shout between spoken lines ("Yes", "HELP."), or a letter's signature after its closing
+    ("Yours truly," then "John Smith"). A numbered heading or a lone numeral is always a heading."""
+    flat = " ".join(block.split())
+    if _NUMBERED.match(flat) or _LONE_NUMERAL.match(flat):
+        return False
+    before, after = before.strip(), after.strip()
+    return before.endswith(",") or (before[0] in _QUOTES or before[-1] in _QUOTES) and after[:1] in tuple(_QUOTES)
 
 
 def _opens_story(block: str) -> bool:

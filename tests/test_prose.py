@@ -75,7 +75,7 @@ def test_the_prose_comes_out_whole_and_the_apparatus_does_not():
     # Before the story's first paragraph everything is front matter (the contents, the first heading).
     assert kinds["CHAPTER I. The Stranger Comes--A Cold Morning"] == kinds["CHAPTER I."] == "front matter"
     assert kinds["PART II. The Mill"] == "heading" and kinds["[Picture: The mill]"] == "illustration"
-    assert kinds["The village is in Kent."] == "footnote" and kinds["THE END"] == "the end"
+    assert kinds["{1} The village is in Kent."] == "footnote" and kinds["THE END"] == "the end"
 
 
 def test_the_same_prose_without_markers_is_the_same_prose():
@@ -223,3 +223,35 @@ def test_cp1252_and_utf8_with_a_stray_byte_are_read(tmp_path, caplog):
     assert out.paragraphs[0] == "“Well,” said he, “I don’t know \ufffd perhaps…”"
     assert out.paragraphs[1:] == tuple(story[1:] + ["Le café était fermé."])
     assert "UTF-8 but for 1 byte(s)" in caplog.text and str(mixed) in caplog.text
+
+
+def test_per_chapter_footnotes_end_at_the_next_heading_or_story(caplog):
+    # Issue 34 item 4: a FOOTNOTES section ran to the next CHAPTER/PART/BOOK heading, so with
+    # chapters headed "II." everything after the first FOOTNOTES was dropped as footnotes.
+    chapter = [STORY[0], "He came back with the note{1} in his hand.", STORY[5]]
+    text = "\n\n".join(["I."] + chapter + ["FOOTNOTES:", "{1} A letter from the mill.", "II."] + chapter
+                       + ["FOOTNOTES", "[1] The second note.", STORY[8], STORY[10]])
+    out = prose.clean(text)
+    body = [" ".join(p.split()) for p in chapter]
+    body[1] = "He came back with the note in his hand."
+    assert out.paragraphs == tuple(body * 2 + [STORY[8], STORY[10]])
+    assert [t for k, t in out.dropped if k == "footnote"][-2:] == ["FOOTNOTES", "[1] The second note."]
+    # Footnotes over a few per cent of the prose are named in a warning.
+    notes = "\n\n".join(f"{{{i}}} " + "A long note on the mill and its history. " * 5 for i in range(40))
+    with caplog.at_level("WARNING"):
+        prose.clean("\n\n".join(chapter * 3 + ["FOOTNOTES:", notes]))
+    assert "footnotes are" in caplog.text
+
+
+def test_chapter_words_of_european_languages_are_headings_and_short_lines_in_speech_stay():
+    # Issue 34 item 6: "Chapitre 1" etc. were kept as prose; "Yes", "HELP." and a letter's
+    # signature between spoken lines were dropped as headings.
+    headings = ["Chapitre 1", "Kapitel 12", "Capítulo 2", "Глава 3", "Capitolo IV", "Hoofdstuk 5"]
+    speech = ["“Will you come with me to the mill tonight?” she asked him.", "Yes",
+              "“Then come,” she said, and they went out together into the cold.", "HELP.",
+              "“Who called?” cried the miller from the door of the mill.",
+              "“DEAR SIR,--The house is let at last, and we leave on Monday. Yours truly,",
+              "John Smith", STORY[0]]
+    out = prose.clean("\n\n".join([headings[0], STORY[0]] + headings[1:] + speech))
+    assert out.paragraphs == (STORY[0],) + tuple(speech)
+    assert {t for k, t in out.dropped if k in ("heading", "front matter")} >= set(headings)
