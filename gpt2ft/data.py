@@ -98,7 +98,12 @@ def load_book(cfg: DataConfig, explicit_path: Optional[str] = None) -> Book:
     paras = list(prose.paragraphs)
     segments, held = split_segments(paras, cfg.segment_chars, cfg.heldout_every)
     if len(segments) < 2 or not held:
-        raise UserError(f"{path} is too short: the book's prose must give at least {cfg.heldout_every} "
+        # Name the cause where cleaning took most of the file (a rule that misjudged it), not length.
+        most = max(prose.by_kind.items(), key=lambda kv: kv[1], default=("", 0))
+        cause = (f" (cleaning dropped {prose.dropped_chars:,} of its characters, most as {most[0]}, and kept "
+                 f"{prose.prose_chars:,} in {len(paras)} paragraph(s): see `gpt2ft book --corpus {path}`)"
+                 if prose.dropped_chars > prose.prose_chars else "")
+        raise UserError(f"{path} is too short{cause}: the book's prose must give at least {cfg.heldout_every} "
                         f"segments of {cfg.segment_chars} characters; use the whole book.")
     held_set = set(held)
     train, unused = _cut([p for i, s in enumerate(segments) if i not in held_set for p in s], cfg.max_chars,

@@ -69,6 +69,8 @@ _ILLUSTRATION_LINE = re.compile(r"^\[?(?:illustration|picture)\b", re.IGNORECASE
 _QUOTES = "\"'“”‘’«»"
 _END_PUNCT = ".!?…:;,\"'”’)]—–-_"
 _SMALL_WORDS = {"a", "an", "and", "at", "by", "for", "in", "of", "on", "or", "the", "to", "with"}
+#: A block this long may hold a licence line; blocks this long on average mean no blank lines.
+_LONG_BLOCK, _HUGE_BLOCK = 2_000, 5_000
 #: Front matter larger than this share of the body means the story's start was misjudged.
 _MAX_FRONT_SHARE = 0.25
 
@@ -161,7 +163,7 @@ def clean(text: str) -> Prose:
     dropped: list[tuple[str, str]] = []
     for kind, pattern in _INLINE:
         body = pattern.sub(lambda m, k=kind: _drop(dropped, k, m.group(0)), body)
-    blocks = [b for b in re.split(r"\n[ \t]*\n", body) if b.strip()]
+    blocks = _blocks(body)
     kinds = _classify(blocks)
     paragraphs = []
     for block, kind in zip(blocks, kinds):
@@ -180,6 +182,36 @@ def clean(text: str) -> Prose:
         by_kind["licence"] += licence
     return Prose(tuple(paragraphs), tuple(dropped), marked, licence,
                  {k: by_kind[k] for k in KINDS if by_kind[k]})
+
+
+def _blocks(body: str) -> list[str]:
+    """The body's paragraphs: blocks between blank lines. A book without blank lines between its
+    paragraphs (one paragraph per line, as many editors and converters write) gives few, huge
+    blocks: those are split before indented lines where its paragraphs are indented, else at every
+    line. In any long block a licence or producer's line stands alone, so its rule drops that line,
+    not the block around it."""
+    blocks = [b for b in re.split(r"\n[ \t]*\n", body) if b.strip()]
+    few_huge = len(body) > 20_000 and len(blocks) * _HUGE_BLOCK < len(body)
+    out = []
+    for block in blocks:
+        if len(block) <= _LONG_BLOCK:
+            out.append(block)
+            continue
+        lines = block.strip("\n").split("\n")
+        if few_huge and len(block) > _HUGE_BLOCK:
+            indented = sum(1 for ln in lines[1:] if re.match(r"[ \t]+\S", ln)) >= len(lines) / 20
+            out.extend(re.split(r"\n(?=[ \t]+\S)", block) if indented else [ln for ln in lines if ln.strip()])
+            continue
+        run: list[str] = []
+        for ln in lines:  # a licence or producer's line inside a long block: its own block
+            if _LICENCE.search(ln) or _PRODUCER.match(ln.strip()):
+                out.extend(["\n".join(run)] if run else [])
+                out.append(ln)
+                run = []
+            else:
+                run.append(ln)
+        out.extend(["\n".join(run)] if run else [])
+    return [b for b in out if b.strip()]
 
 
 def _drop(dropped: list[tuple[str, str]], kind: str, piece: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -255,3 +256,28 @@ def test_chapter_words_of_european_languages_are_headings_and_short_lines_in_spe
     out = prose.clean("\n\n".join([headings[0], STORY[0]] + headings[1:] + speech))
     assert out.paragraphs == (STORY[0],) + tuple(speech)
     assert {t for k, t in out.dropped if k in ("heading", "front matter")} >= set(headings)
+
+
+def test_a_book_of_one_paragraph_per_line_is_split_and_its_licence_line_alone_dropped(tmp_path):
+    # Issue 34 item 3: without blank lines the whole book was one paragraph: "too short" for the
+    # study, and with a "Project Gutenberg" line at its top the licence rule dropped all of it.
+    flat = [f"{i}. " + " ".join(STORY[i % len(STORY)].split()) for i in range(400)]
+    out = prose.clean("\n".join(["This eBook is from Project Gutenberg, for anyone anywhere."] + flat))
+    assert out.paragraphs == tuple(flat) and out.by_kind["licence"] < 100
+    # Paragraphs indented, hard-wrapped, no blank lines: split before each indented line.
+    wrapped = "\n".join("    " + textwrap.fill(s, 40) for s in flat)
+    assert prose.clean(wrapped).paragraphs == tuple(flat)
+    # A licence line inside a long block of a normal book drops that line only.
+    block = "\n".join(["Produced by A. Volunteer."] + [STORY[0]] * 30)
+    out = prose.clean(block + "\n\n" + "\n\n".join(STORY))
+    assert out.paragraphs[0] == " ".join([STORY[0]] * 30) and out.by_kind["producer's note"] < 30
+
+
+def test_where_cleaning_took_the_book_the_error_names_the_cause(tmp_path):
+    path = tmp_path / "book.txt"
+    path.write_text("\n\n".join(["Project Gutenberg's licence, for anyone anywhere: " + STORY[0]] * 50
+                                + [STORY[0]]), encoding="utf-8")
+    want = (r"too short \(cleaning dropped [\d,]+ of its characters, most as licence, and kept "
+            rf"{len(STORY[0])} in 1 paragraph\(s\): see `gpt2ft book")
+    with pytest.raises(prose.UserError, match=want):
+        load_book(DataConfig(segment_chars=400, heldout_every=5), str(path))
