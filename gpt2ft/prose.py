@@ -58,7 +58,12 @@ _MAX_FOOTNOTE_SHARE = 0.03
 _LICENCE = re.compile(r"project gutenberg|gutenberg\.(?:org|net)|gutenberg literary archive", re.IGNORECASE)
 _PRODUCER = re.compile(r"^\[?(?:produced by|transcribed (?:from|by)|e-?text prepared by|this e-?(?:text|book) was "
                        r"(?:prepared|produced)|transcriber['’]?s? notes?|note from the transcriber|"
-                       r"distributed proofread)", re.IGNORECASE)
+                       r"distributed proofread|"
+                       # Transcribers' notes that are paragraphs of their own, wherever they stand.
+                       r"text (?:enclosed|surrounded) by (?:underscores|equals signs|asterisks)|"
+                       r"this (?:version of the )?(?:e-?)?text cannot represent|"
+                       r"(?:obvious )?(?:typographical|printer['’]?s) errors have been|"
+                       r"the following (?:corrections|changes) have been made)", re.IGNORECASE)
 # Tags that may span lines (captions run on); bounded, so an unclosed bracket eats no chapter.
 _INLINE = (("illustration", re.compile(r"\[(?:Illustration|Picture)\b[^\]]{0,2000}\]", re.IGNORECASE)),
            ("footnote", re.compile(r"\[(?:Footnote\b|\*)[^\]]{0,5000}\]", re.IGNORECASE)),
@@ -242,7 +247,7 @@ def _classify(blocks: list[str]) -> list[str | None]:
     # has quoted titles too ("“Got it at Last!”"), each followed by another title.
     start = next((i for i, (b, k) in enumerate(zip(blocks, kinds)) if k is None and _opens_story(b)
                   and (b.lstrip()[0] not in _QUOTES or i + 1 < len(kinds) and kinds[i + 1] is None
-                       and _ends_sentence(blocks[i + 1]))), 0)
+                       and _ends_sentence(blocks[i + 1]) and not _caption(blocks[i + 1]))), 0)
     front = sum(len(b) for b, k in zip(blocks[:start], kinds) if k is None)
     if front <= _MAX_FRONT_SHARE * sum(len(b) for b in blocks):
         kinds[:start] = [k if k in ("licence", "producer's note") else "front matter" for k in kinds[:start]]
@@ -303,12 +308,20 @@ def _opens_story(block: str) -> bool:
     of illustrations' titles such as "'Tendin' to Business", are neither)."""
     lines = [ln for ln in block.split("\n") if ln.strip()]
     flat = " ".join(block.split())
-    if not _ends_sentence(flat):
-        return False
+    titles = len(lines) >= 3 and all(len(ln.strip()) < 60 and not ln.strip()[0].islower() for ln in lines)
+    if not _ends_sentence(flat) or titles:
+        return False  # a run of short lines each its own title (a list of captions) opens no story
     if flat[0] in _QUOTES:
         return True
     indent = min(len(ln) - len(ln.lstrip()) for ln in lines)
     return indent < 8 and flat[0] != "[" and len(flat.split()) >= 6 and any(c.islower() for c in flat)
+
+
+def _caption(block: str) -> bool:
+    """A list of illustrations' title ("Huck Finn at the Window."): one short line whose words
+    after the first are capitalised (small words aside), unlike a reply such as "No answer."."""
+    words = [w for w in block.split()[1:] if w.lower().strip(_QUOTES + ".,!?") not in _SMALL_WORDS]
+    return "\n" not in block.strip() and len(block) < 80 and bool(words) and all(w[0].isupper() for w in words)
 
 
 def _ends_sentence(block: str) -> bool:

@@ -281,3 +281,17 @@ def test_where_cleaning_took_the_book_the_error_names_the_cause(tmp_path):
             rf"{len(STORY[0])} in 1 paragraph\(s\): see `gpt2ft book")
     with pytest.raises(prose.UserError, match=want):
         load_book(DataConfig(segment_chars=400, heldout_every=5), str(path))
+
+
+def test_transcribers_notes_and_a_quoted_illustrations_list_are_apparatus():
+    # Issue 34 item 5: a transcriber's note as a paragraph of its own opened the prose, and a
+    # list of illustrations whose captions are quoted lines was kept as dialogue.
+    notes = ["Text enclosed by underscores is in italics.",
+             "This version of the text cannot represent certain typographical effects. Italics are _underscored_."]
+    captions_block = "\n".join(["“He had a Rat!”", "The Doctor Leads Huck.", "“Tom, Come Here!”", "Huck at the Door."])
+    captions = ["“He had a Rat!”", "Huck Finn at the Window.", "“Tom, Come Here!”", "The Doctor Leads Huck."]
+    for front in ([*notes, "CONTENTS", captions_block], ["CONTENTS", "ILLUSTRATED", *captions, notes[0]]):
+        out = prose.clean("\n\n".join(front + ["CHAPTER I"] + STORY))
+        assert out.paragraphs == tuple(" ".join(p.split()) for p in STORY), front
+    mid = prose.clean("\n\n".join(STORY[:3] + [notes[1]] + STORY[3:]))
+    assert notes[1] not in mid.text and dict((t, k) for k, t in mid.dropped)[notes[1]] == "producer's note"
