@@ -6,8 +6,11 @@ before the story's first paragraph (title page, contents, lists of illustrations
 chapter / part / book headings, ``[Illustration: ...]`` tags, footnote markers and footnotes,
 "THE END", URLs and e-mail addresses. In: every other paragraph, however short: spoken lines
 such as "No." or "I went." are most of some novels, and verse or letters inside the story are
-the story. A paragraph is judged by its *form* (a heading is a numbered "CHAPTER", a lone
-numeral, an all-capitals or title-case line without end punctuation), never by its length.
+the story. A paragraph is judged by its *form* (a heading is a numbered "CHAPTER" or "Kapitel", a
+lone numeral, an all-capitals or title-case line without end punctuation), never by its length;
+a line of capitals or title case between spoken lines or after a letter's closing is the story's.
+A file is read as UTF-8, cp1252 or Latin-1 (``decode``); one without blank lines between its
+paragraphs is split at its lines (``_blocks``).
 
 Why not a library (checked 2026-12-03 on PyPI): ``gutenberg-cleaner`` 0.1.6 (2019, unmaintained)
 ``super_cleaner`` drops every paragraph under 5 tokens unless it holds exactly two ASCII ``"``
