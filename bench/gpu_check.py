@@ -273,7 +273,7 @@ def study_figures(store: Path, res: dict[str, Any], peak: Optional[float]) -> di
                                     if t.user_attrs.get("metrics", {}).get("stopped_for_copying") == 1.0],
             "pick": None if pick is None else {
                 "trial": pick.number, "step": pick.step, "eligible": bool(pick.eligible),
-                "confidence": summary.confidence if summary.confidence == summary.confidence else None,
+                "confidence": p if (p := summary.p_closer_by_top100) == p else None,
                 "reason": pick.reason}}
 
 

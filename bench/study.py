@@ -20,7 +20,8 @@ Read from each run's MLflow store and Optuna database:
 * trials trained, points told to Optuna as derived trials, candidates the pick weighed (rows of
   ``candidates.csv``), the trials the copying stop ended and at which step;
 * the pick: trial and step, style distance ``|top100_ratio - book_top100_ratio|`` with its
-  standard error, memorization, extractable rate, held-out loss, ``pick_confidence``.
+  standard error, memorization, extractable rate, held-out loss,
+  ``selected_p_closer_by_top100`` (as ``pick_confidence``).
 
 Ratios are after / before. The target of issue 19 is a wall time at most 0.6 x before's with a
 pick at least as good; "at least as good" is judged here as: eligible, and a style distance no
@@ -141,7 +142,7 @@ def read_store(store: Path) -> dict[str, Any]:
             "memorization": pm.get("selected_memorization", math.nan),
             "extractable_rate": pm.get("selected_extractable_rate", math.nan),
             "heldout_loss": pm.get("selected_heldout_loss", math.nan),
-            "pick_confidence": pm.get("pick_confidence", math.nan),
+            "pick_confidence": pm.get("selected_p_closer_by_top100", math.nan),
             "reason": tags.get("pick_reason", ""),
         },
     }

@@ -254,7 +254,9 @@ def _print_outcome(study) -> None:
     print_trials(summary)
     print_candidates(summary)
     if summary.selected is not None:
-        conf = f" (pick_confidence {summary.confidence:.2f})" if math.isfinite(summary.confidence) else ""
+        conf = "".join(f", selected_p_closer_by_{by} {p:.2f}" for by, p in (("top100", summary.p_closer_by_top100),
+                       ("style_prob", summary.p_closer_by_style_prob)) if math.isfinite(p))
+        conf = f" ({conf[2:]})" if conf else ""
         print(f"\nselected: trial {summary.pick.number} at step {summary.pick.step}{conf} — {summary.pick.reason}")
         print_before_after(summary)
     elif summary.pick is not None:

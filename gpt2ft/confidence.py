@@ -4,7 +4,9 @@ Ten or twenty samples of 100 tokens measure a ``top100_ratio`` to a few points, 
 apart as the candidates the pick ranks. So the leading candidates are re-measured on
 ``sample.final_n_samples`` samples drawn with the same seed (sample *i* of one model and
 sample *i* of the other share their random numbers: a paired design), and the pick reports the
-probability that the selected candidate really is closer to the book than the runner-up.
+probabilities that the *selected* candidate really is closer to the book than the other finalist
+(``selected_p_closer_by_top100``, ``selected_p_closer_by_style_prob``: where a tie-break chose the
+rule's runner-up, the complements of the rule's pick's own).
 
 Below :data:`THRESHOLD` the two are indistinguishable by ``top100_ratio``, and the second style
 judge decides if it can: the one the style classifier finds more like the book (``style_prob``,
@@ -72,12 +74,13 @@ def settle(result: PickResult, chosen: TrialRow, runner: TrialRow | None, confid
     the lower (trial, step); with a reason that says why."""
     if runner is None or not math.isfinite(confidence) or confidence >= threshold:
         if runner is not None and math.isfinite(confidence):
-            result = replace(result, reason=f"{result.reason}; pick_confidence {confidence:.2f} against "
-                                            f"{runner.label}")
+            result = replace(result, reason=f"{result.reason}; selected_p_closer_by_top100 {confidence:.2f} "
+                                            f"against {runner.label}")
         return result
 
     def tie(other: TrialRow) -> str:
-        return f"; style indistinguishable from {other.label} (pick_confidence {confidence:.2f} < {threshold})"
+        return (f"; style indistinguishable from {other.label} ({chosen.label} is the closer with probability "
+                f"{confidence:.2f} < {threshold})")
     if math.isfinite(style_confidence) and max(style_confidence, 1 - style_confidence) >= threshold:
         winner, other = (chosen, runner) if style_confidence >= threshold else (runner, chosen)
         why = (f"{tie(other)} by top100_ratio, so {winner.label} is chosen: the style classifier finds it more like "
@@ -90,7 +93,8 @@ def settle(result: PickResult, chosen: TrialRow, runner: TrialRow | None, confid
         return (loss, r.memorization, r.key)
     winner = min((chosen, runner), key=key)
     other = runner if winner is chosen else chosen
-    classifier = "" if not math.isfinite(style_confidence) else f" (and by style_prob: {style_confidence:.2f})"
+    classifier = ("" if not math.isfinite(style_confidence) else
+                  f" (and by style_prob: {chosen.label}'s is the higher with probability {style_confidence:.2f})")
     why = (f"{tie(other)}{classifier}, so {winner.label} is chosen for lower held-out loss and less copying "
            f"(held-out loss {winner.heldout_loss:.4g} vs {other.heldout_loss:.4g}, memorization "
            f"{winner.memorization:.4g} vs {other.memorization:.4g})")

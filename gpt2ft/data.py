@@ -14,6 +14,7 @@ import bisect
 import hashlib
 import itertools
 import logging
+import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -97,7 +98,12 @@ def load_book(cfg: DataConfig, explicit_path: Optional[str] = None) -> Book:
     paras = list(prose.paragraphs)
     segments, held = split_segments(paras, cfg.segment_chars, cfg.heldout_every)
     if len(segments) < 2 or not held:
-        raise UserError(f"{path} is too short: the book's prose must give at least {cfg.heldout_every} "
+        # Name the cause where cleaning took most of the file (a rule that misjudged it), not length.
+        most = max(prose.by_kind.items(), key=lambda kv: kv[1], default=("", 0))
+        cause = (f" (cleaning dropped {prose.dropped_chars:,} of its characters, most as {most[0]}, and kept "
+                 f"{prose.prose_chars:,} in {len(paras)} paragraph(s): see `gpt2ft book --corpus {path}`)"
+                 if prose.dropped_chars > prose.prose_chars else "")
+        raise UserError(f"{path} is too short{cause}: the book's prose must give at least {cfg.heldout_every} "
                         f"segments of {cfg.segment_chars} characters; use the whole book.")
     held_set = set(held)
     train, unused = _cut([p for i, s in enumerate(segments) if i not in held_set for p in s], cfg.max_chars,
@@ -110,31 +116,50 @@ def load_book(cfg: DataConfig, explicit_path: Optional[str] = None) -> Book:
 
 
 def _cut(paras: list[str], max_chars: Optional[int], pieces: int = 1) -> tuple[list[str], list[str]]:
-    """About ``max_chars`` characters of whole paragraphs in ``pieces`` runs, the i-th centred in
-    the i-th of ``pieces`` equal parts of ``paras``; and the rest, in order.
+    """About ``max_chars`` characters of paragraphs in ``pieces`` runs, the i-th centred in the
+    i-th of ``pieces`` equal parts of ``paras``; and the rest, in order.
 
     Centred, not at each part's start: with one piece that would be the book's opening again,
     whose preface or frame is the book's least typical page. A run takes its next paragraph while
     that brings the total nearer ``(i + 1) * max_chars / pieces`` (one at least, unless earlier
     runs' long paragraphs already passed that), so long paragraphs never add up to a slice far
-    over ``max_chars``; runs never overlap."""
+    over ``max_chars``; runs never overlap. A paragraph longer than the run's share that spans its
+    centre is the run's first (else a book of a few long paragraphs takes its slice from the edges
+    of its parts), and a first paragraph longer than the run's share is cut at a sentence end near
+    that share, its tail left to the rest (else chapter-sized paragraphs give slices far over
+    ``max_chars``, from half the places)."""
     total = sum(len(p) for p in paras)
     if max_chars is None or total <= max_chars:
         return paras, []
     starts = list(itertools.accumulate((len(p) for p in paras), initial=0))
     size = max_chars / pieces
-    chosen: set[int] = set()
+    taken: dict[int, int] = {}  # paragraph index -> characters of it kept
     got = 0
     for i in range(pieces):
         target = (i + 1) * size
-        j, first = bisect.bisect_left(starts, (i + 0.5) * total / pieces - size / 2), True
+        centre = (i + 0.5) * total / pieces
+        j, span = bisect.bisect_left(starts, centre - size / 2), bisect.bisect_right(starts, centre) - 1
+        if span < j and len(paras[span]) > size:  # not a run of what follows the long one at its centre
+            j = span
+        first = True
         while j < len(paras) and got < target and (first or got + len(paras[j]) / 2 <= target):
-            if j not in chosen:
-                chosen.add(j)
-                got += len(paras[j])
+            if j not in taken:
+                n = len(paras[j])
+                taken[j] = _sentence_end(paras[j], int(target - got)) if first and n > size else n
+                got += taken[j]
                 first = False
             j += 1
-    return ([p for j, p in enumerate(paras) if j in chosen], [p for j, p in enumerate(paras) if j not in chosen])
+    kept = [p[:taken[j]] for j, p in enumerate(paras) if j in taken]
+    rest = [p[taken.get(j, 0):].lstrip() for j, p in enumerate(paras) if taken.get(j, 0) < len(p)]
+    return kept, rest
+
+
+def _sentence_end(text: str, n: int) -> int:
+    """Where to cut ``text`` near ``n`` characters: after the last sentence end at or before
+    ``n``, else the first after it, else nowhere (the whole of it)."""
+    ends = [m.end() for m in re.finditer(r"[.!?…][\"'”’)]*(?=\s)", text)]
+    before = [e for e in ends if e <= n]
+    return before[-1] if before else next(iter(ends), len(text))
 
 
 def encode(tokenizer, text: str) -> torch.Tensor:

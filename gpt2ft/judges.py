@@ -132,7 +132,7 @@ def copying_failures(values: Mapping[str, float], bounds: Bounds) -> list[tuple[
         name = JUDGE_METRICS[judge]
         v = float(values.get(name, math.nan))
         if math.isfinite(v) and not v <= bound:  # `not <=`: a NaN bound admits nothing
-            out.append((judge, f"{name} {v:.3g} > {bound:.3g}"))
+            out.append((judge, f"{name} {_vs(v, '>', bound)}"))
     return out
 
 
@@ -145,6 +145,16 @@ def judged_values(row: Mapping) -> dict[str, float]:
         except (TypeError, ValueError):
             out[name] = math.nan
     return out
+
+
+def _vs(value: float, op: str, bound: float) -> str:
+    """``"4.291 > 4.287"``: three significant digits, more until the two numbers read apart (a
+    reason that says ``4.29 > 4.29`` reads as nonsense)."""
+    for digits in range(3, 10):
+        a, b = f"{value:.{digits}g}", f"{bound:.{digits}g}"
+        if a != b:
+            break
+    return f"{a} {op} {b}"
 
 
 def degenerate_reason(distinct_2: float, repetition_4: float, book_distinct_2: float, book_repetition_4: float,
@@ -179,12 +189,12 @@ def degenerate_reason(distinct_2: float, repetition_4: float, book_distinct_2: f
     reasons = []
     d2, book_d2 = float(distinct_2), float(book_distinct_2)
     if math.isfinite(d2) and math.isfinite(book_d2) and d2 < book_d2 / factor:
-        reasons.append(f"distinct_2 {d2:.3g} < {book_d2 / factor:.3g}")
+        reasons.append(f"distinct_2 {_vs(d2, '<', book_d2 / factor)}")
     rep4, book_rep4 = float(repetition_4), float(book_repetition_4)
     line = max(factor * book_rep4, floor) if math.isfinite(book_rep4) else float(floor)
     if math.isfinite(rep4) and rep4 > line:
-        reasons.append(f"repetition_4 {rep4:.3g} > {line:.3g}")
+        reasons.append(f"repetition_4 {_vs(rep4, '>', line)}")
     ppl, book_ppl = float(fluency_ppl), float(book_fluency_ppl)
     if math.isfinite(ppl) and math.isfinite(book_ppl) and ppl > fluency_factor * book_ppl:
-        reasons.append(f"fluency_ppl {ppl:.3g} > {fluency_factor * book_ppl:.3g}")
+        reasons.append(f"fluency_ppl {_vs(ppl, '>', fluency_factor * book_ppl)}")
     return ", ".join(reasons)

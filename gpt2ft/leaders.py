@@ -9,7 +9,7 @@ point in style keep theirs (``keep_set``). At the study's end the contenders, th
 runner-up are re-measured on ``sample.final_n_samples`` samples, with one seed for all (sample
 *i* of each is drawn with the same random numbers), and the re-measure follows the pick until the
 pick and its runner-up are both re-measured (``remeasure``). ``gpt2ft.confidence`` then turns
-their per-sample counts into ``pick_confidence`` by the rule's own criterion.
+their per-sample counts into the pick's confidence by the rule's own criterion.
 
 The study object is used through its plain attributes, so this module does not import optuna.
 """
@@ -131,13 +131,23 @@ def remeasure(study: Any, assets: Assets, checkpoints: Checkpoints, n: int, seed
 def record_sized_references(study: Any, assets: Assets, n: int) -> dict[str, float]:
     """The book's (and the training text's) ``summary.SIZED`` references matched at ``n`` samples,
     recorded once on the study: a candidate re-measured on ``n`` samples is judged against text of
-    its own size (distinct_2 pooled over 50 samples lies below that over 10)."""
+    its own size (distinct_2 pooled over 50 samples lies below that over 10). Where a text has
+    fewer pieces than ``n`` (a novella's held-out part: about 25 chunks of 100 tokens against 50
+    samples), at the largest size it allows, said on stderr: a NaN reference would switch the
+    degenerate guard off for exactly the points the pick chooses among. The smaller size makes the
+    guard a little stricter (distinct_2 of less text is higher), never absent."""
     key = S.sized_key(n)
     if key not in study.user_attrs:
-        seed, seqs = assets.config.train.seed, assets.references.samples
-        study.set_user_attr(key, {f"{src}_{name}": M.matched_reference(seqs.get(src, []), n, DIVERSITY[name], 20,
-                                                                       seed)[0]
-                                  for src in ("book", "train") for name in S.SIZED})
+        seed, seqs, refs = assets.config.train.seed, assets.references.samples, {}
+        for src in ("book", "train"):
+            pieces = seqs.get(src, [])
+            at = min(n, len(pieces)) or n
+            if at < n:
+                print(f"[study] the {src}'s references have {at} pieces, fewer than the re-measure's {n} "
+                      f"samples: its re-measured points are judged by diversity against {at}", file=sys.stderr)
+            refs.update({f"{src}_{name}": M.matched_reference(pieces, at, DIVERSITY[name], 20, seed)[0]
+                         for name in S.SIZED})
+        study.set_user_attr(key, refs)
     return study.user_attrs[key]
 
 
@@ -188,9 +198,10 @@ def _remeasure_one(study: Any, assets: Assets, checkpoints: Checkpoints, key: tu
 
 
 def measure_confidence(study: Any, seed: int) -> float:
-    """``pick_confidence``: the probability, by a paired bootstrap over samples, that the rule's
-    own pick beats its runner-up by the rule's criterion (``pick.criterion``: closeness to the
-    book, or the knee score); recorded on the study for ``summary.summarize`` to settle the pick
+    """The probability, by a paired bootstrap over samples, that the rule's own pick (not
+    necessarily the point finally selected: ``summary`` reports the selected one's) beats its
+    runner-up by the rule's criterion (``pick.criterion``: closeness to the book, or the knee
+    score); recorded on the study for ``summary.summarize`` to settle the pick
     with, beside ``style_value``, the probability that the pick's mean ``style_prob`` is the higher
     (the same resampled indices). NaN when either was not re-measured."""
     summary = S.summarize(study)

@@ -6,8 +6,11 @@ before the story's first paragraph (title page, contents, lists of illustrations
 chapter / part / book headings, ``[Illustration: ...]`` tags, footnote markers and footnotes,
 "THE END", URLs and e-mail addresses. In: every other paragraph, however short: spoken lines
 such as "No." or "I went." are most of some novels, and verse or letters inside the story are
-the story. A paragraph is judged by its *form* (a heading is a numbered "CHAPTER", a lone
-numeral, an all-capitals or title-case line without end punctuation), never by its length.
+the story. A paragraph is judged by its *form* (a heading is a numbered "CHAPTER" or "Kapitel", a
+lone numeral, an all-capitals or title-case line without end punctuation), never by its length;
+a line of capitals or title case between spoken lines or after a letter's closing is the story's.
+A file is read as UTF-8, cp1252 or Latin-1 (``decode``); one without blank lines between its
+paragraphs is split at its lines (``_blocks``).
 
 Why not a library (checked 2026-12-03 on PyPI): ``gutenberg-cleaner`` 0.1.6 (2019, unmaintained)
 ``super_cleaner`` drops every paragraph under 5 tokens unless it holds exactly two ASCII ``"``
@@ -24,6 +27,7 @@ Pure: no torch, so ``gpt2ft book`` answers in well under a second of cleaning.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,6 +36,8 @@ from pathlib import Path
 from gpt2ft.errors import UserError
 from gpt2ft.gutenberg import has_markers, read_bytes, strip_gutenberg
 
+log = logging.getLogger(__name__)
+
 #: Kinds of dropped text, in the order reports list them.
 KINDS = ("licence", "producer's note", "front matter", "heading", "illustration", "footnote", "the end",
          "url or e-mail")
@@ -39,26 +45,40 @@ KINDS = ("licence", "producer's note", "front matter", "heading", "illustration"
 _NUMERAL = (r"(?:[IVXLCDM]+|[ivxlcdm]+|\d+|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|"
             r"first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|last)")
 # "CHAPTER I.", "Chapter 1", "PART I. The Wild Land", "Book I— The Shimerdas", "CHAPTER THE FIRST".
-_NUMBERED = re.compile(rf"^(?:chapter|part|book|volume|vol\.|letter|canto|stave|section)\s+(?:the\s+)?"
+# The chapter words of the common European languages too ("Chapitre 1", "Kapitel 12", "Глава 3").
+_NUMBERED = re.compile(rf"^(?:chapter|part|book|volume|vol\.|letter|canto|stave|section|article|chapitre|livre|partie|"
+                       rf"kapitel|teil|buch|cap[ií]tulo|capitolo|libro|parte|hoofdstuk|deel|rozdzia[lł]|kapitola|"
+                       rf"luku|kapittel|глава|часть|книга)\s+(?:the\s+)?"
                        rf"{_NUMERAL}(?=$|[\s.:,;—–-])", re.IGNORECASE)
 _LONE_NUMERAL = re.compile(r"^(?:[IVXLCDM]+|\d+)\.?$")
 _THE_END = re.compile(r"^(?:the end|finis)\.?$", re.IGNORECASE)
 _FOOTNOTES_HEAD = re.compile(r"^foot-?notes?\s*[:.]?$", re.IGNORECASE)
-_FOOTNOTE_ENTRY = re.compile(r"^\{\w{1,6}\}")
+_FOOTNOTE_ENTRY = re.compile(r"^(?:\{\w{1,6}\}|\[\d{1,4}\])")
+# Inside a FOOTNOTES section an entry may be a bare number too (My Ántonia's "1 The Bohemian name").
+_SECTION_ENTRY = re.compile(r"^\d{1,3}[.)]?\s")
+#: Footnotes above this share of the prose are named in a warning (a section that ran on?).
+_MAX_FOOTNOTE_SHARE = 0.03
 _LICENCE = re.compile(r"project gutenberg|gutenberg\.(?:org|net)|gutenberg literary archive", re.IGNORECASE)
 _PRODUCER = re.compile(r"^\[?(?:produced by|transcribed (?:from|by)|e-?text prepared by|this e-?(?:text|book) was "
                        r"(?:prepared|produced)|transcriber['’]?s? notes?|note from the transcriber|"
-                       r"distributed proofread)", re.IGNORECASE)
+                       r"distributed proofread|"
+                       # Transcribers' notes that are paragraphs of their own, wherever they stand.
+                       r"text (?:enclosed|surrounded) by (?:underscores|equals signs|asterisks)|"
+                       r"this (?:version of the )?(?:e-?)?text cannot represent|"
+                       r"(?:obvious )?(?:typographical|printer['’]?s) errors have been|"
+                       r"the following (?:corrections|changes) have been made)", re.IGNORECASE)
 # Tags that may span lines (captions run on); bounded, so an unclosed bracket eats no chapter.
 _INLINE = (("illustration", re.compile(r"\[(?:Illustration|Picture)\b[^\]]{0,2000}\]", re.IGNORECASE)),
            ("footnote", re.compile(r"\[(?:Footnote\b|\*)[^\]]{0,5000}\]", re.IGNORECASE)),
            ("producer's note", re.compile(r"\[Transcriber['’]?s? notes?[^\]]{0,5000}\]", re.IGNORECASE)),
-           ("footnote", re.compile(r"\{\d{1,4}[a-z]?\}")),
+           ("footnote", re.compile(r"(?<!\n\n)\{\d{1,4}[a-z]?\}")),  # not an entry's own, at a block's start
            ("url or e-mail", re.compile(r"\b(?:https?://|www\.)\S+|\b[\w.+-]+@[\w-]+\.[\w.-]*\w")))
 _ILLUSTRATION_LINE = re.compile(r"^\[?(?:illustration|picture)\b", re.IGNORECASE)
 _QUOTES = "\"'“”‘’«»"
 _END_PUNCT = ".!?…:;,\"'”’)]—–-_"
 _SMALL_WORDS = {"a", "an", "and", "at", "by", "for", "in", "of", "on", "or", "the", "to", "with"}
+#: A block this long may hold a licence line; blocks this long on average mean no blank lines.
+_LONG_BLOCK, _HUGE_BLOCK = 2_000, 5_000
 #: Front matter larger than this share of the body means the story's start was misjudged.
 _MAX_FRONT_SHARE = 0.25
 
@@ -106,20 +126,33 @@ def fingerprint() -> str:
 
 
 def decode(raw: bytes, source: str) -> str:
-    """The text of a file's bytes: UTF-8 (with or without BOM), UTF-16 with a BOM, else Latin-1.
-    An empty or binary file is a ``UserError`` naming ``source``."""
+    """The text of a file's bytes: UTF-8 (with or without BOM; a file that is UTF-8 but for a few
+    stray bytes, under one per hundred of its non-ASCII characters, keeps them as U+FFFD with a
+    warning saying how many), UTF-16 with a BOM, else
+    Windows-1252, else Latin-1. An empty or binary file is a ``UserError`` naming ``source``.
+
+    Why not charset-normalizer (3.5.3, checked 2026-12-07): it names a cp1252 novel "cp1250" and
+    a UTF-8 file with one stray cp1252 byte "mac_iceland", turning every curly quote to mojibake.
+    cp1252 comes before Latin-1 because older downloads and Word exports are cp1252: read as
+    Latin-1, their quotes, dashes and ellipses become C1 control characters."""
     if not raw.strip():
         raise UserError(f"{source} is empty; pass the plain-text file of a book.")
     if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
         text = raw.decode("utf-16", errors="replace")
     else:
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            text = raw.decode("latin-1")  # every byte decodes; the control-character test below judges
+        text = raw.decode("utf-8-sig", errors="replace")
+        bad = text.count("\ufffd") - raw.count("\ufffd".encode())
+        good = sum(1 for c in text if ord(c) > 127) - text.count("\ufffd")
+        if bad * 100 > good:  # UTF-8 only where its multi-byte characters outnumber the stray bytes
+            try:
+                text = raw.decode("cp1252")
+            except UnicodeDecodeError:  # cp1252 leaves five bytes undefined; Latin-1 decodes all
+                text = raw.decode("latin-1")  # the control-character test below judges
+        elif bad:
+            log.warning("%s is UTF-8 but for %d byte(s), read as U+FFFD", source, bad)
     controls = sum(1 for c in text[:100_000] if ord(c) < 32 and c not in "\t\n\r\f" or 0x7f <= ord(c) < 0xa0)
     if "\x00" in text or controls > 0.01 * min(len(text), 100_000):
-        raise UserError(f"{source} is not a text file (binary bytes, or neither UTF-8 nor Latin-1); "
+        raise UserError(f"{source} is not a text file (binary bytes, or none of UTF-8, Windows-1252, Latin-1); "
                         "pass the plain-text file of a book.")
     return text
 
@@ -138,7 +171,7 @@ def clean(text: str) -> Prose:
     dropped: list[tuple[str, str]] = []
     for kind, pattern in _INLINE:
         body = pattern.sub(lambda m, k=kind: _drop(dropped, k, m.group(0)), body)
-    blocks = [b for b in re.split(r"\n[ \t]*\n", body) if b.strip()]
+    blocks = _blocks(body)
     kinds = _classify(blocks)
     paragraphs = []
     for block, kind in zip(blocks, kinds):
@@ -149,11 +182,44 @@ def clean(text: str) -> Prose:
     by_kind = Counter()
     for kind, piece in dropped:
         by_kind[kind] += len(piece)
+    if by_kind["footnote"] > max(1000, _MAX_FOOTNOTE_SHARE * sum(map(len, paragraphs))):
+        log.warning("footnotes are %s characters, over %.0f%% of the prose: check `gpt2ft book`'s footnote lines",
+                    f"{by_kind['footnote']:,}", 100 * _MAX_FOOTNOTE_SHARE)
     licence = max(0, len(" ".join(text.split())) - len(" ".join(strip_gutenberg(text).split())))
     if licence:
         by_kind["licence"] += licence
     return Prose(tuple(paragraphs), tuple(dropped), marked, licence,
                  {k: by_kind[k] for k in KINDS if by_kind[k]})
+
+
+def _blocks(body: str) -> list[str]:
+    """The body's paragraphs: blocks between blank lines. A book without blank lines between its
+    paragraphs (one paragraph per line, as many editors and converters write) gives few, huge
+    blocks: those are split before indented lines where its paragraphs are indented, else at every
+    line. In any long block a licence or producer's line stands alone, so its rule drops that line,
+    not the block around it."""
+    blocks = [b for b in re.split(r"\n[ \t]*\n", body) if b.strip()]
+    few_huge = len(body) > 20_000 and len(blocks) * _HUGE_BLOCK < len(body)
+    out = []
+    for block in blocks:
+        if len(block) <= _LONG_BLOCK:
+            out.append(block)
+            continue
+        lines = block.strip("\n").split("\n")
+        if few_huge and len(block) > _HUGE_BLOCK:
+            indented = sum(1 for ln in lines[1:] if re.match(r"[ \t]+\S", ln)) >= len(lines) / 20
+            out.extend(re.split(r"\n(?=[ \t]+\S)", block) if indented else [ln for ln in lines if ln.strip()])
+            continue
+        run: list[str] = []
+        for ln in lines:  # a licence or producer's line inside a long block: its own block
+            if _LICENCE.search(ln) or _PRODUCER.match(ln.strip()):
+                out.extend(["\n".join(run)] if run else [])
+                out.append(ln)
+                run = []
+            else:
+                run.append(ln)
+        out.extend(["\n".join(run)] if run else [])
+    return [b for b in out if b.strip()]
 
 
 def _drop(dropped: list[tuple[str, str]], kind: str, piece: str) -> str:
@@ -167,20 +233,24 @@ def _classify(blocks: list[str]) -> list[str | None]:
     """Each block's kind of apparatus, or None for prose."""
     kinds: list[str | None] = []
     in_footnotes = False
-    for block in blocks:
+    for i, block in enumerate(blocks):
         kind = _apparatus(block)
         if kind == "footnote" and _FOOTNOTES_HEAD.match(block.strip()):
-            in_footnotes = True  # a FOOTNOTES section runs to the next numbered heading
-        elif in_footnotes and not (kind == "heading" and _NUMBERED.match(block.strip())):
-            kind = "footnote"
-        else:
-            in_footnotes = False
+            in_footnotes = True  # a FOOTNOTES section runs while its entries do ("{1} ...", "[1] ...")
+        elif in_footnotes and kind is None and (_SECTION_ENTRY.match(block.strip()) or i + 1 < len(blocks)
+                                                and _FOOTNOTE_ENTRY.match(blocks[i + 1].strip())):
+            kind = "footnote"  # a numbered entry, or an entry's second paragraph with another after it
+        elif kind != "footnote":
+            in_footnotes = False  # a heading or the story again: per-chapter footnotes end here
         kinds.append(kind)
+    for i in range(1, len(blocks) - 1):
+        if kinds[i] == "heading" and kinds[i - 1] is None and _in_speech(blocks[i - 1], blocks[i], blocks[i + 1]):
+            kinds[i] = None
     # A spoken line opens the story only where a sentence follows it: a list of illustrations
     # has quoted titles too ("“Got it at Last!”"), each followed by another title.
     start = next((i for i, (b, k) in enumerate(zip(blocks, kinds)) if k is None and _opens_story(b)
                   and (b.lstrip()[0] not in _QUOTES or i + 1 < len(kinds) and kinds[i + 1] is None
-                       and _ends_sentence(blocks[i + 1]))), 0)
+                       and _ends_sentence(blocks[i + 1]) and not _caption(blocks[i + 1]))), 0)
     front = sum(len(b) for b, k in zip(blocks[:start], kinds) if k is None)
     if front <= _MAX_FRONT_SHARE * sum(len(b) for b in blocks):
         kinds[:start] = [k if k in ("licence", "producer's note") else "front matter" for k in kinds[:start]]
@@ -224,18 +294,37 @@ def _heading(lines: list[str], flat: str) -> bool:
             and all(w[0].isupper() or not w[0].isalpha() or w.lower() in _SMALL_WORDS for w in words))
 
 
+def _in_speech(before: str, block: str, after: str) -> bool:
+    """Whether a heading by its form alone (capitals, title case) is a line of the story: a reply
+    or a shout between spoken lines ("Yes", "HELP."), or a letter's signature after its closing
+    ("Yours truly," then "John Smith"). A numbered heading or a lone numeral is always a heading."""
+    flat = " ".join(block.split())
+    if _NUMBERED.match(flat) or _LONE_NUMERAL.match(flat):
+        return False
+    before, after = before.strip(), after.strip()
+    return before.endswith(",") or (before[0] in _QUOTES or before[-1] in _QUOTES) and after[:1] in tuple(_QUOTES)
+
+
 def _opens_story(block: str) -> bool:
     """Whether ``block`` can be the story's first paragraph: a sentence that ends as one, and
     spoken or of six words or more, not centred and not bracketed (a title page's lines, a list
     of illustrations' titles such as "'Tendin' to Business", are neither)."""
     lines = [ln for ln in block.split("\n") if ln.strip()]
     flat = " ".join(block.split())
-    if not _ends_sentence(flat):
-        return False
+    titles = len(lines) >= 3 and all(len(ln.strip()) < 60 and not ln.strip()[0].islower() for ln in lines)
+    if not _ends_sentence(flat) or titles:
+        return False  # a run of short lines each its own title (a list of captions) opens no story
     if flat[0] in _QUOTES:
         return True
     indent = min(len(ln) - len(ln.lstrip()) for ln in lines)
     return indent < 8 and flat[0] != "[" and len(flat.split()) >= 6 and any(c.islower() for c in flat)
+
+
+def _caption(block: str) -> bool:
+    """A list of illustrations' title ("Huck Finn at the Window."): one short line whose words
+    after the first are capitalised (small words aside), unlike a reply such as "No answer."."""
+    words = [w for w in block.split()[1:] if w.lower().strip(_QUOTES + ".,!?") not in _SMALL_WORDS]
+    return "\n" not in block.strip() and len(block) < 80 and bool(words) and all(w[0].isupper() for w in words)
 
 
 def _ends_sentence(block: str) -> bool:

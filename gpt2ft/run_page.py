@@ -37,7 +37,8 @@ def _pick_lines(summary: Any) -> str:
         return f"**Nothing selected**: {pick.reason}"
     number, step = summary.selected
     row = summary.candidate(number, step)
-    conf = f", `pick_confidence` {summary.confidence:.2f}" if math.isfinite(summary.confidence) else ""
+    conf = "".join(f", `selected_p_closer_by_{by}` {p:.2f}" for by, p in (("top100", summary.p_closer_by_top100),
+                   ("style_prob", summary.p_closer_by_style_prob)) if math.isfinite(p))
     book = summary.references.get("book_top100_ratio", math.nan)
     base = summary.references.get("base_top100_ratio", math.nan)
     return (f"**The pick: trial {number} at step {step} (epoch {fmt(row.get('epoch', math.nan))})**{conf}. "

@@ -213,9 +213,7 @@ class StudyRunner:
         if n > self.config.sample.n_samples:
             leaders.remeasure(self.study, self.assets, self.checkpoints, n, seed, _on_remeasured(self),
                               leaders.retrainer(self.study, self.assets))
-            confidence = leaders.measure_confidence(self.study, seed)
-            if self.parent is not None and math.isfinite(confidence):
-                self.parent.log_metrics({"pick_confidence": confidence})
+            leaders.measure_confidence(self.study, seed)  # the selected point's share, apply_pick logs
         self.apply_pick()
 
     def run_trials(self, timeout: Optional[float]) -> None:
@@ -465,8 +463,9 @@ def _selection(study: optuna.Study, summary: Summary, chosen: dict[str, Any]) ->
     metrics = {"selected_trial": float(pick.number), "selected_step": float(pick.step), "selected_epoch": epoch,
                **{f"selected_{k}": float(v) for k, v in chosen.items()
                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("number", "step", "epoch")}}
-    if math.isfinite(summary.confidence):
-        metrics["pick_confidence"] = summary.confidence
+    for key in ("p_closer_by_top100", "p_closer_by_style_prob"):
+        if math.isfinite(getattr(summary, key)):
+            metrics[f"selected_{key}"] = getattr(summary, key)
     return trial.user_attrs.get("mlflow_run_id"), tags, metrics, finished
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import random
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ from gpt2ft.config import DataConfig
 from gpt2ft.errors import UserError
 from gpt2ft.gutenberg import OTHER_CORPORA_ENV, download
 from gpt2ft.prose import read
+
+log = logging.getLogger(__name__)
 
 #: Project Gutenberg IDs of the default out-of-domain novels (name -> ID).
 GUTENBERG_OTHER_NOVELS: dict[str, int] = {
@@ -57,8 +60,14 @@ def _read_novel(path: Path) -> str:
 
 
 def _read_novels(folder: Path) -> dict[str, str]:
-    """Read every ``*.txt`` in ``folder`` (sorted, so the order is reproducible)."""
-    novels = {path.stem: _read_novel(path) for path in sorted(folder.glob("*.txt"))}
+    """Read every ``*.txt`` in ``folder`` (sorted, so the order is reproducible); an empty or
+    undecodable one is skipped with one warning line naming it."""
+    novels = {}
+    for path in sorted(folder.glob("*.txt")):
+        try:
+            novels[path.stem] = _read_novel(path)
+        except UserError as exc:  # one bad file must not turn style_prob off for the whole study
+            log.warning("skipping reference novel %s: %s", path, exc)
     novels = {name: body for name, body in novels.items() if body}
     if not novels:
         raise UserError(

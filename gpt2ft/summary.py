@@ -47,7 +47,11 @@ class Summary:
     references: dict[str, float]
     bounds: J.Bounds
     rule: str
-    confidence: float = math.nan
+    p_closer_by_top100: float = math.nan
+    """Probability, by the paired bootstrap, that the *selected* point is closer to the book than
+    the other finalist by the rule's criterion (``top100_ratio``; the knee score under ``knee``)."""
+    p_closer_by_style_prob: float = math.nan
+    """Probability that the selected point's mean ``style_prob`` is the higher of the two."""
 
     @property
     def bound(self) -> float:
@@ -224,7 +228,7 @@ def _judge(cands: pd.DataFrame, rule: str, bounds: J.Bounds, attrs: dict[str, An
     """The pick on the candidates, settled by the study's recorded confidence, and its columns."""
     rows = candidate_rows(cands)
     picked = P.pick(rows, rule, bounds=bounds) if rows else None
-    confidence = math.nan
+    confidence = (math.nan, math.nan)
     if picked is not None and picked.eligible:
         picked, confidence = _settled(picked, rows, bounds, rule, attrs.get("pick_confidence"))
     chosen = picked.key if picked is not None and picked.eligible else None
@@ -242,20 +246,22 @@ def _judge(cands: pd.DataFrame, rule: str, bounds: J.Bounds, attrs: dict[str, An
 
 
 def _settled(picked: P.PickResult, rows: list[P.TrialRow], bounds: J.Bounds, rule: str,
-             recorded: Optional[dict[str, Any]]) -> tuple[P.PickResult, float]:
-    """Apply the recorded confidence when it was measured for this very pair (selected, runner-up)."""
+             recorded: Optional[dict[str, Any]]) -> tuple[P.PickResult, tuple[float, float]]:
+    """Apply the recorded confidence when it was measured for this very pair (the rule's pick, its
+    runner-up); with the finally selected point's own two probabilities (by top100_ratio, by
+    style_prob): the recorded ones are the rule's pick's, so a tie-break that chose the runner-up
+    reports their complements."""
     runner = P.runner_up(rows, picked.key, bounds, rule)
     if runner is None:
-        return replace(picked, reason=f"{picked.reason}; no pick_confidence: the only eligible candidate, nothing "
-                                      "to compare it with"), math.nan
-    if not recorded:
-        return picked, math.nan
-    pair = (tuple(recorded.get("selected", ())), tuple(recorded.get("runner_up", ())))
+        return replace(picked, reason=f"{picked.reason}; no selected_p_closer_by_top100: the only eligible "
+                                      "candidate, nothing to compare it with"), (math.nan, math.nan)
+    pair = (tuple(recorded.get("selected", ())), tuple(recorded.get("runner_up", ()))) if recorded else ()
     if pair != (picked.key, runner.key):
-        return picked, math.nan
+        return picked, (math.nan, math.nan)
     chosen = next(r for r in rows if r.key == picked.key)
-    value = float(recorded.get("value", math.nan))
-    return K.settle(picked, chosen, runner, value, style_confidence=float(recorded.get("style_value", math.nan))), value
+    value, style = float(recorded.get("value", math.nan)), float(recorded.get("style_value", math.nan))
+    settled = K.settle(picked, chosen, runner, value, style_confidence=style)
+    return settled, ((value, style) if settled.key == picked.key else (1 - value, 1 - style))
 
 
 def _trial_row(study: Any, trial: Any, cands: pd.DataFrame, bound: float) -> dict[str, Any]:
@@ -311,7 +317,7 @@ def summarize(study: Any) -> Summary:
     picked, confidence = _judge(cands, rule, bounds, attrs)
     rows = [_trial_row(study, t, cands, bounds.memorization) for t in trained(study.get_trials(deepcopy=False))]
     table = pd.DataFrame(rows, columns=_columns(rows))
-    return Summary(table, cands, picked, refs, bounds, rule, confidence)
+    return Summary(table, cands, picked, refs, bounds, rule, *confidence)
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:

@@ -29,7 +29,7 @@ def ui_name(key: str) -> str:
     """``key`` as logged to MLflow: ``section/key``."""
     if key in LEADING:
         return f"{LEAD}/{key}"
-    if key.startswith("selected_") or key == "pick_confidence":
+    if key.startswith("selected_"):
         return f"{PICK}/{key}"
     if key.startswith("final_step"):
         return f"remeasure/{key}"

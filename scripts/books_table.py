@@ -28,7 +28,8 @@ from gpt2ft.summary import summarize  # noqa: E402
 
 COPYING = ("memorization", "extractable_rate", "heldout_loss")
 HEAD = ("| book | top100_ratio base / book | pick | pick's top100_ratio | style_prob base → pick → book | "
-        "held-out loss base → pick | pick's extractable_rate | copying judges some trial crossed | pick_confidence "
+        "held-out loss base → pick | pick's extractable_rate | copying judges some trial crossed | "
+        "selected_p_closer_by_top100 "
         "| eligible | goal | wall |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
@@ -50,7 +51,7 @@ def row(name: str, summary, wall: str) -> tuple[str, bool]:
     return (f"| {name} | {base:.3f} / {book:.3f} | trial {p['number']}, step {p['step']} | {p['top100_ratio']:.3f} | "
             f"{sb:.3f} → {p['style_prob']:.3f} → {sk:.3f} | {refs.get('base_heldout_loss', math.nan):.3f} → "
             f"{p['heldout_loss']:.3f} | {p['extractable_rate']:.3f} | {', '.join(crossed) or 'none'} | "
-            f"{summary.confidence:.2f} | yes | {goal} | {wall} |"), not missed
+            f"{summary.p_closer_by_top100:.2f} | yes | {goal} | {wall} |"), not missed
 
 
 def opening(study, path: str) -> str:

@@ -186,10 +186,10 @@ def test_below_the_threshold_the_lower_heldout_loss_wins_and_the_reason_says_so(
     result = P.PickResult(0, "bounded_style", "trial 0 at step 8 is the best style", True, step=8)
     settled = K.settle(result, chosen, runner, 0.62)
     assert settled.key == (2, 4)
-    assert ("style indistinguishable from trial 0 at step 8 (pick_confidence 0.62 < 0.8), so trial 2 at step 4 "
-            "is chosen for lower held-out loss and less copying") in settled.reason
+    assert ("style indistinguishable from trial 0 at step 8 (trial 0 at step 8 is the closer with probability "
+            "0.62 < 0.8), so trial 2 at step 4 is chosen for lower held-out loss and less copying") in settled.reason
     sure = K.settle(result, chosen, runner, 0.80)
-    assert sure.key == (0, 8) and sure.reason.endswith("pick_confidence 0.80 against trial 2 at step 4")
+    assert sure.key == (0, 8) and sure.reason.endswith("selected_p_closer_by_top100 0.80 against trial 2 at step 4")
     # Equal held-out loss: less copying decides.
     tie = K.settle(result, chosen, P.TrialRow(2, -0.004, 0.00, step=4, heldout_loss=3.70), 0.5)
     assert tie.key == (2, 4)
@@ -209,7 +209,8 @@ def test_below_the_threshold_the_style_classifier_decides_when_it_can():
     # Unsure (or unknown): held-out loss, as before, and the reason gives both probabilities.
     unsure = K.settle(result, chosen, runner, 0.62, style_confidence=0.7)
     assert unsure.key == (2, 4)
-    assert "(and by style_prob: 0.70), so trial 2 at step 4 is chosen for lower" in unsure.reason
+    assert ("(and by style_prob: trial 0 at step 8's is the higher with probability 0.70), so trial 2 at step 4 "
+            "is chosen for lower") in unsure.reason
     # Above the threshold the classifier is not asked.
     assert K.settle(result, chosen, runner, 0.85, style_confidence=0.0).key == (0, 8)
 
@@ -227,16 +228,24 @@ def test_the_recorded_confidence_settles_the_pick_of_the_summary():
     # (0, 8) against the runner-up (0, 4): 0.62 is no confidence; (0, 4) has the higher held-out loss.
     study.user_attrs["pick_confidence"] = {"selected": [0, 8], "runner_up": [0, 4], "value": 0.62}
     s = summarize(study)
-    assert s.selected == (0, 8) and s.confidence == 0.62 and "style indistinguishable" in s.pick.reason
+    assert s.selected == (0, 8) and s.p_closer_by_top100 == 0.62 and "style indistinguishable" in s.pick.reason
     study.trials[0].trajectory[1]["heldout_loss"] = 3.5
-    assert summarize(study).selected == (0, 4)
+    s = summarize(study)  # the runner-up chosen: its own probability of being closer, not the rule's pick's
+    assert s.selected == (0, 4) and s.p_closer_by_top100 == 1 - 0.62
     # The classifier's own probability, recorded beside it, decides the tie first.
     study.user_attrs["pick_confidence"] = {"selected": [0, 8], "runner_up": [0, 4], "value": 0.62,
                                            "style_value": 0.95}
-    assert summarize(study).selected == (0, 8)
+    s = summarize(study)
+    assert s.selected == (0, 8) and (s.p_closer_by_top100, s.p_closer_by_style_prob) == (0.62, 0.95)
+    # Issue 34 item 8: the classifier settles on the runner-up (the README's demo): the numbers
+    # reported are the selected point's own, not the probabilities that the other one is closer.
+    study.user_attrs["pick_confidence"] = {"selected": [0, 8], "runner_up": [0, 4], "value": 0.70,
+                                           "style_value": 0.125}
+    s = summarize(study)
+    assert s.selected == (0, 4) and (s.p_closer_by_top100, s.p_closer_by_style_prob) == (1 - 0.70, 1 - 0.125)
     # A confidence measured for another pair does not apply.
     study.user_attrs["pick_confidence"] = {"selected": [0, 8], "runner_up": [1, 4], "value": 0.1}
-    assert math.isnan(summarize(study).confidence)
+    assert math.isnan(summarize(study).p_closer_by_top100)
 
 
 def test_contenders_are_the_pick_and_those_within_two_standard_errors():
@@ -361,7 +370,7 @@ def test_the_tables_columns_follow_the_pick_at_the_bounds_exactly():
     c = s.candidates.set_index("number")
     assert c.loc[0, "within_bound"] and c.loc[0, "eligible"] and c.loc[0, "why_not"] == ""
     assert not c.loc[1, "within_bound"] and not c.loc[1, "eligible"]
-    assert c.loc[1, "why_not"] == "memorization 0.02 > 0.02"
+    assert c.loc[1, "why_not"] == "memorization 0.0200001 > 0.02"
     # The front is the eligible candidates' (1 is not on it though it dominates on style).
     assert list(c["on_front"]) == [True, False, True]
     assert s.selected == (0, 4) and list(c["contender"]) == [True, False, False]

@@ -91,4 +91,32 @@ def test_pick_confidence_is_the_picks_chance_against_the_runner_up_not_the_rever
     value = L.measure_confidence(study, 0)
     assert study.user_attrs["pick_confidence"]["selected"] == [0, 4] and value > 0.95
     s = summarize(study)
-    assert s.selected == (0, 4) and "pick_confidence 1.00 against trial 1 at step 4" in s.pick.reason
+    assert s.selected == (0, 4) and "selected_p_closer_by_top100 1.00 against trial 1 at step 4" in s.pick.reason
+
+
+def test_an_exported_degenerate_candidate_names_the_degenerate_guard():
+    """Issue 34 item 11: catches ``excluding_judges`` leaving the degenerate guard out of
+    ``excluded_by`` (``export --trial/--step`` of a looping candidate would then say nothing)."""
+    from gpt2ft.export import excluding_judges
+
+    study = FakeStudy([FakeTrial(0, [pt(0, 0.37), pt(4, 0.55, distinct_2=0.85, repetition_4=0.6),
+                                     pt(8, 0.53, mem=0.5)])])
+    s = summarize(study)
+    looping, copying = s.candidate(0, 4), s.candidate(0, 8)
+    assert looping["degenerate"] and not copying["degenerate"]
+    assert excluding_judges(looping, s.bounds) == ["degenerate"]
+    assert excluding_judges(copying, s.bounds) == ["memorization"]
+
+
+def test_a_quoted_spoken_line_opens_the_story_by_the_rule_not_by_the_front_matter_cap():
+    """Issue 34 item 11: catches ``_opens_story`` refusing every quoted line: with a body long
+    enough that the front-matter cap (a quarter of it) does not step in, the opening dialogue
+    would then be dropped as front matter."""
+    from gpt2ft import prose
+
+    narrative = "The boy had gone out by the back door long before his aunt came down to breakfast."
+    text = "\n\n".join(["THE BOY", "By Nobody", "CHAPTER I", "“TOM!”", "No answer.",
+                       "“What’s gone with that boy, I wonder? You TOM!”"] + [narrative] * 40)
+    out = prose.clean(text)
+    assert out.paragraphs[:3] == ("“TOM!”", "No answer.", "“What’s gone with that boy, I wonder? You TOM!”")
+    assert dict((t, k) for k, t in out.dropped)["THE BOY"] == "front matter"

@@ -388,3 +388,22 @@ def test_windows_drop_the_ragged_tail():
 
 def test_encode_adds_no_special_tokens(tokenizer):
     assert encode(tokenizer, "Hello world").tolist() == [15496, 995]
+
+
+def test_a_run_takes_the_long_paragraph_at_its_centre_cut_at_a_sentence_end():
+    from gpt2ft.data import _cut
+    # Issue 34 item 7: a run skipped the paragraph spanning its centre and took whole chapter-sized
+    # ones, so eight paragraphs of 20,000 characters sliced to 40,000 gave two runs, not four.
+    sentence = "He walked on and on. "
+    paras = [f"P{i} " + sentence * 950 for i in range(8)]
+    kept, rest = _cut(paras, 40_000, 4)
+    # Each part holds two paragraphs; its centre is where the second of them starts.
+    assert [p[:3] for p in kept] == ["P1 ", "P3 ", "P5 ", "P7 "]
+    assert all(p.endswith("on.") and len(p) <= 10_000 for p in kept)
+    assert 0.95 * 40_000 <= sum(map(len, kept)) <= 40_000
+    # Nothing is lost: each cut paragraph's tail is left to the rest, in order.
+    assert " ".join(kept[0].split() + rest[1].split()) == " ".join(paras[1].split())
+    assert len(rest) == 8
+    # A single paragraph longer than the share: cut at the sentence end nearest below it.
+    kept, _ = _cut(["x" * 10] + ["First one. Second one. Third one. " * 50] * 3, 1001, 1)
+    assert kept and kept[0].endswith("one.") and 900 <= len(kept[0]) <= 1001

@@ -43,7 +43,7 @@ def test_without_references_of_its_size_a_remeasure_is_not_judged_by_diversity()
     assert not s.candidate(0, 4)["degenerate"] and s.selected == (0, 4)
 
 
-def test_the_remeasure_records_the_books_diversity_at_its_own_size():
+def test_the_remeasure_records_the_books_diversity_at_its_own_size(capsys):
     rng = random.Random(0)
     pieces = [[rng.randrange(300) for _ in range(100)] for _ in range(120)]
     assets = SimpleNamespace(config=SimpleNamespace(train=SimpleNamespace(seed=3)),
@@ -54,7 +54,12 @@ def test_the_remeasure_records_the_books_diversity_at_its_own_size():
     assert got["book_distinct_2"] == M.matched_reference(pieces, 50, lambda s: M.distinct_n(s, 2), 20, 3)[0]
     at_10 = M.matched_reference(pieces, 10, lambda s: M.distinct_n(s, 2), 20, 3)[0]
     assert got["book_distinct_2"] < at_10  # distinct-n falls as text grows
-    assert math.isnan(got["train_distinct_2"])  # 40 pieces cannot make 50 samples
+    # Issue 34 item 9: 40 pieces cannot make 50 samples; the reference was NaN (the degenerate
+    # guard off for the finalists), now it is matched at the 40 the text allows, and said so.
+    at_40 = M.matched_reference(pieces[:40], 40, lambda s: M.distinct_n(s, 2), 20, 3)[0]
+    assert math.isfinite(at_40) and got["train_distinct_2"] == at_40
+    err = capsys.readouterr().err
+    assert "the train's references have 40 pieces, fewer than the re-measure's 50" in err and "book's" not in err
     assert set(got) == {f"{src}_{n}" for src in ("book", "train") for n in S.SIZED}
     assert set(S.SIZED) <= set(L.DIVERSITY)
 
@@ -131,7 +136,7 @@ def test_the_remeasure_follows_the_pick_until_pick_and_runner_up_are_both_remeas
     s = summarize(study)
     assert s.selected == (1, 8) and s.candidate(1, 8)["remeasured"] and s.candidate(1, 4)["remeasured"]
     assert study.user_attrs["pick_confidence"]["runner_up"] == [1, 4]
-    assert value > 0.8 and s.confidence == value
+    assert value > 0.8 and s.p_closer_by_top100 == value
 
 
 def test_the_remeasure_records_per_sample_style_prob_and_the_classifier_settles_a_tie(tmp_path, monkeypatch):
@@ -184,8 +189,9 @@ def test_each_trial_keeps_its_best_eligible_point_and_the_runner_up():
 def test_one_eligible_candidate_says_there_was_nothing_to_compare():
     study = FakeStudy([FakeTrial(0, [pt(0, 0.37), pt(4, 0.53), pt(8, 0.55, mem=0.3)])])
     s = summarize(study)
-    assert s.selected == (0, 4) and math.isnan(s.confidence)
-    assert s.pick.reason.endswith("no pick_confidence: the only eligible candidate, nothing to compare it with")
+    assert s.selected == (0, 4) and math.isnan(s.p_closer_by_top100)
+    assert s.pick.reason.endswith("no selected_p_closer_by_top100: the only eligible candidate, nothing to compare "
+                                  "it with")
     assert math.isnan(L.measure_confidence(study, 0))
 
 
@@ -231,7 +237,7 @@ def test_the_knee_pick_is_confident_against_its_own_runner_up():
     value = L.measure_confidence(study, 0)
     assert study.user_attrs["pick_confidence"]["runner_up"] == [3, 4]
     s = summarize(study)
-    assert value > 0.8 and s.selected == (1, 4) and "pick_confidence" in s.pick.reason
+    assert value > 0.8 and s.selected == (1, 4) and "selected_p_closer_by_top100" in s.pick.reason
 
 
 # --- item 5: what names the pick names its epoch count ------------------------------------------
@@ -252,7 +258,7 @@ def test_selected_params_and_epochs_name_the_picked_points_epoch_count():
 
 def test_a_study_whose_checkpoints_are_gone_still_remeasures_and_is_confident(workdir, book, monkeypatch):
     """Every finished trial's checkpoints deleted: the finish retrains the pick and its runner-up
-    to their steps, re-measures them, and the parent run has pick_confidence; the retrained
+    to their steps, re-measures them, and the parent run has selected_p_closer_by_top100; the retrained
     candidate is kept for export, bitwise the weights it would retrain to."""
     import optuna
     from mlflow.tracking import MlflowClient
@@ -277,8 +283,8 @@ def test_a_study_whose_checkpoints_are_gone_still_remeasures_and_is_confident(wo
     assert study.user_attrs["pick_confidence"]["selected"] == list(pick.key)
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
     parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
-    # Under its name or a chart section's prefix ("Pick/pick_confidence").
-    logged = [v for k, v in parent.data.metrics.items() if k.split("/")[-1] == "pick_confidence"]
+    # Under its name or a chart section's prefix ("Pick/selected_p_closer_by_top100").
+    logged = [v for k, v in parent.data.metrics.items() if k.split("/")[-1] == "selected_p_closer_by_top100"]
     assert len(logged) == 1 and math.isfinite(logged[0])
     assert pick.key in CK.Checkpoints(study.user_attrs["checkpoint_root"]).saved()
 

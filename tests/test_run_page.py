@@ -20,14 +20,16 @@ def summary(selected=(1, 8), confidence=0.77) -> SimpleNamespace:
     rows = {(r["number"], r["step"]): r for r in cands.to_dict("records")}
     return SimpleNamespace(pick=SimpleNamespace(reason="trial 1 at step 12 is the best style score"),
                            selected=selected, candidate=lambda n, s: rows[(n, s)], candidates=cands,
-                           confidence=confidence, references={"book_top100_ratio": 0.554, "base_top100_ratio": 0.407},
+                           p_closer_by_top100=confidence, p_closer_by_style_prob=0.9,
+                           references={"book_top100_ratio": 0.554, "base_top100_ratio": 0.407},
                            bounds=Bounds(memorization=0.02, extraction=0.05, heldout_loss=4.145))
 
 
 def test_the_note_leads_with_the_pick_and_shows_every_candidate_and_both_figures() -> None:
     note = study_note(summary(), "abc123")
     first = note.split("\n\n")[0]
-    assert "trial 1 at step 8 (epoch 2)" in first and "`pick_confidence` 0.77" in first
+    assert "trial 1 at step 8 (epoch 2)" in first
+    assert "`selected_p_closer_by_top100` 0.77, `selected_p_closer_by_style_prob` 0.90" in first
     assert "0.531" in first and "0.407" in first and "0.554" in first  # pick, base model, book
     assert "Why: trial 1 at step 12 is the best style score" in note
     rows = [line for line in note.splitlines() if line.startswith("| ") and "---" not in line]
@@ -39,7 +41,7 @@ def test_the_note_leads_with_the_pick_and_shows_every_candidate_and_both_figures
 
 def test_without_a_pick_the_note_says_why() -> None:
     note = study_note(summary(selected=None, confidence=math.nan), "r")
-    assert note.startswith("**Nothing selected**: trial 1 at step 12") and "pick_confidence" not in note
+    assert note.startswith("**Nothing selected**: trial 1 at step 12") and "selected_p_closer" not in note
 
 
 def test_a_long_study_fits_mlflow_s_tag_and_keeps_the_pick_on_top() -> None:

@@ -64,6 +64,19 @@ def test_load_other_novels_bad_folders(tmp_path: Path) -> None:
         load_other_novels(tmp_path)
 
 
+def test_one_bad_novel_is_skipped_with_a_warning(tmp_path: Path, caplog) -> None:
+    # Issue 34 item 2: an empty or undecodable .txt among the other novels raised, and assets
+    # turned style_prob off for the whole study; now only that file is left out, by name.
+    (tmp_path / "a.txt").write_text(_gutenberg("Body A."), encoding="utf-8")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "binary.txt").write_bytes(bytes(range(256)) * 40)
+    with caplog.at_level("WARNING"):
+        assert load_other_novels(tmp_path) == {"a": "Body A."}
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and all(m.startswith("skipping reference novel ") for m in lines)
+    assert any("empty.txt" in m for m in lines) and any("binary.txt" in m for m in lines)
+
+
 def test_load_other_novels_keeps_a_plain_novel_whole(tmp_path: Path) -> None:
     # Lenient: a novel without Gutenberg markers is a fine negative example, not an error
     # (its prose, as gpt2ft.prose cleans it: hard wraps undone).

@@ -13,7 +13,8 @@ TRIAL = ["best_epoch", "best_heldout_loss", "best_heldout_step", "checkpoint_sec
          "measure_share", "memorization", "memorization_16", "memorization_4", "memorization_se", "overfit_gap",
          "repetition_4", "step_seconds", "steps", "stopped_for_copying", "style_js", "style_prob", "style_score",
          "tokens_per_second", "top100_ratio", "top100_ratio_se", "train_loss", "trajectory_seconds", "trial_seconds"]
-PARENT = ["book_top100_ratio", "base_heldout_loss", "train_memorization", "memorization_bound", "pick_confidence",
+PARENT = ["book_top100_ratio", "base_heldout_loss", "train_memorization", "memorization_bound",
+          "selected_p_closer_by_top100",
           "selected_top100_ratio", "selected_trial", "setup_seconds", "setup_cache_hit", "prose_chars"]
 
 
@@ -34,7 +35,7 @@ def test_a_trial_page_leads_with_what_a_researcher_reads() -> None:
 
 
 def test_the_study_run_leads_with_the_pick() -> None:
-    assert section("pick_confidence") == section("selected_top100_ratio") == "Pick"
+    assert section("selected_p_closer_by_style_prob") == section("selected_top100_ratio") == "Pick"
     assert {section(k) for k in ("book_top100_ratio", "base_heldout_loss", "train_memorization",
                                  "memorization_bound")} == {"refs"}
     assert sorted({section(k) for k in PARENT})[0] == "Pick"
