@@ -225,8 +225,12 @@ def fail_orphans(study: optuna.Study, command_id: str, on_failed: Callable) -> l
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if t.user_attrs.get("command_id") != command_id:
             continue
-        # False: another process finished it meanwhile, which is its to close.
-        if study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL):
-            on_failed(study, t)
-            failed.append(t.number)
+        # Another process finished it meanwhile (Optuna raises, or returns False): its to close.
+        try:
+            if not study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        on_failed(study, t)
+        failed.append(t.number)
     return failed

@@ -97,3 +97,24 @@ def test_a_dead_workers_running_trial_is_failed_once_its_command_has_ended(tmp_p
     assert closed == [mine.number]
     states = {t.number: t.state.name for t in study.get_trials()}
     assert states == {mine.number: "FAIL", other.number: "RUNNING", done.number: "COMPLETE"}
+
+
+def test_an_orphan_that_another_process_finished_is_left_to_it(tmp_path):
+    """Issue 35 item 10: the trial was RUNNING when listed, then another command on the storage
+    told it before the fail: Optuna raises UpdateFinishedTrialError, which must not end the finish."""
+    study = optuna.create_study(storage=C.open_storage(f"sqlite:///{tmp_path / 'c.db'}"))
+    theirs, mine = study.ask(), study.ask()
+    for t in (theirs, mine):
+        t.set_user_attr("command_id", "abc")
+    listed = study.get_trials(deepcopy=True)  # what fail_orphans reads, before the other tells
+    study.tell(theirs, 2.0)
+    real = study.get_trials
+    study.get_trials = lambda *a, **k: [t for t in listed if t.state.name == "RUNNING"]
+    closed = []
+    try:
+        assert C.fail_orphans(study, "abc", lambda s, t: closed.append(t.number)) == [mine.number]
+    finally:
+        study.get_trials = real
+    assert closed == [mine.number]
+    states = {t.number: t.state.name for t in study.get_trials()}
+    assert states == {theirs.number: "COMPLETE", mine.number: "FAIL"}
