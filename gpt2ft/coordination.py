@@ -70,6 +70,17 @@ def latest_study_name(storage) -> str:
     return summaries[-1].study_name
 
 
+def trials_complete(url: str, name: str) -> int:
+    """How many trained (not derived) trials of study ``name`` are COMPLETE; 0 without the study."""
+    from gpt2ft.summary import trained  # pandas and the judges: only when asked
+
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
+    except KeyError:
+        return 0
+    return len(trained(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))))
+
+
 def load_study(url: str, name: Optional[str]) -> optuna.Study:
     """A finished or running study by name (default: the most recent one in the storage)."""
     storage = open_storage(url)
