@@ -122,7 +122,7 @@ class StudyRunner:
         self.study.set_metric_names(list(OBJECTIVES))
         self.parent = None
         self.writer = BackgroundWriter()
-        self.unstored = None  # (number, run id, ops, steps) of the trial whose tell is pending
+        self.unstored = None  # (number, run id, ops, steps): the final writes, stored after the tell
         writer = config.study.writer
         self.writes = TrialWrites(tracker, self.writer, remote=writer == "process" or (
             writer == "auto" and self.n_trials >= WRITER_PROCESS_MIN_TRIALS))
@@ -149,8 +149,7 @@ class StudyRunner:
         except BaseException as exc:  # stopped (SIGTERM, Ctrl-C) it is FAIL too, and never chosen
             if isinstance(exc, Exception):
                 trial.set_user_attr("fail_reason", f"{exc.__class__.__name__}: {exc}"[:1000])
-            # Its checkpoint's save may be queued on the thread; not other trials' plots (minutes on a
-            # busy CPU, what a stopped worker must not wait for): replay_unlogged redoes those.
+            # Its checkpoint's save only, not others' plots (minutes; replay_unlogged redoes them).
             _settle_writer(lambda: self.writer.drain(remote=False))
             self.checkpoints.remove(trial.number)  # a failed trial can never be chosen
             raise
@@ -267,15 +266,16 @@ def open_parent(runner: StudyRunner, tags: dict[str, Any]) -> None:
 
 
 def prune_checkpoints(runner: StudyRunner) -> None:
-    """Keep what the pick and its re-measure need now (``leaders.keep_set``) and what a pick
-    after later trials may need (``checkpoints.still_needed``); delete the rest, and what
+    """Keep what the pick needs now (``leaders.keep_set``), then what a later pick may need
+    (``checkpoints.still_needed``), within ``study.checkpoint_budget``; delete the rest and what
     interrupted saves left. Under the study's lock, from a summary read under it: pruners take
     turns, each deciding on every trial finished so far. A running trial's points are its own."""
     with C.study_lock(runner.study):
         summary = summarize(runner.study)
         rule = runner.study.user_attrs.get("pick_rule", runner.config.study.pick_rule)
         finished = summary.table[summary.table["state"].isin(["COMPLETE", "FAIL"])]["number"]
-        runner.checkpoints.keep_only(leaders.keep_set(summary) | still_needed(summary.candidates, rule), finished)
+        print(runner.checkpoints.prune(summary.candidates, leaders.keep_set(summary), still_needed(
+            summary.candidates, rule), finished, runner.config.study.checkpoint_budget), file=sys.stderr, flush=True)
 
 
 def redo_after_trials(runner: StudyRunner) -> None:
