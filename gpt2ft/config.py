@@ -375,8 +375,8 @@ class StudyConfig:
         _check(self.fluency_factor > 1 and self.extraction_factor > 0 and self.heldout_margin >= 0,
                "study.fluency_factor must be > 1, study.extraction_factor > 0 and study.heldout_margin >= 0.")
         _check(0 <= self.extraction_floor <= 1, "study.extraction_floor must be between 0 and 1.")
-        _check(min(self.checkpoints_per_trial, self.checkpoint_budget) >= 1,
-               "study.checkpoints_per_trial and study.checkpoint_budget must be >= 1.")
+        _check(self.checkpoints_per_trial >= 1, "study.checkpoints_per_trial must be >= 1.")
+        _check(self.checkpoint_budget >= 1, "study.checkpoint_budget must be >= 1 (checkpoints kept on disk).")
         _check(self.stop_after >= 0, "study.stop_after must be >= 0 (0 = off).")
         _check(self.writer in ("auto", "process", "inline"),
                f"study.writer must be auto, process or inline, got {self.writer!r}.")

@@ -98,3 +98,14 @@ def test_the_checkpoint_budget_keeps_what_the_pick_needs_first_then_the_best_sty
     assert ck.saved() == [(0, 4), (1, 4), (1, 8)]
     assert line.startswith("[study] checkpoints: 3 kept (") and "study.checkpoint_budget=3" in line
     assert line.endswith(", 3 deleted") and f"{3 * len('weights') / 2**20:.1f} MiB on disk" in line
+
+
+def test_a_checkpoint_budget_below_one_is_refused_in_one_sentence():
+    import pytest
+
+    from conftest import TINY
+    from gpt2ft.config import ConfigError, load_config
+
+    assert load_config(TINY).study.checkpoint_budget == 8
+    with pytest.raises(ConfigError, match=r"^study.checkpoint_budget must be >= 1 \(checkpoints kept on disk\)\.$"):
+        load_config(TINY, ["study.checkpoint_budget=0"])
