@@ -1,5 +1,6 @@
 """Checkpoints of a study's candidates: where they live, saving them, and keeping only those that
-can still be chosen (disk is finite: a 124M-parameter checkpoint is 500 MB).
+can still be chosen, within ``study.checkpoint_budget`` (disk is finite: a 124M-parameter
+checkpoint is 500 MB).
 
 A candidate is a trial at one measured step, so a checkpoint is ``<root>/trial-N-step-S``, and
 ``<root>`` is the study's own folder: ``checkpoints/<name>/<study_uid>`` (:meth:`Checkpoints.of_study`).
@@ -84,6 +85,16 @@ class Checkpoints:
         self._sweep(finished)
         return gone
 
+    def prune(self, candidates: Any, first: set, rest: set, finished: Iterable[int], budget: int) -> str:
+        """``keep_only`` what :func:`within_budget` keeps of ``first`` and ``rest``; returns the
+        console line of what is kept and the disk it holds."""
+        keep = within_budget(candidates, first, rest, budget)
+        gone = self.keep_only(keep, finished)
+        saved = self.saved()
+        size = sum(f.stat().st_size for k in saved for f in self.path(*k).rglob("*") if f.is_file())
+        return (f"[study] checkpoints: {len(saved)} kept ({size / 2**20:.1f} MiB on disk, "
+                f"study.checkpoint_budget={budget} for finished trials), {len(gone)} deleted")
+
     def remove(self, number: int) -> None:
         """Delete every checkpoint of a trial (a failed trial's can never be chosen), and what its
         interrupted saves left."""
@@ -126,3 +137,20 @@ def still_needed(candidates: Any, rule: str, k: float = 2.0) -> set[tuple[int, i
     reach = [best - k * math.hypot(widest, float(s)) for s in se[c["eligible"]]]
     rows = zip(eligible["number"], eligible["step"], eligible["style_score"], reach)
     return keep | {(int(n), int(step)) for n, step, style, r in rows if style >= r}
+
+
+def within_budget(candidates: Any, first: set, rest: set, budget: int) -> set[tuple[int, int]]:
+    """At most ``budget`` of the points a finished trial's pruning would keep: ``first`` (what the
+    pick and its re-measure need now, ``leaders.keep_set``) before ``rest`` (what a later pick may
+    need, :func:`still_needed`), each by style, best first. Without a budget the tolerance of
+    ``still_needed`` keeps nearly every eligible point (gigabytes of GPT-2 checkpoints). A point
+    past it is no longer re-measured from disk (the pick and its runner-up are retrained,
+    ``leaders.remeasure``), and ``gpt2ft export`` retrains it."""
+    c = candidates
+    style = {(int(n), int(s)): float(v) for n, s, v in zip(c["number"], c["step"], c["style_score"])} if len(c) else {}
+
+    def score(k: tuple[int, int]) -> tuple:
+        v = style.get(k, math.nan)
+        return (0, -v, k) if math.isfinite(v) else (1, 0.0, k)
+    first = {tuple(k) for k in first}
+    return set((sorted(first, key=score) + sorted({tuple(k) for k in rest} - first, key=score))[:budget])

@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 
 from gpt2ft.console import quiet_libraries
 from gpt2ft.errors import TrialsFailing, UserError, WorkerDied
-from gpt2ft.fmt import fmt
+from gpt2ft.fmt import duration, fmt
 
 STUDY_EXIT_CODES = ("exit codes: 0 the study reached n_trials (or its timeout); 2 a user error, one sentence; "
                     f"{TrialsFailing.exit_code} stopped after study.max_failures trials failed in a row, one "
@@ -142,7 +142,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     from gpt2ft.cache import setup
     from gpt2ft.checkpoints import Checkpoints
     from gpt2ft.config import load_config
-    from gpt2ft.coordination import default_storage, open_storage
+    from gpt2ft.coordination import default_storage, open_storage, trials_complete
     from gpt2ft.prose import dropped_text
     from gpt2ft.study import StudyRunner, open_parent
     from gpt2ft.summary import trained
@@ -158,7 +158,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     folder = store_folder(tracker.uri)
     storage_url = config.study.storage or default_storage(folder)
     open_storage(storage_url)  # fail fast on a bad URL, before the expensive loading
-    check = None if worker else (lambda a: _refuse_long_cpu_study(a, args.yes))  # asked once, not per worker
+    done = 0 if worker else trials_complete(storage_url, config.study.name)  # a resume pays for the rest only
+    check = None if worker else (lambda a: _refuse_long_cpu_study(a, args.yes, done))  # asked once, not per worker
     ready = setup(config, args.corpus, folder, before_references=check)
     print(f"gpt2ft: setup {ready.seconds:.1f} s ({'cache hit' if ready.hit else 'computed and cached'}: "
           f"{folder / 'cache' / ready.key})", file=sys.stderr, flush=True)
@@ -273,19 +274,22 @@ def _study_overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
-def _refuse_long_cpu_study(assets, yes: bool) -> None:
+def _refuse_long_cpu_study(assets, yes: bool, done: int = 0) -> None:
     """On a CPU, time one training step, say what the study's training will cost, and refuse more
     than an hour unless --yes. Decided by the estimate whatever the model: SmolLM2 on the whole
-    book is a day here, the tiny test configs are seconds."""
+    book is a day here, the tiny test configs are seconds. A resumed study with ``done`` trials
+    complete counts only the trials left."""
     from gpt2ft.train import seconds_per_step
 
     config = assets.config
-    if assets.runtime.device.type != "cpu":
+    left = config.study.n_trials - done
+    if assets.runtime.device.type != "cpu" or left <= 0:
         return
     step = seconds_per_step(assets.fresh_model(), config.train, assets.data.train_windows, assets.runtime)
-    hours = step * study_steps(assets.data.train_windows.shape[0], config) / 3600
-    msg = (f"no GPU: this study's training ({config.study.n_trials} trials of {config.model.name}) takes about "
-           f"{_duration(hours * 3600)} on this CPU (one step timed: {step:.2g} s; measurements add to it)")
+    hours = step * study_steps(assets.data.train_windows.shape[0], config) * left / config.study.n_trials / 3600
+    trials = f"{left} of {config.study.n_trials} trials left" if done else f"{config.study.n_trials} trials"
+    msg = (f"no GPU: this study's training ({trials} of {config.model.name}) takes about "
+           f"{duration(hours * 3600)} on this CPU (one step timed: {step:.2g} s; measurements add to it)")
     if hours > 1 and not yes:
         raise UserError(msg + "; try `make study-cpu` (experiments/cpu_small.yaml) for a run of minutes, or pass "
                         "--yes to run it anyway.")
@@ -304,11 +308,6 @@ def study_steps(n_windows: int, config) -> float:
             steps = min(steps, config.train.max_steps)
         per_trial.append(steps * b / config.train.batch_size)  # a step's time grows with its batch
     return space.n_trials * sum(per_trial) / len(per_trial)
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else \
-        f"{seconds / 3600:.1f} hours"
 
 
 # A terminal is 120 columns: the printed tables keep the columns a pick is read by; trials.csv

@@ -355,6 +355,9 @@ class StudyConfig:
     keep_checkpoints: bool = True
     """Save the weights of candidates that could be picked; only the pick's contenders (the pick
     and those within two standard errors of its style) keep theirs."""
+    checkpoint_budget: int = 8
+    """At most this many checkpoints of finished trials stay on disk (4 GB of GPT-2 124M): what
+    the pick needs first, best style first; running trials add ``checkpoints_per_trial`` each."""
     heartbeat_interval: int = 10
     """Seconds between a running trial's heartbeats in the Optuna storage."""
     grace_period: int = 30
@@ -391,6 +394,7 @@ class StudyConfig:
         _check(set(self.judges) <= set(JUDGES) and 0 <= self.mia_margin <= 0.5,
                f"study.judges must list judges of {', '.join(JUDGES)}; study.mia_margin must lie in [0, 0.5].")
         _check(self.checkpoints_per_trial >= 1, "study.checkpoints_per_trial must be >= 1.")
+        _check(self.checkpoint_budget >= 1, "study.checkpoint_budget must be >= 1 (checkpoints kept on disk).")
         _check(self.stop_after >= 0, "study.stop_after must be >= 0 (0 = off).")
         _check(self.writer in ("auto", "process", "inline"),
                f"study.writer must be auto, process or inline, got {self.writer!r}.")

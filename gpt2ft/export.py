@@ -20,13 +20,14 @@ from gpt2ft.config import Config, build_config
 from gpt2ft.coordination import default_storage, load_study
 from gpt2ft.errors import UserError
 from gpt2ft.fsutil import atomic_dir, write_json_atomic
-from gpt2ft.fmt import fmt
+from gpt2ft.fmt import duration, fmt
 from gpt2ft.checkpoints import Checkpoints
 from gpt2ft import judges as J
 from gpt2ft.summary import remeasure_key, summarize
 from gpt2ft.tracking import resolve_uri, store_folder
 from gpt2ft.trial_writes import log_model
-from gpt2ft.trial import retrain
+from gpt2ft.trial import candidate_train_config, retrain
+from gpt2ft.train import seconds_per_step
 
 
 def point_params(params: dict[str, Any], epoch: float) -> dict[str, Any]:
@@ -233,10 +234,15 @@ def _retrain(info: dict[str, Any], folder: Path, args) -> dict[str, Any]:
         raise UserError("the study does not record its config, so the trial cannot be retrained.")
     config: Config = build_config(yaml.safe_load(info["config_yaml"]))
     assets = prepare(config, args.corpus or info["corpus"], classifier=False)
+    # Before the hours a CPU may take: one step timed, at the trial's batch size.
+    tcfg = candidate_train_config(config, info["params"], info["step"])
+    step = seconds_per_step(assets.fresh_model(), tcfg, assets.data.train_windows, assets.runtime)
+    print(f"gpt2ft: retraining {info['step']} steps takes about {duration(step * info['step'])} on "
+          f"{assets.runtime.device.type} (one step timed: {step:.2g} s).", file=sys.stderr, flush=True)
     model, result = retrain(config, info["params"], info["step"], assets, progress=not args.quiet)
     model.to("cpu").save_pretrained(folder)
     assets.tokenizer.save_pretrained(folder)
-    if result.steps != info["step"]:  # the trial's own early stop cannot end a retrain before its step
+    if result.steps != info["step"]:  # a retrain has no early stop: only a bug ends it elsewhere
         raise RuntimeError(f"retraining reached step {result.steps}, not the candidate's {info['step']}")
     device = assets.runtime.device.type
     done = {"params": info["params"], "seed": config.train.seed, "steps": result.steps, "device": device,

@@ -27,8 +27,7 @@ from optuna.visualization.matplotlib import plot_param_importances
 from tqdm.auto import tqdm
 
 from gpt2ft import coordination as C
-from gpt2ft import leaders, logops
-from gpt2ft import report
+from gpt2ft import leaders, logops, report
 from gpt2ft.assets import Assets, study_bounds
 from gpt2ft.checkpoints import Checkpoints, still_needed
 from gpt2ft.config import Config, StudyConfig
@@ -123,6 +122,7 @@ class StudyRunner:
         self.study.set_metric_names(list(OBJECTIVES))
         self.parent = None
         self.writer = BackgroundWriter()
+        self.unstored = None  # (number, run id, ops, steps): the final writes, stored after the tell
         writer = config.study.writer
         self.writes = TrialWrites(tracker, self.writer, remote=writer == "process" or (
             writer == "auto" and self.n_trials >= WRITER_PROCESS_MIN_TRIALS))
@@ -149,16 +149,20 @@ class StudyRunner:
         except BaseException as exc:  # stopped (SIGTERM, Ctrl-C) it is FAIL too, and never chosen
             if isinstance(exc, Exception):
                 trial.set_user_attr("fail_reason", f"{exc.__class__.__name__}: {exc}"[:1000])
-            _settle_writer(self.writer.drain)  # its checkpoint's save may still be queued on the writer's thread
+            # Its checkpoint's save only, not others' plots (minutes; replay_unlogged redoes them).
+            _settle_writer(lambda: self.writer.drain(remote=False))
             self.checkpoints.remove(trial.number)  # a failed trial can never be chosen
             raise
 
     def after_trial(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        unstored, self.unstored = self.unstored, None
+        if unstored and unstored[0] == frozen.number and frozen.state == TrialState.COMPLETE:
+            self.writes.store(unstored[1], unstored[2], unstored[3], unstored[0])
         if frozen.state == TrialState.FAIL:
             reason = frozen.user_attrs.get("fail_reason") or "see the MLflow run's failure_reason tag"
             print(f"[study] trial {frozen.number} FAILED: {reason}", file=sys.stderr)
         if frozen.state == TrialState.COMPLETE and self.config.study.derived_trials:
-            with C.study_claim(study).held():
+            with C.study_lock(study):
                 tell_derived(study, frozen, self.config.study)
         summary = self.apply_pick(say=frozen.state != TrialState.COMPLETE)
         if frozen.state == TrialState.COMPLETE:
@@ -239,14 +243,13 @@ class StudyRunner:
 
 
 def open_parent(runner: StudyRunner, tags: dict[str, Any]) -> None:
-    """Join the study's MLflow parent run, or create it (one worker only) with the setup."""
-    claim = C.ParentClaim(runner.study, runner.storage, runner.storage_url)
-    run_id = claim.existing_or_claim()
-    if run_id:
-        runner.parent = runner.tracker.resume(run_id)
-        runner.checkpoints = runner.checkpoints.of_study(runner.study.user_attrs.get("study_uid"))
-        return
-    try:
+    """Join the study's MLflow parent run, or create it with the setup (one process, under the lock)."""
+    with C.study_lock(runner.study):
+        run_id = runner.study.user_attrs.get("mlflow_parent_run_id")
+        if run_id:
+            runner.parent = runner.tracker.resume(run_id)
+            runner.checkpoints = runner.checkpoints.of_study(runner.study.user_attrs.get("study_uid"))
+            return
         runner.parent = runner.tracker.start(runner.study.study_name, tags={**tags, "gpt2ft.kind": "study"})
         # This study's own, not its name's: another study of the name (a deleted storage, another
         # --storage) must never find this one's trial N at step S.
@@ -254,24 +257,23 @@ def open_parent(runner: StudyRunner, tags: dict[str, Any]) -> None:
         runner.checkpoints = runner.checkpoints.of_study(runner.study.user_attrs["study_uid"])
         bounds = record_setup(runner.study, runner.config, runner.assets, str(runner.checkpoints.root))
         # Last: a worker that sees the id finds every attribute above already written.
-        runner.study.set_user_attr(claim.attr, runner.parent.id)
-    finally:
-        claim.release()
+        runner.study.set_user_attr("mlflow_parent_run_id", runner.parent.id)
     runner.parent.log_params({**runner.config.flat(), "optuna.storage": mask_url(runner.storage_url)})
     runner.parent.log_metrics({**runner.assets.references.values, **bounds,
                                **runner.assets.timings, "references_seconds": runner.assets.references.seconds})
 
 
 def prune_checkpoints(runner: StudyRunner) -> None:
-    """Keep what the pick and its re-measure need now (``leaders.keep_set``) and what a pick
-    after later trials may need (``checkpoints.still_needed``); delete the rest, and what
+    """Keep what the pick needs now (``leaders.keep_set``), then what a later pick may need
+    (``checkpoints.still_needed``), within ``study.checkpoint_budget``; delete the rest and what
     interrupted saves left. Under the study's lock, from a summary read under it: pruners take
     turns, each deciding on every trial finished so far. A running trial's points are its own."""
-    with C.study_claim(runner.study).held():
+    with C.study_lock(runner.study):
         summary = summarize(runner.study)
         rule = runner.study.user_attrs.get("pick_rule", runner.config.study.pick_rule)
         finished = summary.table[summary.table["state"].isin(["COMPLETE", "FAIL"])]["number"]
-        runner.checkpoints.keep_only(leaders.keep_set(summary) | still_needed(summary.candidates, rule), finished)
+        print(runner.checkpoints.prune(summary.candidates, leaders.keep_set(summary), still_needed(
+            summary.candidates, rule), finished, runner.config.study.checkpoint_budget), file=sys.stderr, flush=True)
 
 
 def redo_after_trials(runner: StudyRunner) -> None:
@@ -279,7 +281,7 @@ def redo_after_trials(runner: StudyRunner) -> None:
     derived trials (told now, once: under the lock ``tell_derived`` skips those told) and its
     checkpoints' pruning."""
     if runner.config.study.derived_trials:
-        with C.study_claim(runner.study).held():
+        with C.study_lock(runner.study):
             for t in trained(runner.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
                 if told := tell_derived(runner.study, t, runner.config.study):
                     print(f"[study] trial {t.number}: {told} derived trial(s) were not told (process stopped "
@@ -326,7 +328,8 @@ def train_and_measure(runner: StudyRunner, trial: optuna.Trial, params: dict[str
             raise RuntimeError("metrics are not finite (no samples to measure)")
         for key, value in res.record().items():  # durable before any deferred write
             trial.set_user_attr(key, value)
-    runner.writes.store(run.id, res.log_ops + _run_end(res, style), res.fit.steps, trial.number)
+    # Stored in after_trial, once COMPLETE: queued before the tell, a killed trial's run ended FINISHED.
+    runner.unstored = (trial.number, run.id, res.log_ops + _run_end(res, style), res.fit.steps)
     return style, m["memorization"]
 
 

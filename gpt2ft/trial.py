@@ -75,7 +75,7 @@ def trial_train_config(config: Config, params: dict[str, Any]) -> TrainConfig:
     goldfish_k where the study searches it).
 
     The one place a trial's settings are made, for the study and for export's retrain alike,
-    so a retrained export trains exactly the steps its trial did (early stop included).
+    so a retrained export trains the trial's steps (``candidate_train_config`` stops it there).
     """
     patience = config.train.early_stop_patience
     if config.study.early_stop and patience == 0:
@@ -88,17 +88,18 @@ def trial_train_config(config: Config, params: dict[str, Any]) -> TrainConfig:
 def candidate_train_config(config: Config, params: dict[str, Any], step: int) -> TrainConfig:
     """The settings that retrain a trial exactly to ``step``: its own settings, stopped there.
     The data order comes from the trial's seed and measuring draws no training random numbers,
-    so the first ``step`` steps are the trial's own (``tests/test_candidates.py`` checks bitwise)."""
-    return dataclasses.replace(trial_train_config(config, params), max_steps=int(step))
+    so the first ``step`` steps are the trial's own (``tests/test_candidates.py`` checks bitwise).
+    Without early stop: the trial went on past ``step``, so a stop could only cut the retrain
+    short, and on CUDA a nondeterministic held-out loss near a plateau can trip it."""
+    return dataclasses.replace(trial_train_config(config, params), max_steps=int(step), early_stop_patience=0)
 
 
 def retrain(config: Config, params: dict[str, Any], step: int, assets: Assets, progress: bool = False):
     """A study trial with ``params`` trained again to ``step``: returns the model and fit's result.
 
-    The trial's own settings (``trial_train_config``: early stop included) under the config it
+    The trial's own settings (``candidate_train_config``: no early stop) under the config it
     trained with, and fit evaluates held-out loss at the steps the trial did (every
-    ``sample.every_steps`` point, as ``run_trial`` asks, and ``train.eval_every``): the early stop
-    compares the same losses, so it cannot end the retrain before ``step`` where the trial went on.
+    ``sample.every_steps`` point, as ``run_trial`` asks, and ``train.eval_every``).
     Measuring drew none of training's random numbers, so no point is measured here."""
     tcfg = candidate_train_config(config, params, step)
     seed_everything(tcfg.seed)

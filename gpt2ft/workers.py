@@ -4,8 +4,9 @@
 threads: on a GPU a small model's step is bound by Python's kernel-launch time, which threads
 would share under one interpreter lock. The workers share the Optuna study and the MLflow
 parent run exactly as separate ``gpt2ft study`` commands on a database do; this module only
-starts them, prefixes their output with their index, replaces one that a signal killed, passes
-Ctrl-C / SIGTERM on, and makes sure none outlives the supervisor (``PR_SET_PDEATHSIG`` on
+starts them, splits the CPU cores among them, prefixes their output with their index, replaces
+one that a signal killed, passes Ctrl-C / SIGTERM on, and makes sure none outlives the
+supervisor (``PR_SET_PDEATHSIG`` on
 Linux, a watch on the parent pid everywhere). On a machine with several GPUs, worker i gets
 the i-th of them, round the list, as its only visible one (``CUDA_VISIBLE_DEVICES``), and
 ``auto`` counts workers per GPU.
@@ -29,6 +30,7 @@ from gpt2ft.model import n_params
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 PARENT_ENV = "GPT2FT_SUPERVISOR_PID"
+THREADS_ENV = "GPT2FT_WORKER_THREADS"  # the supervisor's share of the cores for each worker
 CUDA_CONTEXT_BYTES = 600 * 2**20  # a CUDA context and the caching allocator's slack, per process
 MEMORY_SHARE = 0.85  # of the GPU's free memory that auto may plan for: fragmentation, sampling
 MAX_AUTO_JOBS = 8  # per GPU, measured on an H200: 4 processes gave 3.2x one, 8 about 5x; more adds little
@@ -53,6 +55,12 @@ def cpu_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def threads_per_worker(cores: int, jobs: int) -> int:
+    """CPU threads each of ``jobs`` workers may run: the cores split evenly, at least one.
+    Unlimited, every worker's torch would start a thread per core: ``jobs`` times the cores."""
+    return max(1, cores // max(jobs, 1))
 
 
 def auto_jobs(per_worker: int, free_bytes: Union[None, int, Sequence[int]], cores: int) -> int:
@@ -113,10 +121,13 @@ def worker_envs(n: int, env: Mapping[str, str], gpus: Sequence[str]) -> list[dic
 
 
 def become_worker() -> None:
-    """In a worker: die with the supervisor, and treat SIGTERM like Ctrl-C so the running
+    """In a worker: use its share of the cores (:func:`threads_per_worker`), die with the
+    supervisor, and treat SIGTERM like Ctrl-C so the running
     trial is closed (FAIL in Optuna, KILLED in MLflow) rather than left RUNNING."""
     signal.signal(signal.SIGTERM, _interrupt_once)
     signal.signal(signal.SIGINT, _interrupt_once)
+    if os.environ.get(THREADS_ENV):
+        torch.set_num_threads(int(os.environ[THREADS_ENV]))
     parent = int(os.environ.get(PARENT_ENV, "0"))
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
@@ -175,7 +186,8 @@ def supervise(argvs: Sequence[Sequence[str]], env: Optional[dict[str, str]] = No
     fail its trial once its heartbeat is stale and take the slot). Ctrl-C or SIGTERM here is
     passed to every worker, which then gets :data:`STOP_SECONDS` to close its trial before it is
     killed; the interrupt is re-raised."""
-    env = {**(env or os.environ), PARENT_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+    env = {**(env or os.environ), PARENT_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1",
+           THREADS_ENV: str(threads_per_worker(cpu_cores(), len(argvs)))}
     gpus = visible_gpus(env) if gpus is None else gpus
     envs = worker_envs(len(argvs), env, gpus)
     if gpus:

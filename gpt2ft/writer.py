@@ -375,12 +375,13 @@ class BackgroundWriter:
             pending = [f for f in pending if not f.done()]
         return pending
 
-    def drain(self) -> None:
-        """Wait for every job submitted so far, in both lanes. A lane that finishes no job for
-        ``stall_seconds`` raises: WriterTimeout (the thread), WriterDied (the process, killed)."""
+    def drain(self, remote: bool = True) -> None:
+        """Wait for every job submitted so far, in both lanes (the thread's only, without
+        ``remote``). A lane that finishes no job for ``stall_seconds`` raises: WriterTimeout (the
+        thread), WriterDied (the process, killed)."""
         self._local = self._wait(self._local, 0, lambda: WriterTimeout(
             f"the background writer finished no job in {self.stall_seconds:.0f} s; {len(self._local)} still wait"))
-        if self._process is not None:
+        if remote and self._process is not None:
             self._remote = self._wait(self._remote, 0, lambda: self._stalled(
                 f"{len(self._remote)} submitted writes were not stored"))
 

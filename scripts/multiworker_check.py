@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     attrs = study.user_attrs
     claims = [s.study_name for s in optuna.get_all_study_summaries(os.environ[args.storage_env])
               if s.study_name.startswith(args.study_name + ".")]
-    check(not claims, "no marker study left beside it", f"{claims}" if claims else "")
+    check(not claims, "no study beside it (the lock is the database's, not a marker study)",
+          f"{claims}" if claims else "")
 
     print("MLflow")
     client = MlflowClient(tracking_uri=args.tracking_uri)

@@ -76,3 +76,36 @@ def test_far_behind_points_are_pruned_and_knee_keeps_every_eligible_point():
     assert still_needed(c, "bounded_style") == {(0, 4)}
     assert still_needed(c, "knee") == {(0, 4), (1, 4)}
     assert still_needed(c.iloc[0:0], "bounded_style") == set()
+
+
+def test_the_checkpoint_budget_keeps_what_the_pick_needs_first_then_the_best_style(tmp_path):
+    """Issue 35 item 6: six finished points on disk, two the pick needs now and four a later pick
+    might, a budget of three: the two, then the best-style other; the console line says so."""
+    import pandas as pd
+
+    from gpt2ft.checkpoints import within_budget
+
+    ck = Checkpoints(tmp_path)
+    styles = {(0, 4): -0.30, (0, 8): -0.02, (1, 4): -0.05, (1, 8): -0.01, (2, 4): -0.04, (2, 8): float("nan")}
+    for key in styles:
+        _folder(ck.path(*key))
+    table = pd.DataFrame([{"number": n, "step": s, "style_score": v} for (n, s), v in styles.items()])
+    first, rest = {(0, 4), (1, 4)}, {(0, 8), (1, 8), (2, 4), (2, 8), (1, 4)}
+    assert within_budget(table, first, rest, 3) == {(0, 4), (1, 4), (1, 8)}
+    assert within_budget(table, first, rest, 1) == {(1, 4)}  # the best of what the pick needs
+    assert within_budget(table, first, rest, 99) == first | rest
+    line = ck.prune(table, first, rest, finished=[0, 1, 2], budget=3)
+    assert ck.saved() == [(0, 4), (1, 4), (1, 8)]
+    assert line.startswith("[study] checkpoints: 3 kept (") and "study.checkpoint_budget=3" in line
+    assert line.endswith(", 3 deleted") and f"{3 * len('weights') / 2**20:.1f} MiB on disk" in line
+
+
+def test_a_checkpoint_budget_below_one_is_refused_in_one_sentence():
+    import pytest
+
+    from conftest import TINY
+    from gpt2ft.config import ConfigError, load_config
+
+    assert load_config(TINY).study.checkpoint_budget == 8
+    with pytest.raises(ConfigError, match=r"^study.checkpoint_budget must be >= 1 \(checkpoints kept on disk\)\.$"):
+        load_config(TINY, ["study.checkpoint_budget=0"])

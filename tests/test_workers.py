@@ -183,3 +183,31 @@ def test_a_dead_workers_study_still_finishes_and_says_so(monkeypatch, complete, 
     assert ran == ["finish", "artifacts"]
     assert died.startswith("worker 1 was killed by SIGKILL") and f"{complete} of 2 trials complete" in died
     assert runner.parent.status == status and runner.parent.tags["worker_died"] == died
+
+
+def test_a_worker_that_dies_twice_is_replaced_once_then_the_others_finish(tmp_path, capfd):
+    """Issue 35 item 12: worker 1 is SIGKILLed every time it starts; its replacement dies too and
+    is not replaced again, while worker 0 finishes its work."""
+    always = FAKE_WORKER.replace('index == "1" and not os.path.exists(marker)', 'index == "1"')
+    exits = W.supervise([["0", str(tmp_path / "m")], ["1", str(tmp_path / "m")]], gpus=[],
+                        program=(sys.executable, "-c", always))
+    assert exits == [W.Exit(1, -signal.SIGKILL, replaced=True), W.Exit(1, -signal.SIGKILL, replaced=False),
+                     W.Exit(0, 0)]
+    err = capfd.readouterr().err
+    assert err.count("starting a replacement") == 1 and "[w0] worker 0 done" in err
+    assert W.check_codes(exits).died.count("worker 1 was killed by SIGKILL") == 2
+
+
+@pytest.mark.parametrize("cores, jobs, each", [(2, 2, 1), (16, 4, 4), (3, 2, 1), (2, 3, 1)])
+def test_the_cores_are_split_among_the_workers(cores, jobs, each):
+    assert W.threads_per_worker(cores, jobs) == each
+
+
+def test_each_worker_runs_its_share_of_the_cores(monkeypatch, capfd):
+    """Issue 35 item 7: ``--jobs 2`` on 4 cores runs 2 torch threads in each worker, not 4 each."""
+    monkeypatch.setattr(W, "cpu_cores", lambda: 4)
+    probe = "import torch; from gpt2ft.workers import become_worker; become_worker(); print(torch.get_num_threads())"
+    exits = W.supervise([[], []], gpus=[], program=(sys.executable, "-c", probe))
+    assert sorted(e.code for e in exits) == [0, 0]
+    err = capfd.readouterr().err
+    assert "[w0] 2\n" in err and "[w1] 2\n" in err
