@@ -345,8 +345,8 @@ def print_candidates(summary) -> None:
     print(f"\ncandidates (bounds: {bounds}; all columns: candidates.csv)")
     print(c[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if c["out_by"].astype(bool).any():
-        print("out_by: mem = memorization, words = near_verbatim, ext = extractable_rate, disc = discoverable_rate, "
-              "mia = mia_auc, loss = heldout_loss over its bound; degen = degenerate samples")
+        print("out_by: mem = memorization, words = near_verbatim, ext = extractable_rate, disc = discoverable_rate,\n"
+              "        mia = mia_auc, loss = heldout_loss over its bound; degen = degenerate samples")
 
 
 def _judges(why_not) -> str:

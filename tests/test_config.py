@@ -118,6 +118,7 @@ def test_unknown_keys_are_errors_naming_the_key(tmp_path, yaml_text, overrides, 
     ("study.batch_size=[]", "study.batch_size"),
     ("study.max_failures=0", "study.max_failures"),
     ("sample.new_tokens=4", "sample.new_tokens (4) must be at least metrics.ngram (8)"),
+    ("data.block_size=48", "metrics.extraction_prefix + extraction_tokens (64) must fit in data.block_size (48)"),
 ], ids=lambda v: v if "=" in v else "")
 def test_out_of_range_values_are_errors(override, names):
     with pytest.raises(ConfigError) as info:

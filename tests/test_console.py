@@ -64,6 +64,7 @@ import torch  # noqa: E402
 from gpt2ft import cli  # noqa: E402
 from gpt2ft.config import load_config  # noqa: E402
 from gpt2ft.errors import UserError  # noqa: E402
+from gpt2ft.judges import Bounds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,7 +83,7 @@ def wide_summary() -> SimpleNamespace:
                          selected=[True] + [False] * 5,
                          why_not=["", "memorization 0.0287 > 0.02; extractable_rate 0.25 > 0.05; heldout_loss 4.88 > "
                                   "4.15", "", "degenerate: distinct_2 0.3 < 0.59", "", "heldout_loss 4.3 > 4.1"])
-    bounds = SimpleNamespace(memorization=0.02, extraction=0.05, heldout_loss=4.145)
+    bounds = Bounds(memorization=0.02, extraction=0.05, heldout_loss=4.145)
     return SimpleNamespace(table=table, candidates=cands, bounds=bounds)
 
 

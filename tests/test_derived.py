@@ -11,7 +11,7 @@ from conftest import TINY
 from test_trajectory import _train
 from gpt2ft.ui_names import plain
 
-# ~11 windows of 32 tokens: 3 steps an epoch at batch 4, so a 3-epoch trial has two interior epochs.
+# 8 windows of 32 tokens: 2 steps an epoch at batch 4, so a 3-epoch trial has two interior epochs.
 SHORT = ["data.max_chars=1500", "data.segment_chars=100", "data.heldout_every=4", "train.max_steps=null",
          "study.epochs={low: 1, high: 3}", "study.batch_size=[4]", "sample.final_n_samples=4",
          "study.enqueue=[{lr: 1.0e-3, epochs: 3, batch_size: 4}]"]
@@ -58,14 +58,14 @@ def test_every_interior_epoch_is_told_to_optuna_and_counts_for_nothing_else(work
 
 
 def test_a_trial_that_only_copies_stops_and_its_last_point_is_its_end(workdir, book, monkeypatch):
-    """The memorizing tiny model of test_trajectory (120 steps without the stop): two points in a
+    """The memorizing tiny model of test_trajectory, for 40 epochs (160 steps without the stop): two points in a
     row that copy while held-out loss is above its lowest end it, a measurement earlier."""
     monkeypatch.setenv("GPT2FT_CORPUS", str(book))
     client, run = _train(workdir, "--set", "train.epochs=40", "--set", "sample.every_steps=10")
     m = plain(run.data.metrics)
     assert m["stopped_for_copying"] == 1.0
     steps = int(m["steps"])
-    assert steps < 120 and m["stopped_for_copying_step"] == steps
+    assert steps < 160 and m["stopped_for_copying_step"] == steps
     points = json.loads(open(client.download_artifacts(run.info.run_id, "trajectory.json", str(workdir))).read())
     assert [p["step"] for p in points] == [0, *range(10, steps + 1, 10)]  # the stop point is the end, once
     assert points[-1]["memorization"] == pytest.approx(m["memorization"]) and m["memorization"] > 0.02

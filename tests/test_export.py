@@ -220,12 +220,15 @@ def test_a_retrain_off_the_cpu_says_its_weights_are_close_not_equal(tmp_path, mo
                                        bos_token_id=0, eos_token_id=0))
     fitted = FitResult(steps=8, heldout_curve=[(0, 4.0), (8, 3.9012)])
     monkeypatch.setattr(export, "retrain", lambda config, params, step, assets, progress=False: (model, fitted))
+    # The step timed before the retrain (its estimate) would need the device itself.
+    monkeypatch.setattr(export, "seconds_per_step", lambda model, tcfg, windows, runtime: 0.25)
     info = {"config_yaml": yaml.safe_dump(Config().to_dict()), "corpus": "x", "step": 8,
             "params": {"lr": 1e-4, "epochs": 3, "batch_size": 4}, "metrics": {"heldout_loss": 3.9}}
     args = SimpleNamespace(corpus=None, quiet=True)
     for device, bitwise in (("cuda", False), ("cpu", True)):
         monkeypatch.setattr(export, "prepare", lambda *a, **k: SimpleNamespace(
-            runtime=Runtime(torch.device(device), None), tokenizer=SimpleNamespace(save_pretrained=lambda f: None)))
+            runtime=Runtime(torch.device(device), None), tokenizer=SimpleNamespace(save_pretrained=lambda f: None),
+            fresh_model=lambda: model, data=SimpleNamespace(train_windows=None)))
         folder = tmp_path / device
         folder.mkdir()
         done = export._retrain(info, folder, args)
@@ -235,4 +238,6 @@ def test_a_retrain_off_the_cpu_says_its_weights_are_close_not_equal(tmp_path, mo
         card = export.model_card({**info, "study_name": "s", "number": 0, "reason": "Named", "references": {}},
                                  done)
         assert ("close to, not equal to, the measured ones" in card) is (not bitwise)
-    assert "retrained on cuda: nondeterministic kernels" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "retrained on cuda: nondeterministic kernels" in err
+    assert "retraining 8 steps takes about 2 s on cuda (one step timed: 0.25 s)" in err

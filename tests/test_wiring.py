@@ -92,13 +92,18 @@ def test_export_retrain_calls_fit_with_trial_train_config(monkeypatch, tmp_path)
 
     monkeypatch.setattr(trial_module, "fit", fake_fit)  # export retrains through trial.retrain
     monkeypatch.setattr(export, "prepare", lambda *a, **k: SimpleNamespace(
-        fresh_model=lambda: None, data=None, runtime=None))
+        fresh_model=lambda: None, data=SimpleNamespace(train_windows=None),
+        runtime=SimpleNamespace(device=torch.device("cpu"))))
+    monkeypatch.setattr(export, "seconds_per_step", lambda *a: 0.1)  # the estimate's one timed step
     info = {"config_yaml": yaml.safe_dump(config.to_dict()), "params": {"lr": 1e-4, "epochs": 3, "batch_size": 2},
             "corpus": "x", "step": 7}
     with pytest.raises(RuntimeError, match="stop here"):
         export._retrain(info, tmp_path, SimpleNamespace(corpus=None, quiet=True))
-    # The trial's own settings (early stop included), stopped at the candidate's step.
-    assert seen["cfg"] == dataclasses.replace(trial_train_config(config, info["params"]), max_steps=7)
+    # The trial's own settings, stopped at the candidate's step and without early stop (the trial
+    # went on past that step, so a stop could only cut the retrain short).
+    assert trial_train_config(config, info["params"]).early_stop_patience == EARLY_STOP_PATIENCE
+    assert seen["cfg"] == dataclasses.replace(trial_train_config(config, info["params"]), max_steps=7,
+                                              early_stop_patience=0)
     assert seen["point_every"] == config.sample.every_steps  # held-out loss where the trial evaluated it
 
 
