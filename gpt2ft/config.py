@@ -448,12 +448,9 @@ class Config:
         s, m = self.sample, self.metrics
         _check(s.new_tokens >= m.ngram, f"sample.new_tokens ({s.new_tokens}) must be at least metrics.ngram "
                f"({m.ngram}), since memorization counts {m.ngram}-token spans of each sample.")
-        span, block = m.extraction_prefix + m.extraction_tokens, self.data.block_size
-        # Prompts are cut inside training windows (the text the model saw in one piece), so a longer
-        # prompt would leave every copying judge but memorization without a single prompt.
-        _check(m.extraction_prompts == 0 or span <= block,
-               f"metrics.extraction_prefix + extraction_tokens ({span}) must fit in data.block_size ({block}); "
-               "shorten them or set metrics.extraction_prompts=0.")
+        span, block = m.extraction_prefix + m.extraction_tokens, self.data.block_size  # prompts lie inside windows
+        _check(m.extraction_prompts == 0 or span <= block, f"metrics.extraction_prefix + extraction_tokens ({span}) "
+               f"must fit in data.block_size ({block}); shorten them or set metrics.extraction_prompts=0.")
         ks, k = self.study.goldfish_k, self.train.goldfish_k
         _check(ks is None or k in ks or all(t.goldfish_k is not None for t in self.study.enqueue),
                f"an enqueued trial without goldfish_k trains with train.goldfish_k ({k}), which is not in "
