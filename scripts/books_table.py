@@ -24,11 +24,12 @@ import yaml  # noqa: E402
 from gpt2ft.config import build_config  # noqa: E402
 from gpt2ft.coordination import load_study  # noqa: E402
 from gpt2ft.data import load_book  # noqa: E402
+from gpt2ft.judges import JUDGE_METRICS  # noqa: E402
 from gpt2ft.summary import summarize  # noqa: E402
 
-COPYING = ("memorization", "extractable_rate", "heldout_loss")
+COPYING = tuple(JUDGE_METRICS.values())  # a judge that is off names no reason
 HEAD = ("| book | top100_ratio base / book | pick | pick's top100_ratio | style_prob base → pick → book | "
-        "held-out loss base → pick | pick's extractable_rate | copying judges some trial crossed | "
+        "held-out loss base → pick | pick's extractable_rate / discoverable_rate | copying judges some trial crossed | "
         "selected_p_closer_by_top100 "
         "| eligible | goal | wall |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
 
@@ -50,7 +51,8 @@ def row(name: str, summary, wall: str) -> tuple[str, bool]:
     goal = "met" if not missed else f"**missed** ({', '.join(missed)})"
     return (f"| {name} | {base:.3f} / {book:.3f} | trial {p['number']}, step {p['step']} | {p['top100_ratio']:.3f} | "
             f"{sb:.3f} → {p['style_prob']:.3f} → {sk:.3f} | {refs.get('base_heldout_loss', math.nan):.3f} → "
-            f"{p['heldout_loss']:.3f} | {p['extractable_rate']:.3f} | {', '.join(crossed) or 'none'} | "
+            f"{p['heldout_loss']:.3f} | {p['extractable_rate']:.3f} / {p.get('discoverable_rate', math.nan):.3f} | "
+            f"{', '.join(crossed) or 'none'} | "
             f"{summary.p_closer_by_top100:.2f} | yes | {goal} | {wall} |"), not missed
 
 
