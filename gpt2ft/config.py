@@ -29,6 +29,8 @@ SAMPLE_PRECISIONS = ("auto", "fp32", "bf16")
 SAMPLE_DECODES = ("dynamic", "static", "static-compile")
 
 COMPILE_MODES = ("off", "default", "reduce-overhead")
+#: ``train.method`` values (``gpt2ft.lora``).
+METHODS = ("full", "lora")
 
 
 @dataclass(frozen=True)
@@ -135,8 +137,36 @@ class TrainConfig:
     kept targets; held-out loss and the judges never mask (docs/goldfish.md)."""
     goldfish_h: int = 13
     """Tokens of context hashed to choose a goldfish target (the paper's 13)."""
+    method: str = "full"
+    """``full`` (every weight trained) or ``lora``: low-rank adapters on the blocks' linear layers
+    through ``peft``, the base weights frozen (``gpt2ft.lora``). Measurements, checkpoints' reloads
+    and the export see the adapter merged into the weights (docs/pick.md#lora)."""
+    lora_r: int = 8
+    """Rank of each adapter (``method: lora``; ``study.lora_r`` searches it)."""
+    lora_alpha: Optional[float] = None
+    """An adapter adds ``lora_alpha / lora_r`` times B A to its weight; None: 2 x ``lora_r`` (the
+    scale 2 of Biderman et al. 2024, which keeps the scale when the rank is searched)."""
+    lora_dropout: float = 0.0
+    """Dropout on each adapter's input (peft's default, 0)."""
+    lora_target_modules: Optional[list[str]] = None
+    """Names of the layers to adapt (peft's ``target_modules``, e.g. ``[c_attn]``); None: every
+    linear layer of the attention and MLP blocks, the output layer excluded (peft's ``all-linear``:
+    GPT-2's c_attn, c_proj, c_fc; Llama's q/k/v/o_proj, gate/up/down_proj)."""
+
+    @property
+    def rank(self) -> int:
+        """The adapters' rank, 0 for full fine-tuning (``study.lora_r``'s scale)."""
+        return self.lora_r if self.method == "lora" else 0
 
     def __post_init__(self) -> None:
+        _check(self.method in METHODS, f"train.method must be full or lora, got {self.method!r}.")
+        _check(self.lora_r >= 1, f"train.lora_r must be >= 1, got {self.lora_r} (full fine-tuning is "
+               "train.method=full).")
+        _check(self.lora_alpha is None or self.lora_alpha > 0, "train.lora_alpha must be > 0 (or null: 2 x lora_r).")
+        _check(0 <= self.lora_dropout < 1, f"train.lora_dropout must lie in [0, 1), got {self.lora_dropout}.")
+        _check(self.lora_target_modules is None or (len(self.lora_target_modules) >= 1 and all(
+               m.strip() for m in self.lora_target_modules)), "train.lora_target_modules must list module names "
+               "(or be null: every linear layer of the blocks).")
         _check(0 < self.lr < 1, f"train.lr must be in (0, 1), got {self.lr}.")
         _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}.")
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}.")
@@ -271,6 +301,11 @@ class Config:
         _check(ks is None or k in ks or all(t.goldfish_k is not None for t in self.study.enqueue),
                f"an enqueued trial without goldfish_k trains with train.goldfish_k ({k}), which is not in "
                f"study.goldfish_k {ks}; add it there or name goldfish_k in each study.enqueue entry.")
+        rs, rank = self.study.lora_r, self.train.rank
+        _check(rs is None or rank in rs or all(t.lora_r is not None for t in self.study.enqueue),
+               f"an enqueued trial without lora_r trains at rank {rank} (train.method {self.train.method}), which is "
+               f"not in study.lora_r {rs}; add it there or name lora_r in each study.enqueue entry.")
+        self.study.check_designs(rank)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -51,6 +51,9 @@ class TrialParams:
     goldfish_k: Optional[int] = None
     """The trial's ``train.goldfish_k`` when ``study.goldfish_k`` is searched (absent: the config's
     ``train.goldfish_k``, so demo.yaml's designs run as they are with ``--set study.goldfish_k=...``)."""
+    lora_r: Optional[int] = None
+    """The trial's LoRA rank (0: full fine-tuning) when ``study.lora_r`` is searched (absent: the
+    config's, ``train.lora_r`` under ``train.method: lora``, else 0)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,14 @@ class StudyConfig:
     goldfish_k: Optional[list[int]] = None
     """``train.goldfish_k`` values to search beside the rest, e.g. ``[0, 4]`` (the goldfish loss,
     ``gpt2ft.goldfish``); absent: not searched, every trial uses ``train.goldfish_k``."""
+    lora_r: Optional[list[int]] = None
+    """LoRA ranks to search beside the rest, e.g. ``[0, 8, 64]``: 0 trains every weight, a rank
+    r > 0 trains adapters of rank r (``train.method: lora``, ``train.lora_r: r``); absent: not
+    searched, every trial trains by ``train.method``."""
+    lora_lr: Optional[FloatRange] = None
+    """The learning-rate range of the trials that train adapters (LoRA wants higher rates than full
+    fine-tuning); absent: ``study.lr`` for every trial. One Optuna parameter ``lr`` either way, drawn
+    from the range of the trial's method, so its ``log`` must be ``study.lr``'s."""
     enqueue: list[TrialParams] = field(default_factory=list)
     """Trials to run first, before the sampler's own choices (each inside the search space):
     a fixed design that spans the space, e.g. for a demo that must show both ends."""
@@ -148,16 +159,36 @@ class StudyConfig:
     study of 5 trials or more (``gpt2ft.study.WRITER_PROCESS_MIN_TRIALS``), since starting it
     costs ~4 s of CPU (imports), about what two tiny trials' writes take."""
 
-    def designs(self, goldfish_k: int) -> list[dict[str, Any]]:
-        """The enqueued trials' params as Optuna takes them: ``goldfish_k`` only where it is
-        searched, ``goldfish_k`` (the config's ``train.goldfish_k``) where a design names none."""
+    def designs(self, goldfish_k: int, rank: int = 0) -> list[dict[str, Any]]:
+        """The enqueued trials' params as Optuna takes them: ``goldfish_k`` and ``lora_r`` only where
+        they are searched, the config's (``train.goldfish_k``, ``train.rank``) where a design names none."""
         out = []
         for t in self.enqueue:
             p = {"lr": t.lr, "epochs": t.epochs, "batch_size": t.batch_size}
             if self.goldfish_k is not None:
                 p["goldfish_k"] = goldfish_k if t.goldfish_k is None else t.goldfish_k
+            if self.lora_r is not None:
+                p["lora_r"] = rank if t.lora_r is None else t.lora_r
             out.append(p)
         return out
+
+    def lr_range(self, rank: int) -> FloatRange:
+        """The learning-rate range of a trial of LoRA rank ``rank`` (0: full fine-tuning)."""
+        return self.lora_lr if rank > 0 and self.lora_lr is not None else self.lr
+
+    def check_designs(self, rank: Optional[int]) -> None:
+        """Every enqueued design lies inside the search space, its rate inside its method's range;
+        a design naming no rank trains at ``rank`` (the train section's; None: either range)."""
+        ks, rs = self.goldfish_k or (), self.lora_r or ()
+        for i, t in enumerate(self.enqueue):
+            r = t.lora_r if t.lora_r is not None else rank
+            ranges = [self.lr_range(r)] if r is not None else [self.lr, self.lora_lr or self.lr]
+            _check(any(g.low <= t.lr <= g.high for g in ranges) and self.epochs.low <= t.epochs <= self.epochs.high
+                   and t.batch_size in self.batch_size and (t.goldfish_k is None or t.goldfish_k in ks)
+                   and (t.lora_r is None or t.lora_r in rs),
+                   f"study.enqueue[{i}] ({t.lr}, {t.epochs}, {t.batch_size}"
+                   f"{'' if t.goldfish_k is None else f', goldfish_k {t.goldfish_k}'}"
+                   f"{'' if t.lora_r is None else f', lora_r {t.lora_r}'}) lies outside the search space.")
 
     def __post_init__(self) -> None:
         _check(bool(self.name.strip()), "study.name must not be empty.")
@@ -183,11 +214,12 @@ class StudyConfig:
         ks = self.goldfish_k
         _check(ks is None or (len(ks) >= 1 and all(k == 0 or k >= 2 for k in ks)),
                "study.goldfish_k must list values that are 0 (off) or >= 2.")
-        for i, t in enumerate(self.enqueue):
-            _check(self.lr.low <= t.lr <= self.lr.high and self.epochs.low <= t.epochs <= self.epochs.high
-                   and t.batch_size in self.batch_size and (t.goldfish_k is None or t.goldfish_k in (ks or ())),
-                   f"study.enqueue[{i}] ({t.lr}, {t.epochs}, {t.batch_size}"
-                   f"{'' if t.goldfish_k is None else f', goldfish_k {t.goldfish_k}'}) lies outside the search space.")
+        rs, lora = self.lora_r, self.lora_lr
+        _check(rs is None or (len(rs) >= 1 and all(r >= 0 for r in rs)),
+               "study.lora_r must list LoRA ranks >= 0 (0: full fine-tuning).")
+        _check(lora is None or (lora.low > 0 and lora.high < 1 and lora.log == self.lr.log),
+               "study.lora_lr must lie within (0, 1) and share study.lr's log (one Optuna parameter lr).")
+        self.check_designs(None)
         _check(self.pick_rule in PICK_RULES,
                f"study.pick_rule must be one of {', '.join(PICK_RULES)}, got {self.pick_rule!r}.")
         _check(self.memorization_factor > 0, "study.memorization_factor must be > 0.")
