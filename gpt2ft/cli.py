@@ -312,10 +312,11 @@ def study_steps(n_windows: int, config) -> float:
 
 # A terminal is 120 columns: the printed tables keep the columns a pick is read by; trials.csv
 # and candidates.csv on the study's run hold every column.
-_TRIAL_COLUMNS = ("number", "state", "lr", "epochs", "batch_size", "goldfish_k", "top100_ratio", "memorization",
-                  "best_heldout_loss", "style_prob", "selected")
-_CANDIDATE_COLUMNS = ("number", "step", "epoch", "goldfish_k", "top100_ratio", "memorization", "near_verbatim",
-                      "extractable_rate", "discoverable_rate", "mia_auc", "heldout_loss", "n_samples", "pick", "out_by")
+_TRIAL_COLUMNS = ("number", "state", "lr", "epochs", "batch_size", "goldfish_k", "lora_r", "top100_ratio",
+                  "memorization", "best_heldout_loss", "style_prob", "selected")
+_CANDIDATE_COLUMNS = ("number", "step", "epoch", "goldfish_k", "lora_r", "top100_ratio", "memorization",
+                      "near_verbatim", "extractable_rate", "discoverable_rate", "mia_auc", "heldout_loss", "n_samples",
+                      "pick", "out_by")
 # why_not's judges, as the short word the table has room for (said under the table).
 _JUDGE_WORDS = {"memorization": "mem", "near_verbatim": "words", "extractable_rate": "ext",
                 "discoverable_rate": "disc", "mia_auc": "mia", "heldout_loss": "loss", "degenerate": "degen"}
