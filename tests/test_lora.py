@@ -86,6 +86,21 @@ def test_a_rank_trains_only_the_adapters_of_every_block_linear_layer(tiny, adapt
     assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)  # B starts at 0
 
 
+def test_the_goldfish_loss_trains_the_adapters_too():
+    """train.goldfish_k with train.method lora: the masked loss reaches the adapters alone."""
+    from test_export import _assets
+
+    assets, curves = _assets(0), {}
+    for k in (0, 4):
+        cfg = TrainConfig(lr=1e-2, epochs=1, batch_size=4, log_every=1, method="lora", lora_r=4, goldfish_k=k)
+        seed_everything(cfg.seed)
+        model = assets.fresh_model(cfg)
+        curves[k] = fit(cfg, model, assets.data, None, CPU, progress=False).train_curve
+        assert lora.is_adapted(model) and not any(p.requires_grad for n, p in model.named_parameters()
+                                                  if "lora_" not in n)
+    assert len(curves[4]) == 6 and curves[4] != curves[0]
+
+
 def test_all_linear_on_a_llama_block_adapts_its_seven_layers_not_the_output_layer():
     """The offline stand-in SmolLM2 is a Llama: its default targets are q/k/v/o and gate/up/down."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -191,3 +206,15 @@ def test_an_exported_lora_candidate_loads_without_peft_and_decodes_as_the_study_
     assert loaded["peft"] is False and len(loaded["tokens"]) == ids.shape[1] + 12
     assert loaded["tokens"] == measured == adapted
     assert loaded["text"] == tok.decode(measured)
+
+
+def test_demo_lora_runs_the_demos_designs_for_each_method_at_its_own_rates():
+    from conftest import ROOT
+
+    c = load_config(ROOT / "experiments" / "demo_lora.yaml")
+    designs = c.study.designs(c.train.goldfish_k, c.train.rank)
+    assert [d["lora_r"] for d in designs] == [0] * 3 + [8] * 3 + [64] * 3 and c.study.n_trials == 9
+    assert [d["epochs"] for d in designs] == [2, 3, 8] * 3
+    for d in designs:
+        r = c.study.lr_range(d["lora_r"])
+        assert r.low <= d["lr"] <= r.high and (r is c.study.lora_lr) == (d["lora_r"] > 0)
