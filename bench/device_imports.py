@@ -29,9 +29,10 @@ for _p in (str(ROOT), str(HERE)):
 #: What the study reaches beyond ``gpt2ft``'s own modules, most of it imported inside functions:
 #: the Optuna-MLflow bridge, MLflow's SQLite store and transformers flavour, the bench scripts.
 EXTRA = ("mlflow", "mlflow.transformers", "mlflow.store.tracking.sqlalchemy_store", "optuna",
-         "optuna_integration.mlflow", "sqlalchemy", "sklearn.linear_model", "seaborn", "gpu_study", "gpu_check")
+         "optuna_integration.mlflow", "sqlalchemy", "sklearn.linear_model", "seaborn", "peft", "peft.tuners.lora",
+         "gpu_study", "gpu_check")
 #: Distributions whose version ``setup.cfg``'s floors must meet on the device.
-FLOORED = ("torch", "transformers", "mlflow", "optuna")
+FLOORED = ("torch", "transformers", "mlflow", "optuna", "peft")
 
 
 def modules() -> list[str]:

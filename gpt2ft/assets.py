@@ -19,17 +19,18 @@ from typing import Any, Optional
 
 import torch
 
+from gpt2ft import lora
 from gpt2ft import membership as MI
 from gpt2ft import metrics as M
 from gpt2ft import pick as P
-from gpt2ft.config import Config
+from gpt2ft.config import Config, TrainConfig
 from gpt2ft.data import Book, TokenData, encode, load_book, normalise_ws, tokenize_book
 from gpt2ft.errors import UserError
 from gpt2ft.gutenberg import other_novels_folder
 from gpt2ft.judges import Bounds, heldout_bound, reference_bound
 from gpt2ft.measure import (chunks, matched_diversity, matched_js, measure_model, measure_samples, prompt_rows,
                             prompt_scores)
-from gpt2ft.model import Runtime, describe, load_model, load_tokenizer, n_params, resolve_runtime, seed_everything
+from gpt2ft.model import Runtime, base_model, describe, load_tokenizer, n_params, resolve_runtime
 from gpt2ft.ngram_index import NgramIndex
 from gpt2ft.sampler import Sampler, packs_on, sampling_dtype
 from gpt2ft.style import StyleClassifier, load_other_novels
@@ -96,9 +97,11 @@ class Assets:
         # The decoding copies are per process (bench/measure.py pickles the assets).
         return {k: v for k, v in self.__dict__.items() if k not in ("sampler", "fluency_judge")}
 
-    def fresh_model(self):
-        """A trial's own copy of the pretrained weights (a copy costs far less than a load)."""
-        return copy.deepcopy(self.base_model)
+    def fresh_model(self, train: Optional[TrainConfig] = None):
+        """A trial's own copy of the pretrained weights (a copy costs far less than a load), with
+        ``train``'s adapters on it under ``train.method: lora`` (``gpt2ft.lora.adapt``)."""
+        model = copy.deepcopy(self.base_model)
+        return lora.adapt(model, train) if train is not None else model
 
     def with_references(self, refs: References) -> "Assets":
         return dataclasses.replace(self, references=refs)
@@ -115,10 +118,9 @@ def prepare(config: Config, corpus: Optional[str] = None, classifier: bool = Tru
     data = tokenize_book(book, tokenizer, config.data.block_size, config.data.heldout_windows)
     timings["data_seconds"] = time.perf_counter() - t
     t = time.perf_counter()
-    seed_everything(config.train.seed)
     # On the run's device for good: trials copy it there, and it is the fixed judge of every
     # sample's fluency (gpt2ft.fluency) between trials.
-    model = load_model(config.model, tokenizer, config.data.block_size).to(runtime.device).eval()
+    model = base_model(config, tokenizer).to(runtime.device).eval()
     timings["model_load_seconds"] = time.perf_counter() - t
     t = time.perf_counter()
     index = NgramIndex(data.train_ids, max_n=16)

@@ -1,6 +1,6 @@
 """Checkpoints of a study's candidates: where they live, saving them, and keeping only those that
 can still be chosen, within ``study.checkpoint_budget`` (disk is finite: a 124M-parameter
-checkpoint is 500 MB).
+checkpoint is 500 MB; a LoRA point's is its adapter alone, ``gpt2ft.lora``).
 
 A candidate is a trial at one measured step, so a checkpoint is ``<root>/trial-N-step-S``, and
 ``<root>`` is the study's own folder: ``checkpoints/<name>/<study_uid>`` (:meth:`Checkpoints.of_study`).
@@ -12,7 +12,7 @@ import math
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from gpt2ft.model import Runtime, load_checkpoint, save_model
 
@@ -52,13 +52,14 @@ class Checkpoints:
             return None
         return save_model(model, tokenizer, self.path(number, step))
 
-    def load(self, number: int, step: int, runtime: Runtime):
-        """The candidate's model, or None when its folder is gone (another worker pruned it)."""
+    def load(self, number: int, step: int, runtime: Runtime, base: Optional[Callable[[], Any]] = None):
+        """The candidate's model, or None when its folder is gone (another worker pruned it). A
+        LoRA point's folder holds its adapter alone, merged onto ``base()`` (a fresh base model)."""
         path = self.path(number, step)
         if not path.is_dir():
             return None
         try:
-            return load_checkpoint(path, runtime)
+            return load_checkpoint(path, runtime, base)
         except OSError:
             # Pruned by another worker between the check and the load.
             log.warning("checkpoint of trial %d at step %d disappeared before it could be loaded", number, step)

@@ -94,6 +94,7 @@ def print_table(rows: list[tuple[str, Any]], title: str) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from gpt2ft.assets import compute_references, freeze_long_lived, prepare, run_tags
     from gpt2ft.config import load_config
+    from gpt2ft.lora import merged
     from gpt2ft.measure import SAMPLE_METRICS
     from gpt2ft.model import save_model
     from gpt2ft.tracking import Tracker
@@ -111,8 +112,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         run.log_params(config.flat())
         run.log_metrics({**refs, **assets.timings, "references_seconds": assets.references.seconds})
         res = run_trial(assets, config.train, run, keep_model=bool(args.save), progress=not args.quiet)
-        if args.save:
-            save_model(res.model, assets.tokenizer, args.save)
+        if args.save:  # a LoRA model's adapters merged, so the folder loads with plain transformers
+            save_model(merged(res.model), assets.tokenizer, args.save)
     rows = [("train_loss", res.metrics["train_loss"]), ("heldout_loss", res.metrics["heldout_loss"]),
             ("heldout_perplexity", res.metrics["heldout_perplexity"])]
     rows += [(k, res.metrics[k]) for k in SAMPLE_METRICS if k in res.metrics]
@@ -312,10 +313,11 @@ def study_steps(n_windows: int, config) -> float:
 
 # A terminal is 120 columns: the printed tables keep the columns a pick is read by; trials.csv
 # and candidates.csv on the study's run hold every column.
-_TRIAL_COLUMNS = ("number", "state", "lr", "epochs", "batch_size", "goldfish_k", "top100_ratio", "memorization",
-                  "best_heldout_loss", "style_prob", "selected")
-_CANDIDATE_COLUMNS = ("number", "step", "epoch", "goldfish_k", "top100_ratio", "memorization", "near_verbatim",
-                      "extractable_rate", "discoverable_rate", "mia_auc", "heldout_loss", "n_samples", "pick", "out_by")
+_TRIAL_COLUMNS = ("number", "state", "lr", "epochs", "batch_size", "goldfish_k", "lora_r", "top100_ratio",
+                  "memorization", "best_heldout_loss", "style_prob", "selected")
+_CANDIDATE_COLUMNS = ("number", "step", "epoch", "goldfish_k", "lora_r", "top100_ratio", "memorization",
+                      "near_verbatim", "extractable_rate", "discoverable_rate", "mia_auc", "heldout_loss", "n_samples",
+                      "pick", "out_by")
 # why_not's judges, as the short word the table has room for (said under the table).
 _JUDGE_WORDS = {"memorization": "mem", "near_verbatim": "words", "extractable_rate": "ext",
                 "discoverable_rate": "disc", "mia_auc": "mia", "heldout_loss": "loss", "degenerate": "degen"}

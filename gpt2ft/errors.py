@@ -11,6 +11,13 @@ class ConfigError(UserError):
     """A config file or override that cannot be used as given."""
 
 
+def check(ok: bool, message: str) -> None:
+    """A config section's range check: ``ConfigError(message)`` unless ``ok`` (one sentence that
+    says what to change)."""
+    if not ok:
+        raise ConfigError(message)
+
+
 class TrialsFailing(Exception):
     """A study stopped after ``study.max_failures`` trials failed in a row; what completed is
     logged and picked. The message names the last failure."""

@@ -21,12 +21,14 @@ from gpt2ft.coordination import default_storage, load_study
 from gpt2ft.errors import UserError
 from gpt2ft.fsutil import atomic_dir, write_json_atomic
 from gpt2ft.fmt import duration, fmt
+from gpt2ft.model import base_model, load_tokenizer
 from gpt2ft.checkpoints import Checkpoints
 from gpt2ft import judges as J
+from gpt2ft import lora
 from gpt2ft.summary import remeasure_key, summarize
 from gpt2ft.tracking import resolve_uri, store_folder
 from gpt2ft.trial_writes import log_model
-from gpt2ft.trial import candidate_train_config, retrain
+from gpt2ft.trial import candidate_train_config, retrain, trial_train_config
 from gpt2ft.train import seconds_per_step
 
 
@@ -74,6 +76,7 @@ tags: [gpt2ft, gulliver]
 
 Fine-tuned on {Path(info.get('corpus') or "Gulliver's Travels").name} by gpt2ft. {info['reason']}.
 {_origin(info, retrain)}
+{_method(info)}
 {_objective(info)}
 
 Hyperparameters of this model (step {info['step']}, {at}): {', '.join(f'{k}={fmt(v)}' for k, v in params.items())}.
@@ -94,6 +97,20 @@ print(generate("I", do_sample=True, max_new_tokens=100)[0]["generated_text"])
 
 {samples}
 """
+
+
+def _method(info: dict[str, Any]) -> str:
+    """The card's line on what was trained: every weight, or LoRA adapters (merged into the folder's
+    weights), as ``trial_train_config`` set the trial up from its params and config."""
+    if not info.get("config_yaml"):
+        return ""
+    t = trial_train_config(build_config(yaml.safe_load(info["config_yaml"])), info["params"])
+    if t.method != "lora":
+        return "Method: full fine-tuning (every weight trained; train.method=full)."
+    targets = ", ".join(t.lora_target_modules or ()) or "every linear layer of the attention and MLP blocks"
+    return (f"Method: LoRA through peft (lora_r={t.lora_r}, lora_alpha={fmt(t.lora_alpha or 2 * t.lora_r)}, "
+            f"lora_dropout={fmt(t.lora_dropout)}, on {targets}): the base weights stayed frozen and low-rank "
+            "adapters were trained; they are merged into this folder's weights, which load without peft.")
 
 
 def _objective(info: dict[str, Any]) -> str:
@@ -202,6 +219,8 @@ def _write_folder(info: dict[str, Any], out: Path, args) -> None:
             print(f"gpt2ft: the checkpoint of trial {info['number']} at step {info['step']} was not kept; retraining "
                   "it to that step from its parameters and seed.", file=sys.stderr)
             retrain = _retrain(info, tmp, args)
+        elif lora.is_adapter_folder(info["checkpoint"]):
+            _merge_adapter(info, tmp)
         else:
             for item in Path(info["checkpoint"]).iterdir():
                 if item.is_file():
@@ -220,6 +239,18 @@ def _write_folder(info: dict[str, Any], out: Path, args) -> None:
         _check_loads(tmp)
 
 
+def _merge_adapter(info: dict[str, Any], folder: Path) -> None:
+    """A LoRA point's checkpoint (its adapter alone) merged onto the base model its trial started
+    from, saved as whole weights: the folder needs neither peft nor the base model to load."""
+    if not info["config_yaml"]:
+        raise UserError("the study does not record its config, so the adapter's base model cannot be loaded.")
+    config: Config = build_config(yaml.safe_load(info["config_yaml"]))
+    tokenizer = load_tokenizer(config.model, config.data.cache_dir)
+    model = lora.load_merged(base_model(config, tokenizer), info["checkpoint"])
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
 def _check_loads(folder: Path) -> None:
     """The promise of the folder: plain transformers loads it and it generates."""
     pipe = pipeline("text-generation", model=str(folder))
@@ -236,11 +267,11 @@ def _retrain(info: dict[str, Any], folder: Path, args) -> dict[str, Any]:
     assets = prepare(config, args.corpus or info["corpus"], classifier=False)
     # Before the hours a CPU may take: one step timed, at the trial's batch size.
     tcfg = candidate_train_config(config, info["params"], info["step"])
-    step = seconds_per_step(assets.fresh_model(), tcfg, assets.data.train_windows, assets.runtime)
+    step = seconds_per_step(assets.fresh_model(tcfg), tcfg, assets.data.train_windows, assets.runtime)
     print(f"gpt2ft: retraining {info['step']} steps takes about {duration(step * info['step'])} on "
           f"{assets.runtime.device.type} (one step timed: {step:.2g} s).", file=sys.stderr, flush=True)
     model, result = retrain(config, info["params"], info["step"], assets, progress=not args.quiet)
-    model.to("cpu").save_pretrained(folder)
+    lora.merged(model).to("cpu").save_pretrained(folder)  # a LoRA trial's adapters merged: a plain folder
     assets.tokenizer.save_pretrained(folder)
     if result.steps != info["step"]:  # a retrain has no early stop: only a bug ends it elsewhere
         raise RuntimeError(f"retraining reached step {result.steps}, not the candidate's {info['step']}")

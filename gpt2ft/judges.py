@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from typing import Mapping
 
 __all__ = ["Bounds", "DEFAULT_JUDGES", "DEGENERATE_FACTOR", "FLUENCY_FACTOR", "REPETITION_FLOOR", "JUDGES",
-           "JUDGE_METRICS", "copying_failures", "degenerate_reason", "heldout_bound", "judged_values",
-           "reference_bound"]
+           "JUDGE_METRICS", "constraint_values", "copying_failures", "degenerate_reason", "heldout_bound",
+           "judged_values", "reference_bound"]
 
 #: Default tolerance of :func:`degenerate_reason` (see its docstring for the numbers).
 DEGENERATE_FACTOR = 1.5
@@ -133,6 +133,21 @@ def copying_failures(values: Mapping[str, float], bounds: Bounds) -> list[tuple[
         v = float(values.get(name, math.nan))
         if math.isfinite(v) and not v <= bound:  # `not <=`: a NaN bound admits nothing
             out.append((judge, f"{name} {_vs(v, '>', bound)}"))
+    return out
+
+
+def constraint_values(values: Mapping[str, float], bounds: Bounds) -> dict[str, float]:
+    """``{"memorization": value - bound, ...}``: each copying judge's value minus its bound, by metric
+    name, for the judges that are on (a finite bound) and have a value. Optuna's constraints (a
+    study's ``study.constrained``): above 0 the judge fails the point, at or below 0 it passes,
+    exactly as :func:`copying_failures` decides; a judge without evidence is left out, as it fails
+    nothing there."""
+    out = {}
+    for judge, bound in bounds.by_judge().items():
+        name = JUDGE_METRICS[judge]
+        v = float(values.get(name, math.nan))
+        if math.isfinite(v) and math.isfinite(bound):
+            out[name] = v - bound
     return out
 
 

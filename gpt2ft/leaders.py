@@ -167,7 +167,7 @@ def retrainer(study: Any, assets: Assets) -> Callable[[tuple[int, int]], Any]:
 def _remeasure_one(study: Any, assets: Assets, checkpoints: Checkpoints, key: tuple[int, int], n: int, seed: int,
                    on_metrics: Callable[[int, dict[str, float]], None],
                    retrain: Optional[Callable[[tuple[int, int]], Any]]) -> bool:
-    model = checkpoints.load(*key, assets.runtime)
+    model = checkpoints.load(*key, assets.runtime, assets.fresh_model)
     retrained = model is None and retrain is not None
     if retrained:
         model = retrain(key)

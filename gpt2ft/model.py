@@ -18,13 +18,14 @@ import urllib.parse
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
+from gpt2ft import lora
 from gpt2ft.config import Config, ModelConfig, TrainConfig
 from gpt2ft.errors import UserError
 from gpt2ft.fsutil import atomic_dir
@@ -189,6 +190,13 @@ def load_model(cfg: ModelConfig, tokenizer, block_size: int = 1024):
         raise UserError(_unknown_model_message(cfg.name, "model")) from None
 
 
+def base_model(config: Config, tokenizer):
+    """The pretrained model as every process of a study has it (``assets.prepare``, an export's
+    adapter): seeded first, so a ``random-gpt2`` is the same random model in each."""
+    seed_everything(config.train.seed)
+    return load_model(config.model, tokenizer, config.data.block_size)
+
+
 def _forget_gguf(model):
     """GGUF weights are dequantized to fp32 on load, so the model is an ordinary one; but
     transformers keeps the GGUF quantizer attached and then refuses to save it. Detach it, so
@@ -268,7 +276,13 @@ def save_model(model, tokenizer, path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, runtime: Runtime):
-    """A saved trial checkpoint, on the run's device, in eval mode."""
-    model = AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True, dtype=torch.float32)
+def load_checkpoint(path: str | Path, runtime: Runtime, base: Optional[Callable[[], Any]] = None):
+    """A saved trial checkpoint, on the run's device, in eval mode: whole weights, or a LoRA
+    point's adapter merged onto ``base()``, a fresh copy of the base model (``gpt2ft.lora``)."""
+    if lora.is_adapter_folder(path):
+        if base is None:
+            raise ValueError(f"{path} holds a LoRA adapter: loading it needs the base model")
+        model = lora.load_merged(base(), path)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True, dtype=torch.float32)
     return model.to(runtime.device).eval()

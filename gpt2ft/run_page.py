@@ -15,7 +15,7 @@ from gpt2ft.judges import JUDGE_METRICS
 #: The figures the study's run logs (gpt2ft.report), shown in its description.
 FIGURES = {"plots/style_vs_copying.png": "Style vs copying: each trial's path from the base model",
            "plots/copying_and_loss_by_epoch.png": "Copying and held-out loss by epoch"}
-_COLUMNS = ("number", "step", "epoch", "goldfish_k", "top100_ratio", "memorization", "near_verbatim",
+_COLUMNS = ("number", "step", "epoch", "goldfish_k", "lora_r", "top100_ratio", "memorization", "near_verbatim",
             "extractable_rate", "discoverable_rate", "mia_auc", "heldout_loss", "n_samples")
 #: MLflow keeps a tag of at most 8,000 characters: a long study's table shows its first rows (the
 #: pick first, then the eligible by closeness to the book) and says where the rest are.

@@ -1,4 +1,5 @@
-"""The Optuna study, and only here: search space, objectives, the trial loop, the pick's wiring.
+"""The Optuna study: objectives, the trial loop, derived trials, the pick's wiring (the search space
+and its sampler are ``gpt2ft.search``'s).
 
 Two objectives, kept apart: style (``style_score``, the negated distance of ``top100_ratio``
 from the book's own value, maximised) and copying (``memorization``, minimised). The Pareto
@@ -33,6 +34,7 @@ from gpt2ft.checkpoints import Checkpoints, still_needed
 from gpt2ft.config import Config, StudyConfig
 from gpt2ft.console import trial_end_line
 from gpt2ft.errors import UserError
+from gpt2ft.search import constraints, make_sampler, suggest
 from gpt2ft.summary import (DERIVED, Summary, derived_points, recorded_bounds, study_style, summarize, trained,
                             trajectories)
 from gpt2ft.trial import TrialResult, run_trial, trial_ops, trial_train_config
@@ -47,30 +49,6 @@ log = logging.getLogger(__name__)
 OBJECTIVES = ("style_score", "memorization")
 #: ``study.writer: auto`` starts the writer process for studies of this many trials or more.
 WRITER_PROCESS_MIN_TRIALS = 5
-
-
-def suggest(trial: optuna.Trial, space: StudyConfig) -> dict[str, Any]:
-    """The search space: learning rate (log), epochs, batch size, and the goldfish loss's k when
-    ``study.goldfish_k`` lists values (a param of every trial then, carried by derived trials)."""
-    params = {
-        "lr": trial.suggest_float("lr", space.lr.low, space.lr.high, log=space.lr.log),
-        "epochs": trial.suggest_int("epochs", space.epochs.low, space.epochs.high),
-        "batch_size": trial.suggest_categorical("batch_size", list(space.batch_size)),
-    }
-    if space.goldfish_k is not None:
-        params["goldfish_k"] = trial.suggest_categorical("goldfish_k", list(space.goldfish_k))
-    return params
-
-
-def make_sampler(study: optuna.Study, space: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
-    """Random draws until ``space.startup_trials`` trained trials are COMPLETE, then TPE on every
-    COMPLETE trial, derived ones included. TPE's own random start counts every COMPLETE trial, and
-    a trained trial of E epochs adds E - 1 derived ones: in gulliver.yaml (1-10 epochs) it ended
-    after two or three trained configurations, from which TPE then modelled the rate and batch size."""
-    done = len(trained(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))))
-    if done < space.startup_trials:
-        return optuna.samplers.RandomSampler(seed=seed)  # what TPE's start-up draws with the same seed
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=0)
 
 
 def config_yaml(config: Config) -> str:
@@ -140,10 +118,11 @@ class StudyRunner:
         # One seed in every worker (and every resumed run) drew the same parameters in the same
         # order; seeding by trial number keeps a study reproducible and the workers apart.
         self.study.sampler = make_sampler(self.study, self.config.study, self.config.train.seed + trial.number)
-        params = suggest(trial, self.config.study)
+        params = suggest(trial, self.config.study, self.config.train.rank)
         print(f"[study {self.study.study_name}] trial {trial.number}: lr={params['lr']:.3g} "
               f"epochs={params['epochs']} batch_size={params['batch_size']}"
-              + (f" goldfish_k={params['goldfish_k']}" if "goldfish_k" in params else ""), file=sys.stderr, flush=True)
+              + "".join(f" {k}={params[k]}" for k in ("goldfish_k", "lora_r") if k in params),
+              file=sys.stderr, flush=True)
         try:
             return train_and_measure(self, trial, params)
         except BaseException as exc:  # stopped (SIGTERM, Ctrl-C) it is FAIL too, and never chosen
@@ -224,7 +203,7 @@ class StudyRunner:
         """Trials until ``n_trials`` are COMPLETE (this worker and the others together)."""
         optuna.storages.fail_stale_trials(self.study)  # a killed run's trial stops beating
         redo_after_trials(self)
-        C.enqueue_once(self.study, self.config.study.designs(self.config.train.goldfish_k))
+        C.enqueue_once(self.study, self.config.study.designs(self.config.train.goldfish_k, self.config.train.rank))
         done = len(trained(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))))
         if done >= self.n_trials:
             print(f"[study] {done} of {self.n_trials} trials already complete; nothing to run.", file=sys.stderr)
@@ -328,6 +307,8 @@ def train_and_measure(runner: StudyRunner, trial: optuna.Trial, params: dict[str
             raise RuntimeError("metrics are not finite (no samples to measure)")
         for key, value in res.record().items():  # durable before any deferred write
             trial.set_user_attr(key, value)
+        for key, value in constraints(runner.study.user_attrs, m, runner.config.study).items():
+            trial.set_constraint(key, value)  # study.constrained: each copying judge's value minus its bound
     # Stored in after_trial, once COMPLETE: queued before the tell, a killed trial's run ended FINISHED.
     runner.unstored = (trial.number, run.id, res.log_ops + _run_end(res, style), res.fit.steps)
     return style, m["memorization"]
@@ -442,7 +423,8 @@ def tell_derived(study: optuna.Study, frozen: optuna.trial.FrozenTrial, space: S
         params = {**frozen.params, "epochs": int(p["epoch"])}
         values = [study_style(study.user_attrs, p["top100_ratio"]), float(p["memorization"])]
         study.add_trial(optuna.trial.create_trial(params=params, distributions=frozen.distributions, values=values,
-                                                  user_attrs={DERIVED: frozen.number, "step": int(p["step"])}))
+                                                  user_attrs={DERIVED: frozen.number, "step": int(p["step"])},
+                                                  constraints=constraints(study.user_attrs, p, space)))
     return len(points)
 
 

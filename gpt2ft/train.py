@@ -150,8 +150,10 @@ def make_optimizer(model, cfg: TrainConfig, runtime: Runtime) -> torch.optim.Opt
     # one pass over memory instead of a loop over parameters on the CPU (bench/run.py: ~5x
     # faster step, ~10% of a small model's training step; Trainer's default is fused too).
     fused = runtime.device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                             fused=fused)
+    # The trainable parameters only: all of them in full fine-tuning (the same list, in the same
+    # order, as model.parameters()), the adapters' under LoRA, whose frozen base holds no state.
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 def seconds_per_step(model, cfg: TrainConfig, windows: torch.Tensor, runtime: Runtime) -> float:

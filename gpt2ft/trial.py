@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from gpt2ft import logops, report
+from gpt2ft import logops, lora, report
 from gpt2ft import trajectory as T
 from gpt2ft import judges as J
 from gpt2ft.assets import Assets, study_bounds
@@ -72,7 +72,8 @@ class TrialResult:
 
 def trial_train_config(config: Config, params: dict[str, Any]) -> TrainConfig:
     """The training settings of a study trial with ``params`` (lr, epochs, batch_size, and
-    goldfish_k where the study searches it).
+    goldfish_k and lora_r where the study searches them: rank 0 trains every weight, a rank r > 0
+    trains LoRA adapters of rank r).
 
     The one place a trial's settings are made, for the study and for export's retrain alike,
     so a retrained export trains the trial's steps (``candidate_train_config`` stops it there).
@@ -80,9 +81,11 @@ def trial_train_config(config: Config, params: dict[str, Any]) -> TrainConfig:
     patience = config.train.early_stop_patience
     if config.study.early_stop and patience == 0:
         patience = EARLY_STOP_PATIENCE
+    rank = int(params.get("lora_r", config.train.rank))
     return dataclasses.replace(config.train, lr=params["lr"], epochs=params["epochs"],
                                batch_size=params["batch_size"], early_stop_patience=patience,
-                               goldfish_k=int(params.get("goldfish_k", config.train.goldfish_k)))
+                               goldfish_k=int(params.get("goldfish_k", config.train.goldfish_k)),
+                               method="lora" if rank else "full", lora_r=rank or config.train.lora_r)
 
 
 def candidate_train_config(config: Config, params: dict[str, Any], step: int) -> TrainConfig:
@@ -103,7 +106,7 @@ def retrain(config: Config, params: dict[str, Any], step: int, assets: Assets, p
     Measuring drew none of training's random numbers, so no point is measured here."""
     tcfg = candidate_train_config(config, params, step)
     seed_everything(tcfg.seed)
-    model = assets.fresh_model()
+    model = assets.fresh_model(tcfg)
     result = fit(tcfg, model, assets.data, None, assets.runtime, progress=progress,
                  point_every=config.sample.every_steps)
     return model, result
@@ -231,7 +234,7 @@ def run_trial(assets: Assets, train_cfg: TrainConfig, run=None, keep_model: bool
     t0 = time.perf_counter()
     seed_everything(train_cfg.seed)
     reset_peak_memory(assets.runtime.device)
-    model = assets.fresh_model()
+    model = assets.fresh_model(train_cfg)
     t_copy = time.perf_counter() - t0
     sc = assets.config.sample
     # A study passes the bounds it recorded at setup, the pick's own; a lone run builds them.
@@ -243,7 +246,7 @@ def run_trial(assets: Assets, train_cfg: TrainConfig, run=None, keep_model: bool
         if after_fit is not None:
             after_fit(model, result)
         metrics, texts, ids, t_measure = tracer.final(model, result, sc.n_samples, train_cfg.seed)
-        metrics.update(_fit_metrics(result))
+        metrics.update(_fit_metrics(result), trainable_params=float(lora.trainable(model)))
         path = tracer.path(result, metrics)
         metrics.update(T.onset_metrics(path, result.heldout_curve, bounds.memorization))
         seconds = {"copy_seconds": t_copy, "step_seconds": result.step_seconds, "eval_seconds": result.eval_seconds,

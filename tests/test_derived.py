@@ -17,16 +17,27 @@ SHORT = ["data.max_chars=1500", "data.segment_chars=100", "data.heldout_every=4"
          "study.enqueue=[{lr: 1.0e-3, epochs: 3, batch_size: 4}]"]
 
 
+#: Issue 36: the same study searches the LoRA rank, its 3-epoch trial a rank-8 one, the other full fine-tuning.
+LORA = [*SHORT[:-1], "study.n_trials=2", "study.lora_r=[0, 8]",
+        "study.enqueue=[{lr: 1.0e-3, epochs: 3, batch_size: 4, lora_r: 8},"
+        " {lr: 1.0e-3, epochs: 1, batch_size: 4, lora_r: 0}]"]
+
+
 def test_every_interior_epoch_is_told_to_optuna_and_counts_for_nothing_else(workdir, book, monkeypatch):
+    """Also issue 36 on the same study: ``study.lora_r`` a param of every trial and derived trial, of
+    the trial's MLflow run and of candidates.csv; each trial's and derived trial's constraints its
+    copying judges' values minus their bounds; the LoRA point's export retrains to its weights."""
     import optuna
     from mlflow.tracking import MlflowClient
 
+    from gpt2ft import checkpoints as CK
     from gpt2ft.cli import main
     from gpt2ft.pick import style_score
     from gpt2ft.summary import summarize
 
     monkeypatch.setenv("GPT2FT_CORPUS", str(book))
-    sets = [x for o in [*SHORT, "study.n_trials=2"] for x in ("--set", o)]
+    monkeypatch.setattr(CK.Checkpoints, "keep_only", lambda self, keep, finished: [])  # retention: tested apart
+    sets = [x for o in LORA for x in ("--set", o)]
     assert main(["study", "--config", str(TINY), "--quiet", "--yes", *sets]) == 0
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}")
     trials = study.get_trials()
@@ -55,6 +66,66 @@ def test_every_interior_epoch_is_told_to_optuna_and_counts_for_nothing_else(work
     c = s.candidates
     assert set(c["number"]) == {t.number for t in trained} and not c.duplicated(["number", "step"]).any()
     assert len(c[c["number"] == first.number]) == 3  # epochs 1, 2 and the end, once each
+    _the_rank_and_the_constraints(workdir, study, trained, mine, client.search_runs([exp.experiment_id]))
+    _the_lora_points_export_retrains_to_its_weights(workdir, study, first)
+
+
+def _the_rank_and_the_constraints(workdir, study, trained, mine, runs):
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from gpt2ft import judges as J
+    from gpt2ft.summary import recorded_bounds
+
+    assert [t.params["lora_r"] for t in trained] == [8, 0] and {t.params["lora_r"] for t in mine} == {8}
+    runs = {r.data.tags.get("optuna.trial", "study"): r for r in runs}
+    lora_run, full_run = runs[str(trained[0].number)], runs[str(trained[1].number)]
+    assert (lora_run.data.params["trial.lora_r"], lora_run.data.params["train.method"]) == ("8", "lora")
+    assert (full_run.data.params["trial.lora_r"], full_run.data.params["train.method"]) == ("0", "full")
+    # tiny.yaml's GPT-2 (2 layers of 64): 3.3M parameters, all trained in full fine-tuning; at rank 8 the
+    # adapters of c_attn (64 -> 192), c_proj (64 -> 64), c_fc (64 -> 256) and c_proj (256 -> 64), 16,384.
+    trainable = [plain(r.data.metrics)["trainable_params"] for r in (lora_run, full_run)]
+    assert trainable[0] == 2 * 8 * (256 + 128 + 320 + 320) and trainable[1] > 3e6
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    table = pd.read_csv(client.download_artifacts(runs["study"].info.run_id, "candidates.csv", str(workdir)))
+    assert set(zip(table["number"], table["lora_r"])) == {(trained[0].number, 8), (trained[1].number, 0)}
+    bounds = recorded_bounds(study.user_attrs)
+    points = {p["step"]: p for p in trained[0].user_attrs["trajectory"]}
+    told = [(t, t.user_attrs["metrics"]) for t in trained] + [(t, points[t.user_attrs["step"]]) for t in mine]
+    for t, values in told:
+        expect = {J.JUDGE_METRICS[j]: values[J.JUDGE_METRICS[j]] - b for j, b in bounds.by_judge().items()
+                  if math.isfinite(b)}
+        assert set(expect) == {"memorization", "near_verbatim", "extractable_rate", "discoverable_rate", "heldout_loss"}
+        assert t.constraints == pytest.approx(expect)
+
+
+def _the_lora_points_export_retrains_to_its_weights(workdir, study, trial):
+    """The rank-8 trial's checkpoint is its adapter; once it is gone the export retrains the point,
+    and the folder holds that adapter merged onto the base model, bitwise."""
+    import torch
+    import yaml
+    from safetensors.torch import load_file
+
+    from gpt2ft import checkpoints as CK
+    from gpt2ft import lora
+    from gpt2ft.cli import main
+    from gpt2ft.config import build_config
+    from gpt2ft.model import base_model, load_tokenizer
+
+    ckpt = CK.Checkpoints(study.user_attrs["checkpoint_root"])
+    step = min(s for n, s in ckpt.saved() if n == trial.number)
+    assert (ckpt.path(trial.number, step) / "adapter_config.json").is_file()
+    config = build_config(yaml.safe_load(trial.user_attrs["config_yaml"]))
+    kept = lora.load_merged(base_model(config, load_tokenizer(config.model)), ckpt.path(trial.number, step))
+    ckpt.delete(trial.number, step)
+    assert main(["export", "--out", "lora", "--trial", str(trial.number), "--step", str(step), "--no-register",
+                 "--quiet"]) == 0
+    assert json.loads((workdir / "lora" / "metrics.json").read_text())["retrained"] is True
+    again = load_file(workdir / "lora" / "model.safetensors")
+    state = kept.state_dict()  # a tied output layer is saved once: the folder may hold one key fewer
+    assert set(again) <= set(state) and len(again) >= len(state) - 1
+    assert all(torch.equal(again[k], state[k]) for k in again)
+    assert "Method: LoRA through peft (lora_r=8" in (workdir / "lora" / "README.md").read_text()
 
 
 def test_a_trial_that_only_copies_stops_and_its_last_point_is_its_end(workdir, book, monkeypatch):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gpt2ft import export
+from gpt2ft import export, lora
 from gpt2ft.config import Config, SampleConfig, StudyConfig, TrainConfig
 from gpt2ft.data import TokenData
 from gpt2ft.model import Runtime, seed_everything
@@ -28,7 +28,9 @@ def _assets(seed: int = 0) -> SimpleNamespace:
     data = TokenData(train_windows=torch.randint(0, 48, (24, 12), generator=g),
                      heldout_windows=torch.randint(0, 48, (8, 12), generator=g),
                      train_ids=[], heldout_ids=[], block_size=12)
-    return SimpleNamespace(fresh_model=lambda: copy.deepcopy(base), data=data,
+    # As Assets.fresh_model: a copy of the base, with a trial's adapters under train.method lora.
+    return SimpleNamespace(fresh_model=lambda train=None: lora.adapt(copy.deepcopy(base), train) if train
+                           else copy.deepcopy(base), data=data,
                            runtime=Runtime(torch.device("cpu"), None))
 
 
@@ -42,7 +44,7 @@ def _as_the_study_trains(config: Config, params: dict, assets) -> tuple[dict[int
     ``sample.every_steps`` steps, or at every epoch's end), with each point's weights kept."""
     tcfg = trial_train_config(config, params)
     seed_everything(tcfg.seed)
-    model = assets.fresh_model()
+    model = assets.fresh_model(tcfg)
     kept: dict[int, dict] = {}
 
     def point(step: int, epoch: float) -> bool:
@@ -75,6 +77,23 @@ def test_the_retrain_reaches_every_candidates_step_with_its_weights(every_steps,
         assert again.steps == step, (every_steps, eval_every, step)
         state = model.state_dict()
         assert all(torch.equal(state[k], weights[k]) for k in weights), (every_steps, eval_every, step)
+
+
+def test_a_lora_trials_retrain_reaches_every_points_adapter_and_merged_weights():
+    """Issue 36: a LoRA trial (rank 4, study.lora_r's param) retrained to each measured point holds
+    the trial's adapters there bitwise, so its merged weights (what the export writes) are the trial's."""
+    assets = _assets(1)
+    config = _config(4, 0)
+    params = {"lr": 1e-2, "epochs": 2, "batch_size": 4, "lora_r": 4}
+    kept, result = _as_the_study_trains(config, params, assets)
+    assert any(".lora_A." in k for k in kept[result.steps]) and len(kept) > 2
+    for step, weights in kept.items():
+        model, again = export.retrain(config, params, step, assets)
+        assert again.steps == step and lora.is_adapted(model)
+        state = model.state_dict()
+        assert all(torch.equal(state[k], weights[k]) for k in weights), step
+    merged, plain = lora.merged_state(model), lora.merged(model).state_dict()  # the export's merge: the same bits
+    assert merged.keys() == plain.keys() and all(torch.equal(v, plain[k]) for k, v in merged.items())
 
 
 def test_one_evaluation_a_step_so_eval_every_dividing_an_epoch_keeps_the_early_stop():
@@ -228,7 +247,7 @@ def test_a_retrain_off_the_cpu_says_its_weights_are_close_not_equal(tmp_path, mo
     for device, bitwise in (("cuda", False), ("cpu", True)):
         monkeypatch.setattr(export, "prepare", lambda *a, **k: SimpleNamespace(
             runtime=Runtime(torch.device(device), None), tokenizer=SimpleNamespace(save_pretrained=lambda f: None),
-            fresh_model=lambda: model, data=SimpleNamespace(train_windows=None)))
+            fresh_model=lambda train=None: model, data=SimpleNamespace(train_windows=None)))
         folder = tmp_path / device
         folder.mkdir()
         done = export._retrain(info, folder, args)

@@ -117,7 +117,10 @@ def test_jobs_2_killed_then_resumed_loses_nothing(workdir, book):
 
     cmd = [sys.executable, "-m", "gpt2ft.cli", "study", "--config", str(TINY), "--quiet", "--jobs", "2",
            "--n-trials", "3", "--corpus", str(book), "--set", "train.max_steps=3", "--set", "train.eval_batches=1",
-           "--set", "study.heartbeat_interval=1", "--set", "study.grace_period=2", "--set", "study.writer=process"]
+           "--set", "study.heartbeat_interval=1", "--set", "study.grace_period=2", "--set", "study.writer=process",
+           # Issue 36: LoRA searched beside full fine-tuning, and the copying judges told as constraints (on by
+           # default), both under two workers and a resume.
+           "--set", "study.lora_r=[0, 4]"]
     url = f"sqlite:///{workdir}/mlruns/optuna.db"
     first = subprocess.Popen(cmd, cwd=workdir, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
@@ -146,6 +149,8 @@ def test_jobs_2_killed_then_resumed_loses_nothing(workdir, book):
     assert len(done) == 3
     assert all(done[n] == v for n, v in before.items())
     assert len({t.number for t in trials}) == len(trials)
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert all(t.params["lora_r"] in (0, 4) and "memorization" in t.constraints for t in complete)
 
     client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("gpt2ft-tiny").experiment_id])

@@ -15,8 +15,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "gpt2ft"
 #: plain functions over plain data, testable on literal inputs.
 PURE = {"metrics", "pick", "ngram_index", "words", "fmt", "urls", "errors", "writer"}
 #: Who may import each framework directly. MLflow is the tracking module's job; Optuna is the
-#: study's (its loop) and coordination's (storage and workers).
-OWNERS = {"mlflow": {"tracking"}, "optuna": {"study", "coordination"}, "optuna_integration": {"study"}}
+#: study's (its loop), search's (its space and sampler) and coordination's (storage and workers);
+#: peft is LoRA's (adapters, merging).
+OWNERS = {"mlflow": {"tracking"}, "optuna": {"study", "search", "coordination"}, "optuna_integration": {"study"},
+          "peft": {"lora"}}
 #: A module owns one thing; past this many lines it holds two.
 MAX_LINES = 500
 

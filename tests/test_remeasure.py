@@ -80,7 +80,7 @@ class FakeCheckpoints:
             p.mkdir(parents=True, exist_ok=True)
         return p
 
-    def load(self, number, step, runtime):
+    def load(self, number, step, runtime, base=None):
         return ("model", (number, step)) if (number, step) in self.on_disk else None
 
     def save(self, number, step, model, tokenizer):
@@ -104,7 +104,7 @@ def _fake_assets(n_ngram: int = 8):
     return SimpleNamespace(config=config,
                            references=SimpleNamespace(samples={}), top_ids=frozenset(range(100)),
                            index=NgramIndex([5000 + i for i in range(64)], max_n=16), runtime=None, tokenizer=None,
-                           classifier=None)
+                           classifier=None, fresh_model=lambda train=None: None)
 
 
 def _measure_by_key(values):

@@ -85,3 +85,62 @@ def test_derived_trials_do_not_count_towards_n_trials():
     study.add_trial(optuna.trial.create_trial(params={"lr": 1e-3}, distributions=dist, values=[-0.1, 0.0]))
     runner.stop_when_done(study, study.trials[-1])
     assert stops == [9]
+
+
+def test_the_lora_rank_is_a_categorical_param_and_picks_the_rate_range_of_its_method():
+    """Issue 36: study.lora_r is drawn beside the rest, 0 meaning full fine-tuning; a rank above 0
+    draws its rate from study.lora_lr, rank 0 from study.lr. One Optuna parameter lr throughout."""
+    config = load_config(TINY, ["study.lora_r=[0, 8, 64]", "study.lora_lr={low: 5.0e-3, high: 2.0e-2}",
+                                "study.lr={low: 1.0e-5, high: 1.0e-4}"])
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(0))
+    drawn = []
+    for _ in range(24):
+        trial = study.ask()
+        drawn.append(S.suggest(trial, config.study))
+        study.tell(trial, [0.0, 0.0])
+    assert {p["lora_r"] for p in drawn} == {0, 8, 64}
+    for p in drawn:
+        low, high = (1e-5, 1e-4) if p["lora_r"] == 0 else (5e-3, 2e-2)
+        assert low <= p["lr"] <= high, p
+    assert isinstance(study.trials[0].distributions["lora_r"], optuna.distributions.CategoricalDistribution)
+    # Not searched: no lora_r param, and the train section's method picks the range.
+    plain = load_config(TINY, ["study.lora_lr={low: 5.0e-3, high: 2.0e-2}", "train.method=lora"])
+    params = S.suggest(optuna.create_study().ask(), plain.study, plain.train.rank)
+    assert "lora_r" not in params and 5e-3 <= params["lr"] <= 2e-2
+
+
+def test_enqueued_designs_name_the_rank_or_train_at_the_configs():
+    config = load_config(TINY, ["study.lora_r=[0, 8]", "study.lora_lr={low: 5.0e-3, high: 2.0e-2}",
+                                "study.enqueue=[{lr: 1.0e-2, epochs: 1, batch_size: 2, lora_r: 8},"
+                                " {lr: 1.0e-3, epochs: 2, batch_size: 4}]"])
+    designs = config.study.designs(config.train.goldfish_k, config.train.rank)
+    assert [d["lora_r"] for d in designs] == [8, 0]
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.enqueue_trial(designs[0])
+    assert S.suggest(study.ask(), config.study) == designs[0]
+    with pytest.raises(ConfigError, match=r"enqueue\[0\] \(0.001, 1, 2, lora_r 8\) lies outside the search space"):
+        load_config(TINY, ["study.lora_r=[0, 8]", "study.lora_lr={low: 5.0e-3, high: 2.0e-2}",
+                           "study.enqueue=[{lr: 1.0e-3, epochs: 1, batch_size: 2, lora_r: 8}]"])
+    with pytest.raises(ConfigError, match=r"trains at rank 8 \(train.method lora\), which is not in study.lora_r"):
+        load_config(TINY, ["study.lora_r=[0, 64]", "train.method=lora",
+                           "study.enqueue=[{lr: 1.0e-3, epochs: 1, batch_size: 2}]"])
+
+
+def test_the_constraints_are_each_judges_value_minus_its_bound():
+    """Issue 36 item 3: what the sampler is told of a point's copying. Above 0 exactly where the
+    judge fails it (the bound is inclusive); a judge that is off or has no evidence is left out."""
+    import math
+
+    from gpt2ft import judges as J
+
+    bounds = J.Bounds(memorization=0.02, extraction=0.05, heldout_loss=4.0, discoverable=0.05)
+    values = {"memorization": 0.03, "extractable_rate": 0.05, "heldout_loss": 3.5, "near_verbatim": 0.9,
+              "discoverable_rate": math.nan}
+    got = J.constraint_values(values, bounds)
+    assert got == pytest.approx({"memorization": 0.01, "extractable_rate": 0.0, "heldout_loss": -0.5})
+    assert {J.JUDGE_METRICS[j] for j, _ in J.copying_failures(values, bounds)} == {k for k, v in got.items() if v > 0}
+    # The study's recorded bounds and judges decide (held-out loss not among them here); off, nothing is told.
+    attrs = {**bounds.as_attrs(), "judges": ["memorization", "extraction"]}
+    assert S.constraints(attrs, values, load_config(TINY).study) == pytest.approx(
+        {"memorization": 0.01, "extractable_rate": 0.0})
+    assert S.constraints(attrs, values, load_config(TINY, ["study.constrained=false"]).study) == {}

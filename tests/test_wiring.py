@@ -92,7 +92,7 @@ def test_export_retrain_calls_fit_with_trial_train_config(monkeypatch, tmp_path)
 
     monkeypatch.setattr(trial_module, "fit", fake_fit)  # export retrains through trial.retrain
     monkeypatch.setattr(export, "prepare", lambda *a, **k: SimpleNamespace(
-        fresh_model=lambda: None, data=SimpleNamespace(train_windows=None),
+        fresh_model=lambda train=None: None, data=SimpleNamespace(train_windows=None),
         runtime=SimpleNamespace(device=torch.device("cpu"))))
     monkeypatch.setattr(export, "seconds_per_step", lambda *a: 0.1)  # the estimate's one timed step
     info = {"config_yaml": yaml.safe_dump(config.to_dict()), "params": {"lr": 1e-4, "epochs": 3, "batch_size": 2},
