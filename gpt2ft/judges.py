@@ -47,7 +47,7 @@ JUDGE_METRICS = {"memorization": "memorization", "near-verbatim": "near_verbatim
                  "sampled extraction": "discoverable_rate", "membership": "mia_auc", "held-out loss": "heldout_loss"}
 JUDGES = tuple(JUDGE_METRICS)
 #: The judges a study uses unless ``study.judges`` says otherwise: all but membership, which every
-#: fine-tuned point of the demo's 13-window slice passes at AUC 1.00 (docs/pick.md).
+#: fine-tuned point of the demo's 13-window slice fails at AUC 0.94-1.00 (docs/pick.md).
 DEFAULT_JUDGES = ("memorization", "near-verbatim", "extraction", "sampled extraction", "held-out loss")
 #: The study's user attribute (and parent-run param) that records each judge's bound.
 BOUND_ATTRS = {"memorization": "memorization_bound", "near-verbatim": "near_verbatim_bound",

@@ -155,6 +155,11 @@ def _watch_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(1.0)
     os.kill(os.getpid(), signal.SIGTERM)
+    # A dead supervisor sends no SIGKILL after STOP_SECONDS, so this thread is the backstop: a
+    # clean-up that hangs (a store or writer that never answers) must not keep the worker alive;
+    # its trial stays RUNNING and the next command's fail_orphans fails it.
+    time.sleep(STOP_SECONDS)
+    os._exit(1)
 
 
 def _pump(index: int, stream: IO[bytes], out: IO[str]) -> None:

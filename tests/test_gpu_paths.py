@@ -48,7 +48,7 @@ def _cost_assets(config):
     import torch
     from types import SimpleNamespace
     return SimpleNamespace(config=config, runtime=SimpleNamespace(device=torch.device("cpu")),
-                           data=SimpleNamespace(train_windows=torch.zeros(570, 8)), fresh_model=lambda: None)
+                           data=SimpleNamespace(train_windows=torch.zeros(570, 8)), fresh_model=lambda *a: None)
 
 
 def test_a_resumed_study_is_estimated_by_the_trials_left(monkeypatch, capsys):
@@ -96,7 +96,7 @@ def test_an_export_that_retrains_says_how_long_first(monkeypatch, tmp_path, caps
     config = load_config(TINY)
     said = []
     monkeypatch.setattr(E, "prepare", lambda *a, **k: SimpleNamespace(
-        fresh_model=lambda: None, data=SimpleNamespace(train_windows=None), runtime=SimpleNamespace(
+        fresh_model=lambda *a: None, data=SimpleNamespace(train_windows=None), runtime=SimpleNamespace(
             device=SimpleNamespace(type="cpu")), tokenizer=SimpleNamespace(save_pretrained=lambda f: None)))
     monkeypatch.setattr(E, "seconds_per_step", lambda model, cfg, *a: said.append(cfg.batch_size) or 30.0)
 

@@ -118,8 +118,8 @@ def test_jobs_2_killed_then_resumed_loses_nothing(workdir, book):
     cmd = [sys.executable, "-m", "gpt2ft.cli", "study", "--config", str(TINY), "--quiet", "--jobs", "2",
            "--n-trials", "3", "--corpus", str(book), "--set", "train.max_steps=3", "--set", "train.eval_batches=1",
            "--set", "study.heartbeat_interval=1", "--set", "study.grace_period=2", "--set", "study.writer=process",
-           # Issue 36: LoRA searched beside full fine-tuning, and the copying judges told as constraints (on by
-           # default), both under two workers and a resume.
+           # Issue 36: LoRA searched beside full fine-tuning, and the copying judges told as constraints (on in
+           # tiny.yaml), both under two workers and a resume.
            "--set", "study.lora_r=[0, 4]"]
     url = f"sqlite:///{workdir}/mlruns/optuna.db"
     first = subprocess.Popen(cmd, cwd=workdir, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

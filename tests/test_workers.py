@@ -211,3 +211,18 @@ def test_each_worker_runs_its_share_of_the_cores(monkeypatch, capfd):
     assert sorted(e.code for e in exits) == [0, 0]
     err = capfd.readouterr().err
     assert "[w0] 2\n" in err and "[w1] 2\n" in err
+
+
+def test_a_worker_whose_supervisor_died_exits_even_if_its_clean_up_hangs():
+    """The parent watch's backstop: SIGTERM first, and when the clean-up it starts never ends (here
+    SIGTERM is ignored outright), the worker exits STOP_SECONDS later instead of outliving its
+    supervisor (tests/test_jobs.py's killed-then-resumed study saw one alive after 60 s)."""
+    code = ("import signal, time\n"
+            "from gpt2ft import workers\n"
+            "workers.STOP_SECONDS = 1.0\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a clean-up that never ends\n"
+            "workers._watch_parent(-1)  # no process has pid -1: the supervisor is gone at once\n"
+            "time.sleep(60)\n")
+    t = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], timeout=30)
+    assert done.returncode == 1 and time.monotonic() - t < 20
