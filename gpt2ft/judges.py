@@ -1,8 +1,8 @@
 """Who may be picked: the judges of copying and the degenerate-text guard, as pure rules.
 
 A *candidate* is one measured point of a trial (an epoch end, a ``sample.every_steps`` point or
-the trial's end). It is **eligible** only when every judge the study uses (``study.judges``,
-:data:`DEFAULT_JUDGES`) lets it through:
+the trial's end). It is **eligible** only when every judge the study uses (``study.judges``; by default
+:data:`DEFAULT_JUDGES`: memorization, extraction and held-out loss) lets it through:
 
 * **memorization** -- sampled 8-gram overlap with the training text at most
   :func:`reference_bound` of the held-out book's and the base model's overlap (a floor under it);
@@ -46,9 +46,11 @@ FLUENCY_FACTOR = 2.0
 JUDGE_METRICS = {"memorization": "memorization", "near-verbatim": "near_verbatim", "extraction": "extractable_rate",
                  "sampled extraction": "discoverable_rate", "membership": "mia_auc", "held-out loss": "heldout_loss"}
 JUDGES = tuple(JUDGE_METRICS)
-#: The judges a study uses unless ``study.judges`` says otherwise: all but membership, which every
-#: fine-tuned point of the demo's 13-window slice fails at AUC 0.94-1.00 (docs/pick.md).
-DEFAULT_JUDGES = ("memorization", "near-verbatim", "extraction", "sampled extraction", "held-out loss")
+#: The judges a study uses unless ``study.judges`` says otherwise. The other three are measured and
+#: reported at every point, switchable on: on all seven novels (docs/pick.md) every point that
+#: near-verbatim or sampled extraction fails is already out by these three, and membership fails
+#: every fine-tuned point of the demo's slice (AUC 0.94-1.00), the picks included.
+DEFAULT_JUDGES = ("memorization", "extraction", "held-out loss")
 #: The study's user attribute (and parent-run param) that records each judge's bound.
 BOUND_ATTRS = {"memorization": "memorization_bound", "near-verbatim": "near_verbatim_bound",
                "extraction": "extraction_bound", "sampled extraction": "discoverable_bound",

@@ -202,7 +202,11 @@ def test_each_new_bound_comes_from_its_references_and_excludes_a_candidate_over_
     # What a study records, read back with the judges it used.
     from gpt2ft.summary import recorded_bounds
     assert recorded_bounds({**b.as_attrs(), "judges": list(config.study.judges)}) == b
-    assert recorded_bounds({**b.as_attrs(), "judges": list(J.DEFAULT_JUDGES)}).membership == math.inf
+    # A default study measures all three and judges by none (docs/pick.md: on seven novels they
+    # excluded no point the default judges kept); their bounds are still recorded.
+    default = recorded_bounds({**b.as_attrs(), "judges": list(StudyConfig().judges)})
+    assert default.membership == default.near_verbatim == default.discoverable == math.inf
+    assert P.ineligible_reason(row, default) == "" and b.as_attrs()[J.BOUND_ATTRS[judge]] < math.inf
 
 
 def test_recorded_bounds_round_trip_and_an_older_study_has_the_new_judges_off():

@@ -95,7 +95,8 @@ def _the_rank_and_the_constraints(workdir, study, trained, mine, runs):
     for t, values in told:
         expect = {J.JUDGE_METRICS[j]: values[J.JUDGE_METRICS[j]] - b for j, b in bounds.by_judge().items()
                   if math.isfinite(b)}
-        assert set(expect) == {"memorization", "near_verbatim", "extractable_rate", "discoverable_rate", "heldout_loss"}
+        # The default judges only: the three reported measures are no constraints unless switched on.
+        assert set(expect) == {"memorization", "extractable_rate", "heldout_loss"}
         assert t.constraints == pytest.approx(expect)
 
 
