@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 
 from gpt2ft import lora
 from gpt2ft import membership as MI
@@ -181,8 +180,7 @@ def compute_references(assets: Assets, with_base: bool = True) -> References:
         base, _, ids = measure_model(assets, model, assets.config.sample.n_samples, assets.config.train.seed)
         cfg = assets.config.metrics
         if cfg.extraction_prompts:
-            with torch.inference_mode():
-                scores, n = prompt_scores(assets, assets.sampler.weights_of(model))
+            scores, n = prompt_scores(assets, model)  # as measure_model scores: the model itself
             losses["base"] = scores["loss"]
             # The same losses on both sides of the calibration: every score is exactly 0, so the base
             # model's mia_auc is 0.5 by construction (two passes can differ in their last bits).

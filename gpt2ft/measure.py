@@ -185,7 +185,8 @@ def measure_model(assets: "Assets", model, n_samples: int,
                   seed: int) -> tuple[dict[str, float], list[str], list[list[int]]]:
     """Sample from ``model`` as the method does and measure; returns (metrics, texts, ids)."""
     sc = assets.config.sample
-    # The weights in the sampling precision (gpt2ft.sampler): the same for sampling and extraction.
+    # The weights in the sampling precision (gpt2ft.sampler), for decoding: ten rows a step, where
+    # bf16 halves the bytes each step streams.
     decoder = assets.sampler.weights_of(model)
     # A sampling copy (and the judge beside it) is never trained, so it decodes in inference mode,
     # which skips autograd's bookkeeping (10 x 100 samples took 5.1 s against no_grad's 5.3 s,
@@ -196,5 +197,10 @@ def measure_model(assets: "Assets", model, n_samples: int,
                      sc.top_k, sc.temperature, decode=sc.decode)
         ids, texts = renormalise(assets.tokenizer, raw)
         out = measure_samples(assets, ids, texts, seed)
-        out.update(extraction(assets, decoder))
+    # The teacher-forced pass runs on the model itself (fp32 on a CPU, bf16 autocast on CUDA): its
+    # thousands of rows a product are compute-bound, and this project's CPU (AVX-512 bf16, no AMX)
+    # multiplies 2,520 x 576 by 576 x 1,536 in 21 ms in fp32 and 30 ms in bf16. On the demo the
+    # measurement took 23 s with the bf16 copy's pass and 17 s with this one (docs/measure_speed.md).
+    # The sampler's warp is applied to the model's own logits, not to their bf16 rounding.
+    out.update(extraction(assets, model))
     return out, texts, ids

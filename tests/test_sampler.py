@@ -91,9 +91,9 @@ def test_the_fluency_judge_is_the_base_model_in_the_sampling_precision():
 
 
 def test_a_measurement_decodes_the_persistent_copy_as_configured(monkeypatch):
-    """measure_model samples and extracts with the sampler's copy (the same object every
-    measurement, so a compiled decode is kept across trials, in inference mode) and passes
-    ``sample.decode`` on."""
+    """measure_model samples with the sampler's copy (the same object every measurement, so a
+    compiled decode is kept across trials, in inference mode), passes ``sample.decode`` on, and
+    runs the teacher-forced extraction on the model itself, outside inference mode."""
     from types import SimpleNamespace
 
     import gpt2ft.measure as M
@@ -106,7 +106,8 @@ def test_a_measurement_decodes_the_persistent_copy_as_configured(monkeypatch):
                         or modes.append(torch.is_inference_mode_enabled()) or [[1]])
     monkeypatch.setattr(M, "renormalise", lambda tok, raw: (raw, ["x"]))
     monkeypatch.setattr(M, "measure_samples", lambda *a, **k: {})
-    monkeypatch.setattr(M, "extraction", lambda assets, model: seen.append((model, "extraction")) or {})
+    monkeypatch.setattr(M, "extraction", lambda assets, model: seen.append((model, "extraction"))
+                        or modes.append(torch.is_inference_mode_enabled()) or {})
     config = load_config(TINY, ["sample.decode=static"])
     assets = SimpleNamespace(config=config, tokenizer=None, runtime=None, sampler=Sampler(torch.bfloat16))
     first, second = _tiny(0), _tiny(1)
@@ -114,13 +115,14 @@ def test_a_measurement_decodes_the_persistent_copy_as_configured(monkeypatch):
     M.measure_model(assets, second, 2, seed=0)
     copy = seen[0][0]
     assert [d for _, d in seen] == ["static", "extraction"] * 2
-    assert all(model is copy for model, _ in seen) and copy is not first
+    assert seen[2][0] is copy and copy is not first and [m for m, _ in seen[1::2]] == [first, second]
     assert torch.equal(copy.lm_head.weight, second.lm_head.weight.to(torch.bfloat16))
+    assert modes == [True, False, True, False]
     # The copy decodes in inference mode; the training model itself (fp32) only under no_grad,
     # so none of its tensors becomes an inference tensor that a later backward pass would refuse.
     assets.sampler = Sampler(None)
     M.measure_model(assets, first, 2, seed=0)
-    assert modes == [True, True, False] and seen[-2][0] is first
+    assert modes[4:] == [False, False] and seen[-2][0] is first
 
 
 needs_packing = pytest.mark.skipif(not packs_on(torch.device("cpu"), torch.bfloat16),
