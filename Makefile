@@ -53,15 +53,17 @@ demo: install
 	$(BIN)/gpt2ft study --config experiments/demo.yaml --yes $(ARGS)
 
 # The demo's three enqueued trials with the plain and the goldfish loss in one study (docs/goldfish.md,
-# ~2x the demo's time); scripts/goldfish_table.py then gives the doc's table from its store.
+# ~2x the demo's time); scripts/method_table.py then gives the doc's table from its store.
 demo-goldfish: install
 	$(BIN)/gpt2ft study --config experiments/demo_goldfish.yaml --yes $(ARGS)
-	$(BIN)/python scripts/goldfish_table.py
+	$(BIN)/python scripts/method_table.py --by goldfish_k
 
 # The demo's three enqueued designs with full fine-tuning and LoRA at ranks 8 and 64, each at its own
-# rates, in one study (issue 36; nine trials to the demo's four). docs/lora.md is to be written from its store.
+# rates, in one study (issue 36; nine trials to the demo's four); scripts/method_table.py then gives
+# docs/lora.md's table from its store.
 demo-lora: install
 	$(BIN)/gpt2ft study --config experiments/demo_lora.yaml --yes $(ARGS)
+	$(BIN)/python scripts/method_table.py --by lora_r
 
 bench: install
 	$(BIN)/python bench/run.py $(ARGS)

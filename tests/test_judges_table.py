@@ -36,3 +36,23 @@ def test_points_show_every_measured_point_with_its_copying_numbers():
     lines = judges_table.points("demo", summarize(FakeStudy([trial])))
     assert len(lines) == 2 + 3 and "| near_verbatim |" in lines[0] and "mia_auc" in lines[0]
     assert lines[-1].startswith("| demo | 0 | 3 | 0.3 | 0 |")
+
+
+def test_method_table_compares_each_method_with_full_fine_tuning_by_its_best_and_its_pick():
+    import method_table
+    from test_candidates import FakeTrial, pt
+    full = copying_trial(0)
+    full.params = {**full.params, "lora_r": 0}
+    lora = FakeTrial(1, [pt(0, 0.37, loss=3.8), pt(4, 0.45), pt(8, 0.552, loss=3.65)],
+                     params={"lr": 1e-3, "epochs": 2, "batch_size": 4, "lora_r": 8})
+    study = FakeStudy([full, lora], judges=["memorization", "extraction", "held-out loss"])
+    s = summarize(study)
+    lines = method_table.rows(s, "lora_r", study.user_attrs)
+    assert "near-verbatim (off)" in lines[0] and len(lines) == 4
+    assert lines[2].startswith("| full fine-tuning | 0.0001 | trial 0, epoch 2 (step 8) | 0.540 ± 0.010 | 0.010 |")
+    assert lines[2].endswith("| 2 | 3 / none by 3 / 3 / none by 3 / none by 3 / 3 |")  # copies at epoch 3
+    assert lines[3].startswith("| LoRA r 8 | 0.001 | trial 1, epoch 2 (step 8) | 0.552 ± 0.010 | 0.002 |")
+    picks = method_table.picks(s, "lora_r")
+    assert "LoRA r 8 closer to the book than full fine-tuning by +0.008" in picks[2] and "+0.6 se" in picks[2]
+    assert picks[3] == "* the study's pick: LoRA r 8, trial 1 (lr 0.001) at epoch 2"
+    assert method_table.heldout_cost(s, "lora_r") == ["* no rate was trained by more than one method"]

@@ -247,6 +247,21 @@ def test_style_vs_copying_draws_one_path_per_trial_ending_at_final(tmp_path: Pat
     saved_ok(fig, tmp_path / "style_paths.png")
 
 
+def test_style_vs_copying_draws_each_method_in_its_own_line_style() -> None:
+    table = trials_table()
+    table["lora_r"] = [0, 8, 64, 0, 8, 0]
+    table["goldfish_k"] = [4, 0, 0, 0, 0, 0]
+    lines = trajectory_lines(plots.style_vs_copying(table, REFS, trajectories_table()))
+    styles = {n: line.get_linestyle() for n, line in lines.items()}
+    assert styles == {0: "--", 1: ":", 2: "-.", 4: ":"}  # goldfish, rank 8, rank 64, rank 8
+    legend = [str(line.get_label()) for line in lines.values() if not str(line.get_label()).startswith("_")]
+    assert sorted(legend) == ["LoRA rank 64 trial's path (dash-dotted)", "LoRA rank 8 trial's path (dotted)",
+                              "goldfish-loss trial's path (dashed)"]
+    table["lora_r"] = 0
+    assert {line.get_linestyle() for line in trajectory_lines(
+        plots.style_vs_copying(table.drop(columns="goldfish_k"), REFS, trajectories_table())).values()} == {"-"}
+
+
 def test_trajectory_paths_order_base_and_final() -> None:
     points, _ = plots.style_points(trials_table())
     traj = pd.DataFrame({  # unsorted, no epoch-0 row, one NaN measurement

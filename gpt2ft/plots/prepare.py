@@ -65,7 +65,7 @@ def style_points(trials: pd.DataFrame | None) -> tuple[pd.DataFrame, int]:
     """The trials :func:`style_vs_copying` draws, and how many rows it leaves out.
 
     Returns a frame with columns ``number``, ``lr``, ``top100_ratio``, ``memorization``,
-    ``goldfish_k`` (floats; a missing k reads 0) and ``on_front``, ``selected`` (bools; missing
+    ``goldfish_k``, ``lora_r`` (floats; a missing k or rank reads 0) and ``on_front``, ``selected`` (bools; missing
     or NaN read False): the rows whose ``state`` is COMPLETE (any spelling
     :func:`gpt2ft.pick.state_name` accepts; a missing ``state`` column counts as COMPLETE) and
     whose two metrics are finite, sorted by memorization then number. This is display hygiene
@@ -82,6 +82,7 @@ def style_points(trials: pd.DataFrame | None) -> tuple[pd.DataFrame, int]:
         "on_front": flag(df, "on_front"),
         "selected": flag(df, "selected"),
         "goldfish_k": numeric(df, "goldfish_k").fillna(0),  # 0: the plain loss (or not searched)
+        "lora_r": numeric(df, "lora_r").fillna(0),  # 0: full fine-tuning (or not searched)
     }, index=df.index)
     ok = ((state == "COMPLETE") & np.isfinite(points["top100_ratio"])
           & np.isfinite(points["memorization"]))

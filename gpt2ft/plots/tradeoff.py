@@ -49,16 +49,31 @@ def _draw_trials(fig: Figure, ax: Axes, points: pd.DataFrame, trajectories: pd.D
         colourbar(fig, ax, norm, label)
     colour = {int(n): CMAP(norm(v)) for n, v in zip(points["number"], values) if finite(n)}
     paths = trajectory_paths(trajectories, points, base)
-    # A goldfish trial (study.goldfish_k) is drawn dashed, so both sets of paths read apart.
-    goldfish = {int(n): k > 0 for n, k in zip(points["number"], points["goldfish_k"]) if finite(n)}
+    # Each way of training gets its own line style (full fine-tuning solid, the goldfish loss
+    # dashed, each LoRA rank dotted or dash-dotted), so the methods' paths read apart.
+    kinds = {int(n): path_kind(k, r) for n, k, r in zip(points["number"], points["goldfish_k"], points["lora_r"])
+             if finite(n)}
     labelled = set()
     for number, (path_x, ys) in sorted(paths.items()):
-        kind = goldfish.get(number, False)
-        label = None if kind in labelled else ("goldfish-loss trial's path (dashed)" if kind else
-                                               "trial's path: base model → each epoch → final")
+        kind = kinds.get(number, PLAIN)
+        label = None if kind in labelled else kind[0]
         labelled.add(kind)
         ax.plot(slots.x(number, path_x), ys, color=colour[number], lw=0.9, alpha=0.65, marker="o", ms=2.5,
-                ls="--" if kind else "-", zorder=2, gid=f"trajectory-{number}", label=label)
+                ls=kind[1], zorder=2, gid=f"trajectory-{number}", label=label)
+
+
+#: (legend label, line style) of a full fine-tuning trial's path.
+PLAIN = ("trial's path: base model → each epoch → final", "-")
+
+
+def path_kind(goldfish_k: float, lora_r: float) -> tuple[str, Any]:
+    """How a trial's path is drawn: by its method (LoRA's rank first), then its loss."""
+    if finite(lora_r) and lora_r > 0:
+        low = lora_r <= 16  # the demo's ranks 8 and 64 apart; a study of other ranks still reads LoRA
+        return f"LoRA rank {int(lora_r)} trial's path ({'dotted' if low else 'dash-dotted'})", ":" if low else "-."
+    if finite(goldfish_k) and goldfish_k > 0:
+        return "goldfish-loss trial's path (dashed)", "--"
+    return PLAIN
 
 
 def _reference_marks(ax: Axes, references: Mapping[str, Any], axis: CopyingAxis) -> None:
