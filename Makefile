@@ -65,17 +65,19 @@ demo-lora: install
 	$(BIN)/gpt2ft study --config experiments/demo_lora.yaml --yes $(ARGS)
 	$(BIN)/python scripts/method_table.py --by lora_r
 
+# fit against HF Trainer and a bare loop, the n-gram index against Python sets (bench/run.py -> bench/results.json).
 bench: install
 	$(BIN)/python bench/run.py $(ARGS)
 
-# The gulliver study on one GPU, --jobs 1 against --jobs N (bench/gpu_study.py; ARGS=--cpu-check anywhere).
+# bench-gpu and gpu-check are the two modes of bench/gpu.py; ARGS=--cpu-check runs either on the tiny model on a CPU.
+# The gulliver study on one GPU, --jobs N against --jobs 1, with the per-trial breakdown (bench/gpu_study.json).
 bench-gpu: install
-	$(BIN)/python bench/gpu_study.py $(ARGS)
+	$(BIN)/python bench/gpu.py --study $(ARGS)
 
-# The CUDA paths no CPU test reaches, in at most 5 minutes on one H100/H200 (bench/gpu_check.py ->
-# bench/gpu_check.json; exits 1 on a failed check). ARGS=--cpu-check: the tiny model on the CPU, GPU figures null.
+# The CUDA paths no CPU test reaches, in at most 5 minutes on one H100/H200 (bench/gpu_check.json; exits 1 on a
+# failed check).
 gpu-check: install
-	$(BIN)/python bench/gpu_check.py $(ARGS)
+	$(BIN)/python bench/gpu.py $(ARGS)
 
 # What the offline GPU machine lacks (wheels for its Python 3.12, the book, the other novels) into
 # .carry/, weighed against the 64 MiB a device call takes; prints that call (docs/gpu.md).

@@ -1,69 +1,56 @@
-"""Pieces shared by ``bench/run.py`` (CPU, ``make bench``; its sections in ``bench/throughput.py``,
-``bench/trials.py``, ``bench/rss.py``) and ``bench/gpu.py`` (GPU).
+"""What every bench shares: the FLOP arithmetic, timing (``timed``, ``StepClock``, the bare loop),
+the results file (``out_path``, ``write_json``) and printing (``log``, ``fmt``, ``columns``, ``table``).
 
-Nothing here imports gpt2ft or transformers at module level, so the FLOP arithmetic can be
-tested in milliseconds.
-
-FLOP convention (PaLM appendix B / nanoGPT ``estimate_mfu``)::
+Nothing here imports gpt2ft or transformers at module level, so the arithmetic is tested in
+milliseconds. FLOP convention (PaLM appendix B / nanoGPT ``estimate_mfu``)::
 
     flops_per_token = 6 * N + 12 * n_layer * n_embd * block
 
-* ``N`` is every parameter counted once, *minus the position embeddings* (nanoGPT's
-  ``get_num_params(non_embedding=True)``). The token embedding stays in ``N`` because GPT-2
-  ties it to the output layer, whose matmul is real work (with the full 50,257-token
-  vocabulary it is most of the work of a small model). Biases and LayerNorm weights are
-  counted too, as nanoGPT does (they are under 0.1% of ``N``).
-* ``6N`` = 2 FLOPs per multiply-add, forward (x1) plus backward (x2).
-* ``12 * n_layer * n_embd * block``: QK^T and AV, 2 x 2 x n_embd x block per layer per
-  token forward, x3 for forward + backward, with the full (not causal-halved) block.
-* Embedding lookups, softmax, LayerNorm, GELU, the loss and the optimizer are not counted,
-  so a "model FLOP utilisation" below 1 also pays for those.
+``N`` is every parameter counted once *minus the position embeddings*; the token embedding stays,
+since GPT-2 ties it to the output layer, whose matmul is real work (most of a small model's). ``6N``
+is forward (x1) plus backward (x2) at 2 FLOPs per multiply-add; the second term is QK^T and AV over
+the full block. Embeddings, softmax, LayerNorm, GELU, the loss and the optimizer are not counted,
+so a model FLOP utilisation below 1 also pays for those.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for _p in (str(ROOT), str(HERE)):  # a bench runs as a script, with only bench/ on sys.path
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
 # bf16 dense (no sparsity) tensor-core peaks from NVIDIA's data sheets, in FLOP/s.
-GPU_BF16_PEAK = (
-    ("H100 PCIe", 756e12),
-    ("H100 NVL", 835e12),
-    ("H100", 989e12),   # SXM5 / "H100 80GB HBM3"
-    ("H200", 989e12),   # same chip as H100 SXM
-    ("GH200", 989e12),
-    ("A100", 312e12),
-    ("L40S", 362e12),
-    ("L4", 121e12),
-    ("A10G", 70e12),
-)
+GPU_BF16_PEAK = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
+                 ("GH200", 989e12), ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12), ("A10G", 70e12))
 
 
 def gpt2_params(vocab: int, n_layer: int, n_embd: int, n_positions: int = 0) -> int:
-    """Parameters of a Hugging Face ``GPT2LMHeadModel`` with a tied output layer.
-
-    Per layer: ln_1 and ln_2 (2d each), c_attn (d x 3d + 3d), attn c_proj (d x d + d),
-    mlp c_fc (d x 4d + 4d), mlp c_proj (4d x d + d) = 12 d^2 + 13 d; plus ln_f (2d), the
-    token embedding (vocab x d) and, if ``n_positions``, the position embedding.
-    """
+    """Parameters of a Hugging Face ``GPT2LMHeadModel`` with a tied output layer: per layer
+    ln_1, ln_2 (2d each), c_attn (3d^2 + 3d), attn c_proj (d^2 + d), c_fc (4d^2 + 4d), mlp c_proj
+    (4d^2 + d) = 12 d^2 + 13 d; plus ln_f (2d), the token embedding and any position embedding."""
     d = n_embd
     return vocab * d + n_positions * d + n_layer * (12 * d * d + 13 * d) + 2 * d
 
 
 def params_without_positions(model) -> int:
     """``N`` of the convention above for a loaded model: unique parameters minus ``wpe``."""
-    from gpt2ft.model import n_params  # here, not at the top: the arithmetic above imports in milliseconds
+    from gpt2ft.model import n_params
 
-    n = n_params(model)  # parameters() yields a tied tensor once
     wpe = getattr(getattr(model, "transformer", None), "wpe", None)
-    if wpe is not None:
-        n -= wpe.weight.numel()
-    return n
+    return n_params(model) - (wpe.weight.numel() if wpe is not None else 0)
 
 
 def flops_per_token(n_params: int, n_layer: int, n_embd: int, block: int) -> float:
-    """Training FLOPs per token: ``6 N + 12 n_layer n_embd block`` (see module docstring)."""
+    """Training FLOPs per token: ``6 N + 12 n_layer n_embd block``."""
     return 6.0 * n_params + 12.0 * n_layer * n_embd * block
 
 
@@ -74,15 +61,27 @@ def mm_flops(n: int) -> float:
 
 def gpu_peak(name: str) -> Optional[float]:
     """bf16 dense peak FLOP/s for a ``torch.cuda.get_device_name`` string, or None."""
-    for key, peak in GPU_BF16_PEAK:
-        if key.lower() in name.lower():
-            return peak
-    return None
+    return next((peak for key, peak in GPU_BF16_PEAK if key.lower() in name.lower()), None)
 
 
 def median(xs: Iterable[float]) -> float:
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else float("nan")
+
+
+def timed(fn: Callable[[], Any], repeats: int, sync: Optional[Callable[[], None]] = None) -> float:
+    """Median seconds of ``repeats`` calls of ``fn``; ``sync`` (e.g. ``torch.cuda.synchronize``)
+    around each, so an asynchronous device is timed to the end of its work."""
+    out = []
+    for _ in range(repeats):
+        if sync:
+            sync()
+        t = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        out.append(time.perf_counter() - t)
+    return median(out)
 
 
 def rotations(names: Sequence[str], rounds: int) -> list[list[str]]:
@@ -95,21 +94,18 @@ def rotations(names: Sequence[str], rounds: int) -> list[list[str]]:
 class StepClock:
     """Timestamps right after every ``optimizer.step()`` of any torch optimizer.
 
-    A global post-step hook, so ``fit``, ``Trainer`` and a bare loop are timed by the same
-    code at the same point without touching them. ``sync`` (e.g. ``torch.cuda.synchronize``)
-    is called only after the steps in ``sync_at`` (first and last of the timed window), so
-    timing does not serialise the other steps.
+    A global post-step hook, so ``fit``, ``Trainer`` and a bare loop are timed by the same code at
+    the same point without touching them. ``sync`` is called only after the steps in ``sync_at``
+    (first and last of the timed window), so timing does not serialise the other steps.
     """
 
     def __init__(self, sync: Optional[Callable[[], None]] = None, sync_at: Iterable[int] = ()):
-        self.sync = sync
-        self.sync_at = set(sync_at)
+        self.sync, self.sync_at = sync, set(sync_at)
         self.stamps: list[float] = []
         self._handle: Any = None
 
     def _hook(self, optimizer, args, kwargs) -> None:
-        n = len(self.stamps) + 1
-        if self.sync is not None and n in self.sync_at:
+        if self.sync is not None and len(self.stamps) + 1 in self.sync_at:
             self.sync()
         self.stamps.append(time.perf_counter())
 
@@ -132,14 +128,9 @@ class StepClock:
 
 def bare_loop(model, windows, order, batch: int, steps: int, lr: float, device: Any = None,
               autocast: Callable[[], Any] = contextlib.nullcontext) -> None:
-    """The bare PyTorch loop both benches measure ``fit`` against: forward, backward, fused
-    AdamW step, zero_grad, for ``steps`` batches of ``batch`` windows taken in ``order``.
-
-    No gradient clipping, no evaluation, no logging: the floor that any training loop pays.
-    ``windows`` may sit on the host or the device; with ``device`` set each batch is copied
-    there as ``fit`` does it (``non_blocking``), so the cost of that copy can be isolated.
-    """
-    # Imported here, not at the top: the FLOP arithmetic above must import in milliseconds.
+    """The floor any training loop pays, which ``fit`` is measured against: forward, backward,
+    fused AdamW step, zero_grad, for ``steps`` batches of ``batch`` windows taken in ``order``;
+    no clipping, evaluation or logging. With ``device`` each batch is copied there as ``fit`` does."""
     import torch
 
     order = order.to(windows.device)
@@ -155,6 +146,32 @@ def bare_loop(model, windows, order, batch: int, steps: int, lr: float, device: 
         opt.zero_grad(set_to_none=True)
 
 
+def corpus_path(explicit: Optional[str]) -> Path:
+    """The book: ``explicit``, ``$GPT2FT_CORPUS``, ``../shared/data/gulliver.txt`` or, on the GPU
+    machine, which ``../shared`` does not reach, ``.carry/data/`` (``make device-pack``)."""
+    for cand in (explicit, os.environ.get("GPT2FT_CORPUS"), ROOT.parent / "shared" / "data" / "gulliver.txt",
+                 ROOT / ".carry" / "data" / "gulliver.txt"):
+        if cand and Path(cand).is_file():
+            return Path(cand).resolve()
+    sys.exit("bench: the book is not found; pass --corpus PATH or set GPT2FT_CORPUS to "
+             "Gulliver's Travels (Gutenberg pg829.txt).")
+
+
+def out_path(explicit: Optional[str], name: str) -> Path:
+    """Where a bench's JSON goes: ``explicit``, else ``$OUT/name`` on a device call, else ``bench/name``."""
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ["OUT"]) / name if os.environ.get("OUT") else HERE / name
+
+
+def write_json(results: Any, path: Path) -> None:
+    """Written beside ``path`` and renamed over it: a command killed at its time limit keeps what
+    it wrote last, never half a file."""
+    from gpt2ft.fsutil import write_json_atomic
+
+    write_json_atomic(results, path)
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -165,11 +182,9 @@ def fmt(v: Any) -> str:
     if isinstance(v, bool):
         return "yes" if v else "NO"
     if isinstance(v, float):
-        if v != v:
-            return "nan"
         a = abs(v)
-        if a == 0:
-            return "0"
+        if v != v or a == 0:
+            return "nan" if v != v else "0"
         if a >= 1e5 or a < 1e-3:
             return f"{v:.3g}"
         if a >= 100:
@@ -178,20 +193,24 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
+def columns(head: Sequence[str], rows: Iterable[Sequence[Any]], right: bool = False) -> str:
+    """A plain-text table: the header, a rule, the rows, each cell through ``fmt``."""
+    cells = [[fmt(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(head)]
+
+    def line(cs):
+        return "  ".join((c.rjust(w) if right and i else c.ljust(w)) for i, (c, w) in enumerate(zip(cs, widths)))
+
+    return "\n".join([line(head), "  ".join("-" * w for w in widths), *map(line, cells)])
+
+
 COLUMNS = ("figure", "value", "peer", "peer value", "ratio", "target", "met?")
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
-    """Plain-text table of result rows with the columns in ``COLUMNS``."""
+    """The rows of ``row`` under ``COLUMNS``."""
     keys = ("figure", "value", "peer", "peer_value", "ratio", "target", "met")
-    cells = [[fmt(r.get(k)) for k in keys] for r in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h)
-              for i, h in enumerate(COLUMNS)]
-    line = "  ".join(h.ljust(w) for h, w in zip(COLUMNS, widths))
-    out = [line, "  ".join("-" * w for w in widths)]
-    for c in cells:
-        out.append("  ".join(x.ljust(w) for x, w in zip(c, widths)))
-    return "\n".join(out)
+    return columns(COLUMNS, ([r.get(k) for k in keys] for r in rows))
 
 
 def row(figure: str, value: Any, peer: Any = None, peer_value: Any = None, ratio: Any = None,

@@ -1,31 +1,18 @@
-"""What ``train.compile`` costs and what it earns, per batch size of the search space.
+"""What ``train.compile`` costs and what it earns, per batch size of the search space (``make bench-compile``).
 
-For each batch size and each mode (eager, ``default``, and on CUDA ``reduce-overhead``), on a
-randomly initialised GPT-2 (speed does not depend on the weights or the token values, so
-random windows of the block size stand in for the book), through ``gpt2ft.train._step`` as
-``fit`` calls it (fused AdamW, gradient clipping, bf16 autocast on CUDA):
+For each batch size and mode (eager, ``default``, on CUDA also ``reduce-overhead``), on a random-init
+GPT-2 (speed depends neither on the weights nor on the tokens, so random windows stand in for the
+book), through ``gpt2ft.train._step`` as ``fit`` calls it: ``compile_s``, the first fresh copy's first
+``--first`` steps minus a fresh eager copy's in the same warm process (what a worker pays once per
+batch size); ``reuse_s``, the same for a second fresh copy (about 0 when the compiled step is reused;
+``new_graphs_second`` counts the graphs dynamo compiled for it); ``step_ms``, the steady step (median
+of ``--rounds`` windows, the modes interleaved); ``break_even`` steps; and against the gulliver study
+(``BOOK_WINDOWS`` windows, 1-10 epochs, 30 trials over the batch sizes) the steps of a mean trial and
+of the study at that batch size, and the seconds a worker saves over the study. Inductor's on-disk
+cache would hide the compile from a second run, so it writes to a fresh one unless ``--warm-cache``.
 
-* ``compile_s``: the first fresh copy's first ``--first`` steps minus those of a fresh eager
-  copy in the same (warm) process: the compile a study worker pays once per batch size;
-* ``reuse_s``: the same for a *second* fresh copy (about 0 when the compiled step is reused),
-  and ``new_graphs_first``/``new_graphs_second``: the graphs dynamo compiled during each copy's
-  first steps (0 for the second copy when it reused the first one's);
-* ``step_ms``: the steady time per step (median of ``--rounds`` windows of ``--steps`` steps,
-  the modes' windows interleaved so a neighbour's load falls on each alike);
-* ``break_even``: compile_s / (eager step - compiled step) steps; inf when there is no gain;
-* against the gulliver study (``BOOK_WINDOWS`` training windows, 1-10 epochs, 30 trials
-  spread over the batch sizes): the steps of a mean trial and of the study at that batch
-  size, and the seconds a worker saves over the study (study steps x gain - compile once).
-
-Inductor's on-disk cache would hide the compile from a second run of this script, so it
-writes to a fresh temporary cache unless ``--warm-cache``.
-
-Usage, from the repository root::
-
-    python3 bench/compile.py                 # CUDA: GPT-2 124M x 256, batches 4,8,16,32
-    python3 bench/compile.py --cpu           # CPU (automatic without CUDA): tiny.yaml's 2 x 64
-                                             # model x 32 tokens, batches 2,4,8, ~3 min on 2 cores
-    python3 bench/compile.py --set model.n_layer=4 --batches 4,8
+    python3 bench/compile.py            # CUDA: GPT-2 124M x 256, batches 4,8,16,32
+    python3 bench/compile.py --cpu      # the CPU (automatic without CUDA): tiny.yaml's 2 x 64 x 32, batches 2,4,8
 
 JSON goes to ``--out``, else ``$OUT/compile.json`` when ``$OUT`` is set, else bench/compile.json.
 """
@@ -34,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -45,13 +31,10 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-for _p in (str(ROOT), str(HERE)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-
+sys.path[:0] = [str(Path(__file__).resolve().parent)]  # benchlib, which puts the repository root there too
 import benchlib as B  # noqa: E402
+
+ROOT = B.ROOT
 
 GPT2_124M = ["model.name=random-gpt2", "model.n_layer=12", "model.n_embd=768", "model.n_head=12",
              "data.block_size=256"]
@@ -206,22 +189,17 @@ def derive(m: dict[str, Any], eager: dict[str, Any], batch: int, n_batches: int)
 
 
 def table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
-    head = ("batch", "mode", "step ms", "vs eager", "compile s", "2nd copy s", "break-even",
-            "trial steps", "trial save s", "study steps", "study save s")
-    lines = []
+    head = ("batch", "mode", "step ms", "vs eager", "compile s", "2nd copy s", "break-even", "trial steps",
+            "trial save s", "study steps", "study save s")
+    rows = []
     for b, per in results.items():
-        eager = per["eager"]["step_s"]
         for mode, r in per.items():
             c = mode != "eager"
-            lines.append((b, mode, B.fmt(r["step_s"] * 1e3), B.fmt(r["step_s"] / eager),
-                          B.fmt(r["compile_s"]) if c else "-", B.fmt(r["reuse_s"]) if c else "-",
-                          B.fmt(r["break_even_steps"]) if c else "-", B.fmt(r.get("trial_steps", 0.0)),
-                          B.fmt(r["trial_saving_s"]) if c else "-", B.fmt(r.get("study_steps", 0.0)),
-                          B.fmt(r["study_saving_s"]) if c else "-"))
-    widths = [max(len(str(h)), *(len(str(x[i])) for x in lines)) for i, h in enumerate(head)]
-    out = ["  ".join(str(h).ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
-    out += ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in lines]
-    return "\n".join(out)
+            rows.append((b, mode, r["step_s"] * 1e3, r["step_s"] / per["eager"]["step_s"],
+                         *(r[k] if c else None for k in ("compile_s", "reuse_s", "break_even_steps")),
+                         r.get("trial_steps", 0.0), r["trial_saving_s"] if c else None, r.get("study_steps", 0.0),
+                         r["study_saving_s"] if c else None))
+    return B.columns(head, rows)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
@@ -260,9 +238,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
            "block": plan["cfg"].data.block_size, "precision": st.runtime.precision,
            "cold_cache": not args.warm_cache, "args": vars(args), "results": results,
            "seconds": time.perf_counter() - t0}
-    path = Path(args.out or (Path(os.environ["OUT"]) / "compile.json" if os.environ.get("OUT")
-                             else HERE / "compile.json"))
-    path.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    path = B.out_path(args.out, "compile.json")
+    B.write_json(out, path)
     print(f"results in {path} ({out['seconds']:.0f} s)")
     if not args.warm_cache:
         shutil.rmtree(os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The one GPU command, run by the device tool on its bare, offline image (docs/gpu.md):
-#   bash bench/device_check.sh OUT_DIR [gpu_check.py's options, e.g. --cpu-check]
+#   bash bench/device_check.sh OUT_DIR [bench/gpu.py's options, e.g. --cpu-check]
 # 1. installs the carried wheels (.carry/wheels, from `make device-pack`) into a target folder:
 #    --no-index since the machine has no network, --no-deps since the image holds the rest;
 # 2. checks every import and version floor the study needs (bench/device_imports.py), in seconds,
 #    so a missing wheel stops it here and not minutes into the study;
-# 3. runs bench/gpu_check.py on the carried book, writing OUT_DIR/gpu_check.json.
+# 3. runs bench/gpu.py's checks on the carried book, writing OUT_DIR/gpu_check.json.
 # Each part prints its seconds as it ends. GPT2FT_CARRY and GPT2FT_SITE move the carried folder
 # and the install target (bench/rehearse.sh uses both).
 set -euo pipefail
@@ -35,7 +35,7 @@ t=$SECONDS
 "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "${wheels[@]}"
 part "installed ${#wheels[@]} wheels into $site in $((SECONDS - t)) s"
 export PYTHONPATH="$site:$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-# the style classifier's novels, next to the book as gpu_study.study_args looks for them
+# the style classifier's novels, next to the book as gpu.study_config looks for them
 export GPT2FT_OTHER_CORPORA="$PWD/$carry/data/other"
 
 t=$SECONDS
@@ -45,6 +45,6 @@ part "imports checked in $((SECONDS - t)) s"
 mkdir -p "$out"
 t=$SECONDS
 rc=0
-"$py" bench/gpu_check.py --corpus "$carry/data/gulliver.txt" --out-dir "$out" "$@" || rc=$?
-part "gpu_check ended (exit $rc) in $((SECONDS - t)) s"
+"$py" bench/gpu.py --corpus "$carry/data/gulliver.txt" --out-dir "$out" "$@" || rc=$?
+part "gpu checks ended (exit $rc) in $((SECONDS - t)) s"
 exit $rc

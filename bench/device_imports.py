@@ -30,7 +30,7 @@ for _p in (str(ROOT), str(HERE)):
 #: the Optuna-MLflow bridge, MLflow's SQLite store and transformers flavour, the bench scripts.
 EXTRA = ("mlflow", "mlflow.transformers", "mlflow.store.tracking.sqlalchemy_store", "optuna",
          "optuna_integration.mlflow", "sqlalchemy", "sklearn.linear_model", "seaborn", "peft", "peft.tuners.lora",
-         "gpu_study", "gpu_check")
+         "gpu")
 #: Distributions whose version ``setup.cfg``'s floors must meet on the device.
 FLOORED = ("torch", "transformers", "mlflow", "optuna", "peft")
 

@@ -16,16 +16,10 @@ JSON goes to ``--out`` (default bench/goldfish.json).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-for _p in (str(ROOT), str(ROOT / "bench")):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-
+sys.path[:0] = [str(Path(__file__).resolve().parent)]  # benchlib, which puts the repository root there too
 import benchlib as B  # noqa: E402
 
 import torch  # noqa: E402
@@ -39,16 +33,7 @@ BOOK_WINDOWS = 454  # Gulliver's training windows of 256 tokens (bench/compile.p
 
 def _timed(fn, device: torch.device, n: int) -> float:
     """Median milliseconds of ``fn()`` over ``n`` calls (CUDA synchronised around each)."""
-    out = []
-    for _ in range(n):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        out.append((time.perf_counter() - t) * 1e3)
-    return B.median(out)
+    return 1e3 * B.timed(fn, n, torch.cuda.synchronize if device.type == "cuda" else None)
 
 
 def measure(name: str, model_cfg: ModelConfig, batch: int, block: int, steps: int) -> dict:
@@ -79,7 +64,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--demo", action="store_true", help="also demo.yaml's SmolLM2 x 4 x 128")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "goldfish.json"))
+    ap.add_argument("--out", help="JSON results (default bench/goldfish.json)")
     args = ap.parse_args(argv)
     rows = [measure("gulliver.yaml: GPT-2 124M (random) x 16 x 256",
                     ModelConfig(name="random-gpt2", n_layer=12, n_embd=768, n_head=12), 16, 256, args.steps)]
@@ -90,7 +75,7 @@ def main(argv=None) -> int:
               f"x{r['goldfish_step_ratio']:.3f}); mask of one batch {r['mask_batch_ms']:.2f} ms "
               f"= {100 * r['mask_batch_share']:.3f}% of a step; fit's once-per-trial mask {r['mask_fit_ms']:.1f} ms "
               f"+ index {r['index_ms']:.3f} ms a step = {100 * r['fit_share_per_step']:.4f}% of a step")
-    Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+    B.write_json(rows, B.out_path(args.out, "goldfish.json"))
     return 0
 
 

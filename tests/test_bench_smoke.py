@@ -37,27 +37,7 @@ def test_flop_formula_by_hand():
     assert B.gpu_peak("NVIDIA H200") == 989e12
     assert B.gpu_peak("NVIDIA H100 PCIe") == 756e12
     assert B.gpu_peak("Some Future Card") is None
-    # bench/run.py and bench/gpu.py also assert gpt2_params against the real model they build.
-
-
-def test_gpu_dry_run_plans_gpt2_small(capsys):
-    gpu = load("gpu")
-    out = gpu.main(["--dry-run"])["plan"]
-    assert out["batch"] == 16 and out["block"] == 256 and out["tokens_per_step"] == 4096
-    assert out["n_params_without_positions"] == 124_439_808 - 1024 * 768
-    assert out["flops_per_token"] == 6 * 123_653_376 + 12 * 12 * 768 * 256
-    assert out["contestants"] == ["bare", "bare_host", "fit"]
-    assert json.loads(capsys.readouterr().out)["plan"]["flops_per_step"] == out["flops_per_step"]
-
-
-def test_gpu_refuses_bad_input():
-    gpu = load("gpu")
-    with pytest.raises(SystemExit, match="unknown contestant"):
-        gpu.main(["--dry-run", "--contestants", "bare,trainer"])
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        with pytest.raises(SystemExit, match="--dry-run"):
-            gpu.main(["--steps", "1"])
+    # bench/run.py also asserts gpt2_params against the real model it builds.
 
 
 def test_step_clock_times_every_optimizer_step():
@@ -115,12 +95,12 @@ def test_bare_loop_is_the_one_loop_of_both_benches():
     assert seen == [[0, 8], [6, 4], [2, 0]]  # batches in the given order
     assert len(clock.stamps) == 3 and not torch.equal(before, model.emb.weight)
     assert all(p.grad is None for p in model.parameters())  # zero_grad(set_to_none) after each step
-    for name in ("gpu", "run", "throughput", "trials"):  # no bench module keeps a loop of its own
+    for name in ("gpu", "run"):  # no bench module keeps a loop of its own
         assert "loss.backward()" not in (BENCH / f"{name}.py").read_text()
 
 
 def test_gpu_study_targets_and_outside_share():
-    G = load("gpu_study")
+    G = load("gpu")
     trials = [{"number": n, "tokens": 100, "step_seconds": s, "trial_seconds": w,
                **{k: 1.0 for k in G.TIMES if k not in ("step_seconds", "trial_seconds")}}
               for n, s, w in ((0, 9.0, 10.0), (1, 7.0, 10.0), (2, 1.0, 10.0))]
@@ -141,7 +121,7 @@ def test_gpu_study_writes_each_study_as_it_ends_within_one_budget(tmp_path, monk
     limit here, end within --budget (one 600-s device command)."""
     from types import SimpleNamespace
 
-    G = load("gpu_study")
+    G = load("gpu")
     clock = [100.0]  # the setup took 100 s
     monkeypatch.setattr(G, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     out = tmp_path / "gpu_study.json"
@@ -158,7 +138,7 @@ def test_gpu_study_writes_each_study_as_it_ends_within_one_budget(tmp_path, monk
                 "peak_mib_by_pid": {}, "n_params": 1000, "gpu": "NVIDIA H200", "trials": trials}
 
     monkeypatch.setattr(G, "run_study", run_study)
-    args = G.build_parser().parse_args(["--out", str(out), "--peak-tflops", "1"])
+    args = G.parse(["--study", "--out-dir", str(tmp_path), "--peak-tflops", "1"])
     results = {"n_trials": 30}
     G.run_both(args, "4", 30, "c.yaml", [], Path("book.txt"), tmp_path, results, 0.0)
     parallel, serial = calls
@@ -243,7 +223,7 @@ def test_gpu_check_device_checks_pass_on_the_cpu():
     timer, the copying stop in fit) run on the CPU too; on CUDA they take the GPU paths."""
     import torch
 
-    C = load("gpu_check")
+    C = load("gpu")
     cpu = torch.device("cpu")
     assert "refreshed in place across two trials" in C.sampler_refresh(cpu)
     assert C.step_timer(cpu).startswith("StepTimer")
@@ -255,7 +235,7 @@ def test_gpu_check_writes_its_figures_and_fails_on_any_failed_check(tmp_path, mo
     """The JSON has device, trials_per_minute, gpu_busy_share, mfu, measure_share and pick (GPU
     figures null on the CPU), every check's verdict, and the exit code says whether all passed.
     The study itself is faked here: ``make gpu-check ARGS=--cpu-check`` runs it for real."""
-    C = load("gpu_check")
+    C = load("gpu")
     figures = {"trials_per_minute": 2.5, "gpu_busy_share": None, "mfu": None, "measure_share": 0.3,
                "pick": {"trial": 0, "step": 4, "eligible": True}}
 
@@ -287,7 +267,7 @@ def test_gpu_check_jobs_auto_reads_what_each_trial_recorded_not_nvidia_smi(monke
 
     import torch
 
-    C = load("gpu_check")
+    C = load("gpu")
     cuda = torch.device("cuda")
 
     def trial(pid, device="cuda", peak=3 << 30):
