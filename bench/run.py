@@ -1,9 +1,10 @@
 """``make bench``: gpt2ft's speed on this CPU, every figure beside its peer, measured in this one process
 and reported as a ratio (timings on a shared 2-core machine move by +-20% from minute to minute).
 
-1. ``index``: ``NgramIndex`` on the book against Python sets of n-gram tuples: the build, and the
-   memorization look-ups at n = 4, 8 and 16 of 10 x 100 tokens drawn from the book's unigrams with a
-   verbatim span planted in every other sample (roughly what a fine-tuned model emits).
+1. ``index``: ``NgramIndex`` on the book against a Python set of n-gram tuples per n (1-16, what the
+   index holds): the build, and the look-ups a measurement makes (memorization at 4, 8 and 16, the
+   novelty curve 1-16) of 10 x 100 tokens drawn from the book's unigrams with a verbatim span planted
+   in every other sample (roughly what a fine-tuned model emits).
 2. ``throughput``: training tokens/s of ``gpt2ft.train.fit`` against Hugging Face ``Trainer`` and the
    bare loop (``benchlib.bare_loop``), on the same random-init GPT-2 (6 x 384, GPT-2's vocabulary),
    weights, book windows, batch, learning rate and fused AdamW (``fit`` and ``Trainer`` clip at 1.0,
@@ -69,7 +70,7 @@ def bench_index(args, corpus: Path, results: dict[str, Any], deadline: float) ->
             src, dst = int(rng.integers(0, tokens.size - n)), int(rng.integers(0, 100 - n + 1))
             s[dst:dst + n] = tokens[src:src + n]
         samples.append(s.tolist())
-    ns, listed = (4, 8, 16), tokens.tolist()
+    ns, listed = range(1, 17), tokens.tolist()
     build, index = B.timed(lambda: NgramIndex(tokens), 3), NgramIndex(tokens)
     t = time.perf_counter()
     sets = {n: {tuple(listed[i:i + n]) for i in range(len(listed) - n + 1)} for n in ns}
@@ -79,14 +80,19 @@ def bench_index(args, corpus: Path, results: dict[str, Any], deadline: float) ->
         grams = [tuple(s[i:i + n]) for s in samples for i in range(len(s) - n + 1)]
         return sum(g in sets[n] for g in grams) / len(grams)
 
-    fast = B.timed(lambda: [metrics.memorization(samples, index, n) for n in ns], 20)
-    slow = B.timed(lambda: [naive(n) for n in ns], 3)
-    agree = all(math.isclose(metrics.memorization(samples, index, n), naive(n)) for n in ns)
+    def queries():
+        return ([metrics.memorization(samples, index, n) for n in (4, 8, 16)],
+                metrics.novelty_curve(samples, index, ns))
+
+    fast = B.timed(queries, 20)
+    slow = B.timed(lambda: [naive(n) for n in (4, 8, 16, *ns)], 3)
+    agree = all(math.isclose(queries()[1][n], naive(n)) for n in ns)
     results["index"] = {"n_tokens": int(tokens.size), "build_s": build, "naive_build_s": naive_build,
                         "queries_s": fast, "naive_queries_s": slow, "agrees_with_naive": agree}
     return [B.row("NgramIndex build, s", build, "naive sets of tuples, s", naive_build, naive_build / build,
                   "info (speedup)"),
-            B.row("memorization 4/8/16 look-ups, s", fast, "naive, s", slow, slow / fast, "agrees with naive", agree)]
+            B.row("memorization 4/8/16 + novelty 1-16, s", fast, "naive, s", slow, slow / fast, "agrees with naive",
+                  agree)]
 
 
 class Contest:

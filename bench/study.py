@@ -137,43 +137,31 @@ def verdicts(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Optiona
 
 
 def table(before: dict[str, Any], after: dict[str, Any]) -> str:
-    def ratio(x, y):
-        return y / x if isinstance(x, (int, float)) and isinstance(y, (int, float)) and x else None
-
-    def row(name: str, x: Any, y: Any, with_ratio: bool = True) -> dict[str, Any]:
-        return {"figure": name.replace("  ", "· "), "before": x, "after": y,
-                "after / before": ratio(x, y) if with_ratio else None}
-
+    """The two arms side by side as a Markdown table, as docs/performance.md shows it."""
     def stops(arm):
         return ", ".join(f"trial {s['trial']} at step {s['step']}" for s in arm["stopped_for_copying"]) or "-"
 
-    def study_wall(arm):
-        return arm["wall_seconds"] - (arm["setup_seconds"] or 0.0)
+    def get(*keys):
+        return lambda arm: arm[keys[0]] if len(keys) == 1 else arm[keys[0]][keys[1]]
 
-    a, b = after["pick"], before["pick"]
-    rows = [
-        row("wall seconds (command)", before["wall_seconds"], after["wall_seconds"]),
-        row("  of which setup", before["setup_seconds"], after["setup_seconds"]),
-        row("  trials and pick (wall - setup)", study_wall(before), study_wall(after)),
-        row("optimizer steps", before["optimizer_steps"], after["optimizer_steps"]),
-        row("measuring seconds", before["measure_seconds"], after["measure_seconds"]),
-        row("measure share", before["measure_share"], after["measure_share"]),
-        row("trials trained", before["trials_trained"], after["trials_trained"], False),
-        row("derived trials told to Optuna", before["derived_trials"], after["derived_trials"], False),
-        row("candidates weighed by the pick", before["candidates"], after["candidates"], False),
-        row("stopped for copying", stops(before), stops(after), False),
-        row("sampling precision", before["sample_precision"], after["sample_precision"], False),
-        row("pick (trial, step)", f"{b['trial']}, {b['step']}", f"{a['trial']}, {a['step']}", False),
-        row("pick style distance", b["style_distance"], a["style_distance"], False),
-        row("  its standard error", b["style_distance_se"], a["style_distance_se"], False),
-        row("pick memorization", b["memorization"], a["memorization"], False),
-        row("pick extractable rate", b["extractable_rate"], a["extractable_rate"], False),
-        row("pick held-out loss", b["heldout_loss"], a["heldout_loss"], False),
-        row("pick confidence", b["pick_confidence"], a["pick_confidence"], False),
-    ]
+    figures = [  # (label, the figure of an arm, whether after / before is worth a ratio)
+        ("wall seconds (command)", get("wall_seconds"), True), ("· of which setup", get("setup_seconds"), True),
+        ("· trials and pick (wall - setup)", lambda a: a["wall_seconds"] - (a["setup_seconds"] or 0.0), True),
+        ("optimizer steps", get("optimizer_steps"), True), ("measuring seconds", get("measure_seconds"), True),
+        ("measure share", get("measure_share"), True), ("trials trained", get("trials_trained"), False),
+        ("derived trials told to Optuna", get("derived_trials"), False),
+        ("candidates weighed by the pick", get("candidates"), False), ("stopped for copying", stops, False),
+        ("sampling precision", get("sample_precision"), False),
+        ("pick (trial, step)", lambda a: f"{a['pick']['trial']}, {a['pick']['step']}", False),
+        *((label, get("pick", key), False) for label, key in (
+            ("pick style distance", "style_distance"), ("· its standard error", "style_distance_se"),
+            ("pick memorization", "memorization"), ("pick extractable rate", "extractable_rate"),
+            ("pick held-out loss", "heldout_loss"), ("pick confidence", "pick_confidence")))]
     lines = ["| figure | before | after | after / before |", "|---|---:|---:|---:|"]
-    lines += [f"| {r['figure']} | {B.fmt(r['before'])} | {B.fmt(r['after'])} | {B.fmt(r['after / before'])} |"
-              for r in rows]
+    for label, fig, with_ratio in figures:
+        x, y = fig(before), fig(after)
+        ratio = y / x if with_ratio and isinstance(x, (int, float)) and isinstance(y, (int, float)) and x else None
+        lines.append(f"| {label} | {B.fmt(x)} | {B.fmt(y)} | {B.fmt(ratio)} |")
     return "\n".join(lines)
 
 
