@@ -105,7 +105,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     """AdamW weight decay."""
     warmup_steps: int = 0
-    """Linear warm-up steps before the constant learning rate."""
+    """Linear warm-up steps before the constant learning rate (transformers' schedule: the first
+    step at rate 0, the full rate from step ``warmup_steps + 1``)."""
     max_steps: Optional[int] = None
     """Stop after this many optimizer steps in total (short CPU budgets)."""
     grad_clip: float = 1.0

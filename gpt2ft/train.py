@@ -18,6 +18,7 @@ from typing import Callable, Optional
 
 import torch
 from tqdm.auto import tqdm
+from transformers import get_constant_schedule_with_warmup
 
 from gpt2ft import goldfish
 from gpt2ft.compiled import causal_lm_loss, forward_backward
@@ -210,10 +211,11 @@ class _LossLog:
 
 
 def _optimizer_and_schedule(model, cfg: TrainConfig, runtime: Runtime):
-    """AdamW and its schedule: linear warm-up over ``warmup_steps``, then constant."""
+    """AdamW and its schedule: transformers' linear warm-up over ``warmup_steps``, then constant
+    (``Trainer``'s ``constant_with_warmup``: step k at ``(k - 1) / warmup_steps`` of the rate, so
+    the first step is at 0 and the full rate from step ``warmup_steps + 1``)."""
     opt = make_optimizer(model, cfg, runtime)
-    warm = cfg.warmup_steps
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+    return opt, get_constant_schedule_with_warmup(opt, cfg.warmup_steps)
 
 
 def _heldout(model, data: TokenData, cfg: TrainConfig, runtime: Runtime, res: FitResult,
