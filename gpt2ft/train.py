@@ -243,6 +243,26 @@ def _step(model, opt, sched, x: torch.Tensor, cfg: TrainConfig, runtime: Runtime
     return loss
 
 
+def _batch(windows: torch.Tensor, targets: Optional[torch.Tensor], rows: torch.Tensor,
+           device: torch.device) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The windows ``rows`` on ``device``, and their goldfish labels (None without goldfish)."""
+    x = windows[rows].to(device, non_blocking=True)
+    return x, None if targets is None else targets[rows].to(device, non_blocking=True)
+
+
+def _interior(step: int, cfg: TrainConfig, point_every: int, heldout: Callable[[int], float],
+              point: Callable[[int], bool]) -> bool:
+    """At a step inside an epoch: held-out loss every ``cfg.eval_every`` steps and at each point (a
+    point is judged by its held-out loss too), then the point; true to stop there. An epoch's last
+    step is evaluated once, by ``fit``, with its point: a second evaluation at one step would compare
+    the loss with itself and reset the early stop's count (eval_every dividing an epoch turned early
+    stopping off)."""
+    at_point = bool(point_every) and step % point_every == 0
+    if at_point or (cfg.eval_every and step % cfg.eval_every == 0):
+        heldout(step)
+    return at_point and point(step)
+
+
 def _end_epoch(res: FitResult, cfg: TrainConfig, loss_h: float, train_loss: float, epoch: int, step: int,
                t_epoch: float, rising: int) -> int:
     """Record the epoch (its held-out loss was just evaluated, after the one before it) and decide
@@ -314,9 +334,7 @@ def fit(cfg: TrainConfig, model, data: TokenData, on_metrics: Optional[OnMetrics
         stop = min(n, (total - step) * cfg.batch_size)
         for i in range(0, stop, cfg.batch_size):
             timer.start()
-            batch = order[i:i + cfg.batch_size]
-            x = data.train_windows[batch].to(runtime.device, non_blocking=True)
-            y = None if targets is None else targets[batch].to(runtime.device, non_blocking=True)
+            x, y = _batch(data.train_windows, targets, order[i:i + cfg.batch_size], runtime.device)
             losses.add(_step(model, opt, sched, x, cfg, runtime, y))
             step += 1
             res.tokens += x.numel()
@@ -324,14 +342,7 @@ def fit(cfg: TrainConfig, model, data: TokenData, on_metrics: Optional[OnMetrics
             if losses.count == cfg.log_every or step == total:
                 losses.flush(step)
             bar.update(1)
-            # A point is judged by its held-out loss too. An epoch's last step is evaluated once, below,
-            # with its point: a second evaluation at one step would compare the loss with itself and
-            # reset the early stop's count, so eval_every dividing an epoch turned early stopping off.
-            inside = step < total and i + cfg.batch_size < stop
-            at_point = inside and point_every and step % point_every == 0
-            if at_point or (inside and cfg.eval_every and step % cfg.eval_every == 0):
-                heldout(step)
-            if at_point and point(step):
+            if step < total and i + cfg.batch_size < stop and _interior(step, cfg, point_every, heldout, point):
                 break
         losses.flush(step)  # a partial interval, so the epoch mean covers every step
         if res.stopped_for_copying:
