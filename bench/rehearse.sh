@@ -21,7 +21,7 @@ rm -rf "$dir/venv" "$dir/site" "$dir/out"
 "$py" -m venv "$dir/venv"
 # the image's packages the study reaches (setup.cfg's requirements the wheels do not bring)
 "$dir/venv/bin/pip" install -q torch==2.13.0 transformers==5.17.0 packaging tokenizers safetensors \
-  scikit-learn seaborn matplotlib pandas numpy pyyaml tqdm $(cat "$dir/carry/from-image.txt")
+  scikit-learn seaborn matplotlib pandas numpy pyyaml tqdm peft==0.22.0 $(cat "$dir/carry/from-image.txt")
 part "fresh venv with the image's packages ($("$dir/venv/bin/pip" list 2>/dev/null | tail -n +3 | wc -l) installed)"
 PYTHON="$dir/venv/bin/python" GPT2FT_CARRY="$dir/carry" GPT2FT_SITE="$dir/site" \
   bash bench/device_check.sh "$dir/out" --cpu-check "$@"
