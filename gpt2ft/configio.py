@@ -73,11 +73,8 @@ def deep_update(base: dict[str, Any], new: dict[str, Any]) -> None:
 def coerce(value: Any, tp: Any, key: str) -> Any:
     """Turn a YAML value into the field's type, or say which key is wrong."""
     origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return coerce(value, args[0], key)
+    if origin in (typing.Union, types.UnionType):  # every union here is Optional[X]: None or an X
+        return None if value is None else coerce(value, typing.get_args(tp)[0], key)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}.")
@@ -91,31 +88,21 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{key} must be true or false, got {value!r}.")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ConfigError(f"{key} must be an integer, got {value!r}.")
-        try:
-            f = float(value)
-        except ValueError:
-            raise ConfigError(f"{key} must be an integer, got {value!r}.") from None
-        if f != int(f):
-            raise ConfigError(f"{key} must be an integer, got {value!r}.")
-        return int(f)
-    if tp is float:
-        # PyYAML reads "3e-5" (no dot) as a string, so accept numeric strings.
-        if isinstance(value, bool):
-            raise ConfigError(f"{key} must be a number, got {value!r}.")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key} must be a number, got {value!r}.") from None
+    if tp in (int, float):
+        try:  # PyYAML reads "3e-5" (no dot) as a string, so a numeric string is a number
+            number = float(value)
+            if not isinstance(value, bool) and (tp is float or number == int(number)):  # int(): no NaN, inf
+                return tp(number)
+        except (TypeError, ValueError, OverflowError):
+            pass
+        raise ConfigError(f"{key} must be {'an integer' if tp is int else 'a number'}, got {value!r}.")
     if tp is str:
         if isinstance(value, bool):  # YAML 1.1 reads a bare off/on (train.compile) as a boolean
             value = "on" if value else "off"
         if isinstance(value, (dict, list)) or value is None:
             raise ConfigError(f"{key} must be a string, got {value!r}.")
         return str(value)
-    return value
+    raise TypeError(f"{key}: no coercion for its type {tp!r}")  # a field type this function does not know
 
 
 def build(cls: Any, raw: dict[str, Any], prefix: str = "") -> Any:
