@@ -3,8 +3,13 @@
 
 Nothing here knows the typed sections: ``gpt2ft.config`` declares them, and ``build`` turns
 the merged mapping into one of them (YAML values coerced to the fields' types, unknown keys
-refused). Errors a user can cause (a missing
-file, bad YAML, a malformed override) are ``ConfigError`` sentences that say what to change.
+refused). Errors a user can cause (a missing file, bad YAML, a malformed override) are
+``ConfigError`` sentences that say what to change.
+
+Not pydantic's ``TypeAdapter`` (checked with pydantic 2.14): its lax mode reads ``epochs: true``
+as 1 and refuses ``compile: off`` (a YAML boolean), and its errors need translating into these
+sentences; a sketch took about 55 lines for the 51 of ``coerce`` and ``build`` and still lost a
+range's key (its ``__post_init__`` error reaches pydantic without one).
 """
 from __future__ import annotations
 
