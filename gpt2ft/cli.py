@@ -144,7 +144,6 @@ def cmd_study(args: argparse.Namespace) -> int:
     from gpt2ft.checkpoints import Checkpoints
     from gpt2ft.config import load_config
     from gpt2ft.coordination import default_storage, open_storage, trials_complete
-    from gpt2ft.prose import dropped_text
     from gpt2ft.study import StudyRunner, open_parent
     from gpt2ft.summary import trained
     from gpt2ft.tracking import Tracker, store_folder
@@ -177,10 +176,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         if runner.gave_up:
             raise TrialsFailing(runner.gave_up)
         return 0
-    runner.parent.log_metrics({"setup_seconds": ready.seconds, "setup_cache_hit": float(ready.hit),
-                               "prose_chars": assets.book.prose.prose_chars,
-                               "dropped_chars": assets.book.prose.dropped_chars})
-    runner.parent.log_text(dropped_text(assets.book.prose), "dropped.txt")  # what was not trained on
+    _log_setup(runner.parent, ready)
     done = sum(t.state.name == "COMPLETE" for t in trained(runner.study.get_trials(deepcopy=False)))
     # A worker costs a process start (imports: seconds): none for slots that are already filled.
     jobs = max(1, min(resolve_jobs(config.study.jobs, assets), config.study.n_trials - done))
@@ -196,6 +192,16 @@ def cmd_study(args: argparse.Namespace) -> int:
     if died:
         raise WorkerDied(died)
     return 0
+
+
+def _log_setup(parent, ready) -> None:
+    """The setup's cost and what of the book was not trained on, on the study's parent run."""
+    from gpt2ft.prose import dropped_text
+
+    prose = ready.assets.book.prose
+    parent.log_metrics({"setup_seconds": ready.seconds, "setup_cache_hit": float(ready.hit),
+                        "prose_chars": prose.prose_chars, "dropped_chars": prose.dropped_chars})
+    parent.log_text(dropped_text(prose), "dropped.txt")
 
 
 def _run_study(runner, args: argparse.Namespace, jobs: int) -> Optional[str]:
