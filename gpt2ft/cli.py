@@ -244,9 +244,8 @@ def _run_study(runner, args: argparse.Namespace, jobs: int) -> Optional[str]:
 
 def _worker_argv(args: argparse.Namespace, index: int, command_id: str) -> list[str]:
     """The command line of worker ``index``: this study's options, one job, no questions."""
-    argv = ["study", "--jobs", "1", "--worker-index", str(index), "--command-id", command_id, "--yes", "--quiet"]
-    if args.config:
-        argv += ["--config", args.config]
+    argv = ["study", "--jobs", "1", "--worker-index", str(index), "--command-id", command_id, "--yes", "--quiet",
+            "--config", args.config]  # required by the study command
     for item in _study_overrides(args):
         argv += ["--set", item]
     for option in ("corpus", "tracking_uri"):

@@ -10,7 +10,6 @@ and returns its history. It stops early on its own rule only (held-out loss risi
 from __future__ import annotations
 
 import contextlib
-
 import math
 import time
 from dataclasses import dataclass, field
