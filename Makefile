@@ -8,7 +8,7 @@ CONFIG  ?= experiments/gulliver.yaml
 TORCH   ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 ARGS    ?=
 
-.PHONY: install test lint train study study-cpu ui export references demo bench bench-gpu bench-compile bench-measure bench-study bench-goldfish demo-goldfish demo-lora gpu-check device-pack device-rehearse ui-check multiworker clean
+.PHONY: install test lint train study study-cpu ui export references demo bench bench-gpu bench-compile bench-measure bench-study bench-goldfish bench-lora demo-goldfish demo-lora gpu-check device-pack device-rehearse ui-check multiworker clean
 
 $(BIN)/gpt2ft: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -106,6 +106,11 @@ bench-study: install
 # The goldfish mask's cost against a training step (bench/goldfish.py; ARGS=--demo adds SmolLM2 x 4 x 128).
 bench-goldfish: install
 	$(BIN)/python bench/goldfish.py $(ARGS)
+
+# A LoRA step (ranks 8 and 64) against a full fine-tuning step on the demo's shape: time, peak memory,
+# trainable parameters, checkpoint size (issue 36 item 5; docs/lora.md, ~4 min here).
+bench-lora: install
+	$(BIN)/python bench/lora.py $(ARGS)
 
 ui-check: install
 	$(BIN)/python scripts/ui_check.py $(ARGS)
