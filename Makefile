@@ -8,7 +8,7 @@ CONFIG  ?= experiments/gulliver.yaml
 TORCH   ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 ARGS    ?=
 
-.PHONY: install test lint train study study-cpu ui export references demo bench bench-gpu bench-compile bench-measure bench-study bench-goldfish bench-lora demo-goldfish demo-lora gpu-check device-pack device-rehearse ui-check multiworker clean
+.PHONY: install test lint train study study-cpu ui export references demo bench bench-gpu bench-compile bench-measure bench-goldfish bench-lora demo-goldfish demo-lora gpu-check device-pack device-rehearse ui-check multiworker clean
 
 $(BIN)/gpt2ft: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -97,11 +97,6 @@ bench-compile: install
 # (bench/measure.py; demo.yaml's SmolLM2 by default; ARGS=--threads 1 beside busy neighbours).
 bench-measure: install
 	$(BIN)/python bench/measure.py $(ARGS)
-
-# The study before issue 19 (no derived trials, no copying stop, fp32 decoding) against as committed, side by side
-# (bench/study.py; demo.yaml by default, ~16 min on the 2-core CPU).
-bench-study: install
-	$(BIN)/python bench/study.py $(ARGS)
 
 # The goldfish mask's cost against a training step (bench/goldfish.py; ARGS=--demo adds SmolLM2 x 4 x 128).
 bench-goldfish: install
