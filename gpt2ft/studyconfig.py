@@ -86,9 +86,9 @@ class StudyConfig:
     constrained: bool = False
     """Tell the sampler each trained and derived trial's copying judges as constraints (its
     value minus its bound, > 0 fails: ``gpt2ft.judges.constraint_values``), so that TPE, past the
-    random start-up, proposes fewer points that copy. Off by default until it is measured to help
-    (issue 36 item 3, the same seeds with and without): on, it changes what TPE proposes, and so
-    every study's trials after the start-up; tiny.yaml (the tests' studies) turns it on."""
+    random start-up, proposes fewer points that copy. Off by default: measured with the same seed
+    with and without (docs/lora.md), it proposed the same trials, since the points failing a judge
+    were already outside TPE's good group by the objectives; tiny.yaml (the tests' studies) turns it on."""
     enqueue: list[TrialParams] = field(default_factory=list)
     """Trials to run first, before the sampler's own choices (each inside the search space):
     a fixed design that spans the space, e.g. for a demo that must show both ends."""
