@@ -170,20 +170,20 @@ def novelty_points(curve: Mapping[int, float], log_y: bool) -> tuple[list[int], 
 
 
 class CopyingAxis:
-    """Memorization on a broken axis: exactly zero in a band of its own at the left, positive
-    values on a log scale to its right, a gap between them.
+    """Memorization on matplotlib's ``symlog`` scale: exactly zero in a band of its own at the
+    left, an empty decade, then positive values on a log scale.
 
     Most measured points of a healthy study copy nothing (memorization exactly 0) while the
     copying ones read 0.001-0.05; on a linear axis every clean trial's path is the same vertical
-    stroke at 0 and small copying is squeezed against it. Here ``0`` and ``0.0017`` are a gap
+    stroke at 0 and small copying is squeezed against it. Here ``0`` and ``0.0017`` are a decade
     apart, each decade of copying gets the same width, and within the zero band each trial has a
     slot of its own (:meth:`dodged`), so clean paths stand side by side.
 
     ``decade`` is the lowest power of ten drawn on the log part: the largest one at or below the
-    smallest positive value (at most 1e-2, at least 1e-5). Positions are in decades: the log
-    part is ``log10(m)``; the zero band spans one decade, ``[decade - 1.8, decade - 1]`` for data
-    in ``[-0.8 * 10**decade, 0]``: a dodged zero is stored as a small negative number that the
-    axis labels ``0``.
+    smallest positive value (at most 1e-2, at least 1e-5). The scale (:attr:`scale`) is linear
+    within ``+-10**decade``: right of 0 that decade is empty (every positive value is past it), left
+    of 0 it holds the zero band, ``[-0.8 * 10**decade, 0]``: a dodged zero is stored as a small
+    negative number that the axis labels ``0``.
     """
 
     ZERO_BAND = 0.8  # the band's width, in decades of the log part
@@ -194,20 +194,11 @@ class CopyingAxis:
         self.decade = int(min(-2, max(-5, math.floor(math.log10(low)))))
         self.unit = 10.0 ** self.decade
 
-    def forward(self, m: np.ndarray) -> np.ndarray:
-        """Data (memorization) to axis position, elementwise; monotonic."""
-        m = np.asarray(m, dtype=float)
-        d, u = self.decade, self.unit
-        with np.errstate(divide="ignore", invalid="ignore"):
-            log_part = np.log10(np.where(m >= u, m, u))
-        return np.where(m <= 0, d - 1 + m / u, np.where(m < u, d - 0.6 + 0.6 * m / u, log_part))
-
-    def inverse(self, x: np.ndarray) -> np.ndarray:
-        """Axis position to data; positions in the gap read as the gap's linear values."""
-        x = np.asarray(x, dtype=float)
-        d, u = self.decade, self.unit
-        gap = np.clip((x - (d - 0.6)) / 0.6, 0, 1) * u
-        return np.where(x <= d - 1, (x - (d - 1)) * u, np.where(x < d, gap, 10.0 ** np.minimum(x, 300)))
+    @property
+    def scale(self) -> dict[str, float]:
+        """``ax.set_xscale("symlog", **axis.scale)``; symlog's linear part spans ``linscale / (1 -
+        1/10)`` decades each side of 0, so 0.9 makes it one decade, as wide as each log decade."""
+        return {"linthresh": self.unit, "linscale": 0.9}
 
     def dodged(self, m: np.ndarray, slot: int, n_slots: int) -> np.ndarray:
         """``m`` with its exact zeros moved to slot ``slot`` of ``n_slots`` in the zero band."""

@@ -2,10 +2,10 @@
 (memorization), its path through the epochs, the book and base-model references, the Pareto
 front as a band and the selected candidate starred.
 
-Memorization is drawn on a broken axis (:class:`~gpt2ft.plots.prepare.CopyingAxis`): exactly
-zero in a band of its own, where each trial has a slot so clean paths stand apart, and copying on
-a log scale beside it. Labels are placed where they cover no point, and the legend sits below
-the axes."""
+Memorization is drawn on matplotlib's ``symlog`` scale as
+:class:`~gpt2ft.plots.prepare.CopyingAxis` sets it: exactly zero in a band of its own, where each
+trial has a slot so clean paths stand apart, and copying on a log scale beside it. Labels are
+placed where they cover no point, and the legend sits below the axes."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -16,6 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.text import Text
+from matplotlib.ticker import NullLocator
 
 from gpt2ft.plots.prepare import CopyingAxis, finite, ref, style_points, trajectory_paths
 from gpt2ft.plots.theme import (BASE_COLOR, BOOK_COLOR, CMAP, LABELS, SELECTED_COLOR, colour_scale, colourbar,
@@ -235,13 +236,12 @@ def _copying_axis(ax: Axes, points: pd.DataFrame, trajectories: pd.DataFrame | N
         values += list(pd.to_numeric(trajectories["memorization"], errors="coerce"))
     values += [references.get(k) for k in ("book_memorization", "base_memorization", "memorization_bound")]
     axis = CopyingAxis(values)
-    ax.set_xscale("function", functions=(axis.forward, axis.inverse))
+    ax.set_xscale("symlog", **axis.scale)
     high = max([float(v) for v in values if finite(v)] + [axis.unit * 10])
-    ticks, labels = axis.ticks(high)
-    ax.set_xticks(ticks, labels)
-    ax.set_xlim(float(axis.inverse(axis.decade - 1.9)), float(10 ** (np.log10(high) + 0.15)))
-    ax.axvspan(float(axis.inverse(axis.decade - 1.85)), float(axis.inverse(axis.decade - 0.95)),
-               color="0.92", zorder=0, lw=0)
+    ax.set_xticks(*axis.ticks(high))
+    ax.xaxis.set_minor_locator(NullLocator())  # symlog's minor ticks would fill the zero band
+    ax.set_xlim(-0.9 * axis.unit, float(10 ** (np.log10(high) + 0.15)))
+    ax.axvspan(-0.85 * axis.unit, 0, color="0.92", zorder=0, lw=0)
     return axis
 
 
