@@ -91,16 +91,28 @@ def print_table(rows: list[tuple[str, Any]], title: str) -> None:
         print(f"{k:<{width}}  {fmt(v):>12}")
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from gpt2ft.assets import compute_references, freeze_long_lived, prepare, run_tags
+def _config(args: argparse.Namespace, overrides: list[str]):
+    """The config and the corpus checked before the seconds of importing torch, transformers and
+    MLflow: a mistyped key, range or path gets its one sentence at once."""
     from gpt2ft.config import load_config
+    from gpt2ft.gutenberg import read_bytes, resolve_corpus_path
+    from gpt2ft.prose import decode
+
+    config = load_config(args.config, overrides)
+    path = resolve_corpus_path(config.data, args.corpus)
+    decode(read_bytes(path), str(path))  # missing, a folder, unreadable, binary or empty: a UserError
+    return config
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = _config(args, args.overrides)
+    from gpt2ft.assets import compute_references, freeze_long_lived, prepare, run_tags
     from gpt2ft.lora import merged
     from gpt2ft.measure import SAMPLE_METRICS
     from gpt2ft.model import save_model
     from gpt2ft.tracking import Tracker
     from gpt2ft.trial import run_trial
 
-    config = load_config(args.config, args.overrides)
     tracker = Tracker(args.tracking_uri or config.tracking.uri, config.tracking.experiment)
     assets = prepare(config, args.corpus)
     _banner(assets)
@@ -139,10 +151,10 @@ def cmd_study(args: argparse.Namespace) -> int:
     """Set up once (or load the setup cache), then run the trials here (``--jobs 1``), or in N
     worker processes that load the same cache; the final re-measure, the artifacts and the
     parent run's end happen here, once, after every worker."""
+    config = _config(args, _study_overrides(args))
     from gpt2ft.assets import freeze_long_lived, run_tags
     from gpt2ft.cache import setup
     from gpt2ft.checkpoints import Checkpoints
-    from gpt2ft.config import load_config
     from gpt2ft.coordination import default_storage, open_storage, trials_complete
     from gpt2ft.study import StudyRunner, open_parent
     from gpt2ft.summary import trained
@@ -153,7 +165,6 @@ def cmd_study(args: argparse.Namespace) -> int:
     worker = args.worker_index is not None
     if worker:
         become_worker()
-    config = load_config(args.config, _study_overrides(args))
     tracker = Tracker(args.tracking_uri or config.tracking.uri, config.tracking.experiment)
     folder = store_folder(tracker.uri)
     storage_url = config.study.storage or default_storage(folder)
@@ -383,11 +394,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_references(args: argparse.Namespace) -> int:
+    config = _config(args, args.overrides)
     from gpt2ft.assets import REFERENCE_SOURCES, compute_references, prepare
-    from gpt2ft.config import load_config
     from gpt2ft.measure import MODEL_METRICS, SAMPLE_METRICS
 
-    config = load_config(args.config, args.overrides)
     assets = prepare(config, args.corpus)
     refs = compute_references(assets, with_base=not args.no_base).values
     names = list(SAMPLE_METRICS + MODEL_METRICS)

@@ -307,6 +307,19 @@ def test_existing_run_is_untouched_by_a_failing_command(outcomes):
     assert out.extra["all_runs"] == [out.extra["run_id"]]
 
 
+@pytest.mark.parametrize("args", [train("--set", "train.lr=0"), train("--corpus", "no-such-book.txt"),
+                                  ["study", "--config", str(TINY), "--quiet", "--set", "study.epochs.low=0"]])
+def test_config_and_corpus_errors_come_before_the_heavy_imports(args, tmp_path):
+    """A mistyped key, range or path is answered in a fraction of a second: before torch,
+    transformers or MLflow (several seconds of imports) are loaded."""
+    probe = ("import sys; from gpt2ft.cli import main; rc = main(sys.argv[1:]); "
+             "print(rc, sorted(m for m in ('torch', 'transformers', 'mlflow') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", probe, *args], cwd=tmp_path, env=_env(None),
+                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    assert proc.stdout.split("\n")[0] == "2 []", (proc.stdout, proc.stderr)
+    assert proc.stderr.startswith("gpt2ft: error: "), proc.stderr
+
+
 # ------------------------------------------------------------- a tracking server that is not there
 
 @pytest.fixture
