@@ -49,3 +49,19 @@ def smollm2():
     cfg = ModelConfig(name="smollm2")
     tok = load_tokenizer(cfg)
     return tok, load_model(cfg, tok).eval()
+
+
+@pytest.fixture(scope="session")
+def _setup_entries(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("setup-cache")
+
+
+@pytest.fixture
+def shared_setup(workdir, _setup_entries) -> Path:
+    """``workdir`` whose store's setup cache (``mlruns/cache``, gpt2ft.cache) is the session's: the
+    tests that build the same tiny study compute its setup (book, index, base model, references)
+    once, as a researcher's second study in one store does. A test of the cache's own misses
+    (test_cache.py, test_jobs' killed-then-resumed study) keeps a cold one."""
+    (workdir / "mlruns").mkdir()
+    (workdir / "mlruns" / "cache").symlink_to(_setup_entries, target_is_directory=True)
+    return workdir

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from conftest import TINY
 from test_derived import SHORT
 
@@ -25,6 +27,7 @@ def _derived(study) -> list[int]:
     return sorted(t.params["epochs"] for t in study.get_trials() if "derived_from" in t.user_attrs)
 
 
+@pytest.mark.usefixtures("shared_setup")
 def test_an_after_trial_cut_off_is_done_by_the_next_run_once(workdir, book, monkeypatch):
     """Killed between the trial's COMPLETE and its after-trial work: no derived trials, nothing
     pruned. The same command again tells them and prunes (here a stray checkpoint and a save's
@@ -53,6 +56,7 @@ def test_an_after_trial_cut_off_is_done_by_the_next_run_once(workdir, book, monk
     assert _derived(_study(workdir)) == [1, 2]
 
 
+@pytest.mark.usefixtures("shared_setup")
 def test_a_trial_stopped_by_sigterm_loses_its_checkpoints(workdir, book, monkeypatch):
     """SIGTERM in a worker is a KeyboardInterrupt: the trial is FAIL in Optuna, so its checkpoints
     (its end's, saved by the writer thread) can never be chosen and go like a failed trial's."""
@@ -73,6 +77,7 @@ def test_a_trial_stopped_by_sigterm_loses_its_checkpoints(workdir, book, monkeyp
     assert Checkpoints(study.user_attrs["checkpoint_root"]).saved() == []
 
 
+@pytest.mark.usefixtures("shared_setup")
 def test_a_hung_checkpoint_save_fails_the_trial_and_says_so(workdir, book, monkeypatch):
     """The wait for the end's checkpoint is bounded by the writer's stall limit (here 0.5 s): the
     trial fails with what hung instead of hanging the study."""

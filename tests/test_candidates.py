@@ -318,6 +318,7 @@ def test_a_sliced_book_gives_a_usable_style_classifier(book):
 
 # --- export of an interior candidate, end to end ---------------------------------------------
 
+@pytest.mark.usefixtures("shared_setup")
 def test_export_of_an_interior_candidate_from_its_checkpoint_and_by_retraining(workdir, book, monkeypatch):
     """One tiny trial measured every 5 steps: its step-5 candidate exports from the checkpoint kept
     while it trained, and, once that is gone, by retraining to step 5: the same weights, bitwise.

@@ -23,6 +23,7 @@ LORA = [*SHORT[:-1], "study.n_trials=2", "study.lora_r=[0, 8]",
         " {lr: 1.0e-3, epochs: 1, batch_size: 4, lora_r: 0}]"]
 
 
+@pytest.mark.usefixtures("shared_setup")
 def test_every_interior_epoch_is_told_to_optuna_and_counts_for_nothing_else(workdir, book, monkeypatch):
     """Also issue 36 on the same study: ``study.lora_r`` a param of every trial and derived trial, of
     the trial's MLflow run and of candidates.csv; each trial's and derived trial's constraints its
@@ -129,6 +130,7 @@ def _the_lora_points_export_retrains_to_its_weights(workdir, study, trial):
     assert "Method: LoRA through peft (lora_r=8" in (workdir / "lora" / "README.md").read_text()
 
 
+@pytest.mark.usefixtures("shared_setup")
 def test_a_trial_that_only_copies_stops_and_its_last_point_is_its_end(workdir, book, monkeypatch):
     """The memorizing tiny model of test_trajectory, for 40 epochs (160 steps without the stop): two points in a
     row that copy while held-out loss is above its lowest end it, a measurement earlier."""

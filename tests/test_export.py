@@ -124,6 +124,7 @@ def test_export_retrains_with_the_config_its_trial_trained_with(monkeypatch):
     assert export.trial_config_yaml(study, trial) == study.user_attrs["config_yaml"]
 
 
+@pytest.mark.usefixtures("shared_setup")
 def test_a_resumed_studys_trial_is_retrained_under_its_own_settings(workdir, book, monkeypatch):
     """Created measuring at every epoch's end, resumed with a 5-step warm-up, sample.every_steps=4 and
     eval_every 6: the resumed trial records the config it trained with, and its interior candidate

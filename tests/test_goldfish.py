@@ -163,6 +163,7 @@ def test_goldfish_settings_are_checked():
     assert c.study.goldfish_k == [0, 4] and c.study.enqueue[0].goldfish_k == 4
 
 
+@pytest.mark.usefixtures("shared_setup")
 def test_a_study_searches_goldfish_k_and_export_retrains_a_goldfish_candidate(workdir, book, monkeypatch):
     """``study.goldfish_k: [0, 4]``: the param of every trial (trained and derived), a column of
     candidates.csv, a param of each trial's MLflow run; an exported goldfish candidate whose

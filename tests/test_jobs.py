@@ -198,6 +198,7 @@ def _cmdline(pid: int) -> list[str]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.skipif(os.environ.get("GPT2FT_CRASH") != "1",
                     reason="~90 s on 2 cores: .ci/run runs it (GPT2FT_CRASH=1) beside make multiworker")
+@pytest.mark.usefixtures("shared_setup")
 def test_jobs_2_one_worker_killed_the_others_finish_the_study(workdir, book):
     """Issue 25 item 1 end to end: ``--jobs 2``, worker 1 SIGKILLed (as the out-of-memory killer
     does) while its trial runs. Its trial is failed once its heartbeat is stale and its slot taken

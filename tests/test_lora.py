@@ -166,6 +166,7 @@ print(json.dumps({"peft": is_peft_available(), "tokens": out[0].tolist(), "text"
 """
 
 
+@pytest.mark.usefixtures("shared_setup")
 def test_an_exported_lora_candidate_loads_without_peft_and_decodes_as_the_study_did(workdir, monkeypatch):
     """The export merges the adapter into whole weights; a process where peft cannot be imported
     loads them with pipeline() and decodes greedily the tokens the trial's measurements decoded

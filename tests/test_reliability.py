@@ -47,6 +47,7 @@ def test_nan_loss_is_caught_within_log_every_steps():
     assert model.calls == 8  # stopped at the first log step after the NaN, not at the end
 
 
+@pytest.mark.usefixtures("shared_setup")
 def test_failing_trial_is_isolated(workdir, book, monkeypatch):
     """A trial that raises is FAIL in Optuna and FAILED in MLflow with the reason; the study
     goes on and still reaches n_trials completed trials."""
@@ -137,6 +138,7 @@ def _stores(workdir: Path):
     return study, trials, parent
 
 
+@pytest.mark.usefixtures("shared_setup")
 def test_trials_that_keep_failing_after_fit_stop_the_study(workdir, book, monkeypatch, capsys):
     """Trials whose samples cannot be measured fail after training: each is FAIL in Optuna, FAILED
     in MLflow with the reason (no FINISHED written before the check) and leaves no checkpoint;
@@ -176,6 +178,7 @@ def test_trials_that_keep_failing_after_fit_stop_the_study(workdir, book, monkey
     assert parent.info.status == "FAILED" and "2 trials failed in a row" in parent.data.tags["failure_reason"]
 
 
+@pytest.mark.usefixtures("shared_setup")
 def test_dead_writer_and_failing_replay_do_not_stop_the_study(workdir, book, monkeypatch, capsys, caplog):
     """The writer process dies: the jobs it had are lost (trials 0 and 1) and the next submit
     raises WriterDied (trial 2), whose writes are then made in process. At the end the replay

@@ -256,6 +256,7 @@ def test_selected_params_and_epochs_name_the_picked_points_epoch_count():
     assert metrics["selected_top100_ratio"] == 0.54 and metrics["selected_heldout_loss"] == 3.62
 
 
+@pytest.mark.usefixtures("shared_setup")
 def test_a_study_whose_checkpoints_are_gone_still_remeasures_and_is_confident(workdir, book, monkeypatch):
     """Every finished trial's checkpoints deleted: the finish retrains the pick and its runner-up
     to their steps, re-measures them, and the parent run has selected_p_closer_by_top100; the retrained

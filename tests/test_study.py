@@ -38,6 +38,7 @@ def _study(workdir: Path, name: str = "tiny"):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}")
 
 
+@pytest.mark.usefixtures("shared_setup")
 def test_study_resume_and_export(workdir, book, monkeypatch, capsys):
     from gpt2ft.cli import main
 
@@ -175,6 +176,7 @@ def _count(db: Path, sql: str) -> int:
         return con.execute(sql).fetchone()[0]
 
 
+@pytest.mark.usefixtures("shared_setup")
 def test_kill_and_resume(workdir, book):
     """kill -9 in the middle of a trial, then at once the same command: it waits for the killed
     trial's heartbeat to go stale, fails it everywhere (Optuna FAIL, MLflow FAILED with the

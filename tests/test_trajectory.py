@@ -72,6 +72,7 @@ def _train(workdir, *extra):
     return client, run
 
 
+@pytest.mark.usefixtures("shared_setup")
 def test_a_tiny_model_trained_long_copies_and_its_trajectory_shows_when(workdir, book, monkeypatch):
     monkeypatch.setenv("GPT2FT_CORPUS", str(book))
     # Without the copying stop (study.stop_after=0), to see the whole path into copying.
@@ -96,6 +97,7 @@ def test_a_tiny_model_trained_long_copies_and_its_trajectory_shows_when(workdir,
     assert points[-1]["memorization"] == pytest.approx(plain(run.data.metrics)["memorization"])
 
 
+@pytest.mark.usefixtures("shared_setup")
 def test_no_onset_when_nothing_copies(workdir, book, monkeypatch):
     monkeypatch.setenv("GPT2FT_CORPUS", str(book))
     client, run = _train(workdir, "--set", "train.epochs=2")
