@@ -380,14 +380,13 @@ def test_a_label_moves_off_the_points_its_first_place_would_cover() -> None:
     ax.set_xlim(0, 1), ax.set_ylim(0, 1)
     xs, ys = np.meshgrid(np.linspace(0.52, 0.8, 8), np.linspace(0.52, 0.8, 8))  # crowd the upper right
     ax.scatter(xs.ravel(), ys.ravel())
-    label = ax.annotate("selected: trial 1\ntop-100 ratio 0.531", (0.5, 0.5), xytext=(10, 10),
-                        textcoords="offset points", gid="selected-label")
+    label = ax.text(0.5, 0.5, "selected: trial 1\ntop-100 ratio 0.531", gid="selected-label")
     _place_labels(fig, ax)
     renderer = fig.canvas.get_renderer()
     box = Text.get_window_extent(label, renderer)
     pts = ax.transData.transform(np.column_stack([xs.ravel(), ys.ravel()]))
     assert not ((pts[:, 0] > box.x0) & (pts[:, 0] < box.x1) & (pts[:, 1] > box.y0) & (pts[:, 1] < box.y1)).any()
-    assert label.get_position() != (10, 10)
+    assert label.get_position() != (0.5, 0.5)
 
 
 def test_style_vs_copying_selected_label_stays_inside_axes_below_title() -> None:

@@ -4,27 +4,28 @@ front as a band and the selected candidate starred.
 
 Memorization is drawn on matplotlib's ``symlog`` scale as
 :class:`~gpt2ft.plots.prepare.CopyingAxis` sets it: exactly zero in a band of its own, where each
-trial has a slot so clean paths stand apart, and copying on a log scale beside it. Labels are
-placed where they cover no point, and the legend sits below the axes."""
+trial has a slot so clean paths stand apart, and copying on a log scale beside it. adjustText moves
+the labels off the points, and the legend sits below the axes."""
 from __future__ import annotations
 
 from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
+from adjustText import adjust_text, get_bboxes_pathcollection
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
-from matplotlib.text import Text
 from matplotlib.ticker import NullLocator
 
 from gpt2ft.plots.prepare import CopyingAxis, finite, ref, style_points, trajectory_paths
 from gpt2ft.plots.theme import (BASE_COLOR, BOOK_COLOR, CMAP, LABELS, SELECTED_COLOR, colour_scale, colourbar,
                                 int_or_float, memorization_lines, new_figure, no_data, styled)
 
-# Where a label may go relative to its point (points): nearest first, then further out.
-_OFFSETS = [(10, 10), (10, -10), (-10, 10), (-10, -10), (22, 28), (22, -28), (-22, 28), (-22, -28),
-            (40, 0), (-40, 0), (0, 44), (0, -44)]
+#: adjustText's iterations: a fixed count, not its default time limit (1 s), so a figure is the same
+#: on a fast or a busy machine.
+_ITERATIONS = 200
 
 
 class _Slots:
@@ -100,8 +101,7 @@ def _draw_front(ax: Axes, front: pd.DataFrame, book_style: float | None, slots: 
     ax.scatter(xs, front["top100_ratio"], s=150, facecolor="none",
                edgecolor="0.2", lw=1.2, zorder=4, label="Pareto-front trial (number)")
     for x, row in zip(xs, front.itertuples(index=False)):
-        ax.annotate(int_or_float(row.number), (x, row.top100_ratio), xytext=_OFFSETS[0],
-                    textcoords="offset points", fontsize="x-small", color="0.2", gid="front-label")
+        ax.text(x, row.top100_ratio, int_or_float(row.number), fontsize="x-small", color="0.2", gid="front-label")
     if book_style is not None:
         _front_funnel(ax, front, book_style)
     elif len(front) > 1:
@@ -181,51 +181,30 @@ def _mark_selected(ax: Axes, points: pd.DataFrame, chosen: Mapping[str, Any] | N
         evidence = ", ".join(f"{short} {float(chosen[k]):.3g}" for k, short in (
             ("near_verbatim", "near-verbatim"), ("discoverable_rate", "discoverable"), ("mia_auc", "membership AUC"))
             if chosen is not None and finite(chosen.get(k)))
-        ax.annotate(f"{text}\ntop-100 ratio {y:.3f}, memorization {mem:.3g}" + (f"\n{evidence}" if evidence else ""),
-                    (x, y), xytext=_OFFSETS[0], textcoords="offset points", fontsize="small",
-                    arrowprops=dict(arrowstyle="->", color="0.2"), gid="selected-label",
-                    bbox=dict(boxstyle="round", fc="white", ec=SELECTED_COLOR, alpha=0.95), zorder=7)
-
-
-def _data_points(ax: Axes) -> np.ndarray:
-    """Every drawn point (scatter markers and path vertices) in display coordinates."""
-    xy = [c.get_offsets() for c in ax.collections if hasattr(c, "get_offsets") and len(c.get_offsets())]
-    xy += [line.get_xydata() for line in ax.get_lines() if (line.get_gid() or "").startswith("trajectory-")]
-    xy = [np.asarray(a, dtype=float) for a in xy if len(a)]
-    return ax.transData.transform(np.concatenate(xy)) if xy else np.empty((0, 2))
+        ax.text(x, y, f"{text}\ntop-100 ratio {y:.3f}, memorization {mem:.3g}" + (f"\n{evidence}" if evidence else ""),
+                fontsize="small", gid="selected-label", zorder=7,
+                bbox=dict(boxstyle="round", fc="white", ec=SELECTED_COLOR, alpha=0.95))
 
 
 def _place_labels(fig: Figure, ax: Axes) -> None:
-    """Move each label to the first offset whose box covers no point, no other label and
-    stays inside the axes (the selected candidate's first, it matters most)."""
-    renderer = FigureCanvasAgg(fig).get_renderer()
-    fig.draw_without_rendering()  # the constrained layout settles the axes first
-    frame, taken = ax.get_window_extent(renderer), []
-    pts = _data_points(ax)
-    labels = sorted((t for t in ax.texts if t.get_gid() in ("selected-label", "front-label")),
-                    key=lambda t: t.get_gid() != "selected-label")
+    """Move the labels (written on their points) off every marker, path vertex and other label,
+    inside the axes, with an arrow back to the point when they moved far (adjustText)."""
+    labels = [t for t in ax.texts if t.get_gid() in ("selected-label", "front-label")]
+    if not labels:
+        return
     for label in labels:
-        label.set_in_layout(False)
-        best = None
-        for dx, dy in _OFFSETS:
-            label.set_position((dx, dy))
-            label.set_ha("left" if dx >= 0 else "right")
-            label.set_va("bottom" if dy >= 0 else "top")
-            # The text's own box (an annotation's extent includes its arrow, the patch updates at draw).
-            box = Text.get_window_extent(label, renderer).padded(6)
-            hits = int(np.sum((pts[:, 0] >= box.x0) & (pts[:, 0] <= box.x1)
-                              & (pts[:, 1] >= box.y0) & (pts[:, 1] <= box.y1)))
-            bad = hits + 10 * any(box.overlaps(b) for b in taken) + 100 * (
-                box.x0 < frame.x0 or box.x1 > frame.x1 or box.y0 < frame.y0 or box.y1 > frame.y1)
-            if best is None or bad < best[0]:
-                best = (bad, dx, dy, box)
-            if bad == 0:
-                break
-        _, dx, dy, box = best
-        label.set_position((dx, dy))
-        label.set_ha("left" if dx >= 0 else "right")
-        label.set_va("bottom" if dy >= 0 else "top")
-        taken.append(box)
+        label.set_in_layout(False)  # the constrained layout must not move the axes under them
+    FigureCanvasAgg(fig)  # adjustText measures with the canvas' renderer
+    fig.draw_without_rendering()  # the constrained layout settles the axes first
+    markers = [c for c in ax.collections if isinstance(c, PathCollection)]
+    xy = [c.get_offsets() for c in markers] + [line.get_xydata() for line in ax.get_lines()
+                                               if (line.get_gid() or "").startswith("trajectory-")]
+    xy = np.concatenate([np.asarray(a, dtype=float).reshape(-1, 2) for a in xy] + [np.empty((0, 2))])
+    # Each marker's own extent too (the star is 20 points wide), and a stronger first push and wider
+    # boxes than adjustText's defaults: with those, its labels hid the star's tip and stuck on a crowd.
+    boxes = [b for c in markers for b in get_bboxes_pathcollection(c, ax)]
+    adjust_text(labels, x=xy[:, 0], y=xy[:, 1], objects=boxes, ax=ax, iter_lim=_ITERATIONS,
+                force_explode=(1, 2), expand=(1.3, 1.6), arrowprops=dict(arrowstyle="->", color="0.2", lw=0.8))
 
 
 def _copying_axis(ax: Axes, points: pd.DataFrame, trajectories: pd.DataFrame | None,
