@@ -139,13 +139,6 @@ def references_at(refs: dict[str, float], attrs: dict[str, Any], n_samples: floa
     return {**refs, **sized, **attrs.get(sized_key(int(n_samples)), {})}
 
 
-def trial_metrics(study: Any, trial: Any) -> dict[str, float]:
-    """A trial's end metrics, with the re-measured values where its end was re-measured."""
-    metrics = dict(trial.user_attrs.get("metrics", {}))
-    metrics.update(_remeasure(study.user_attrs, trial.number, int(metrics.get("steps", 0)), True))
-    return metrics
-
-
 def _remeasure(attrs: dict[str, Any], number: int, step: int, is_end: bool) -> dict[str, float]:
     """The re-measured metrics of (trial, step); a study of an older version re-measured trial
     ends only, as ``final_trial_N``."""
