@@ -8,7 +8,7 @@ CONFIG  ?= experiments/gulliver.yaml
 TORCH   ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 ARGS    ?=
 
-.PHONY: install test lint train study study-cpu ui export references demo bench bench-gpu bench-compile bench-measure bench-goldfish bench-lora demo-goldfish demo-lora gpu-check device-pack device-rehearse ui-check multiworker clean
+.PHONY: install test lint train study study-cpu ui export references demo bench bench-gpu bench-step bench-compile bench-measure bench-goldfish bench-lora demo-goldfish demo-lora gpu-check device-pack device-rehearse ui-check multiworker clean
 
 $(BIN)/gpt2ft: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -89,23 +89,22 @@ device-pack:
 device-rehearse:
 	bash bench/rehearse.sh $(ARGS)
 
-# train.compile's cost and gain per batch size (bench/compile.py; CUDA: GPT-2 124M x 256, else a tiny CPU model).
+# A training step per variant against the plain one (bench/step.py; ARGS="--variant plain,goldfish,lora8 --shape demo").
+# Its three questions: train.compile's cost and gain per batch size (CUDA: GPT-2 124M x 256 at 4-32, else tiny.yaml's
+# model at 2-8), the goldfish mask against a step (gulliver's shape), LoRA at ranks 8 and 64 (the demo's; ~3 min here).
+bench-step: install
+	$(BIN)/python bench/step.py $(ARGS)
 bench-compile: install
-	$(BIN)/python bench/compile.py $(ARGS)
+	$(BIN)/python bench/step.py --variant plain,compile-default,compile-reduce-overhead --first 2 --steps 10 --rounds 3 $(ARGS)
+bench-goldfish: install
+	$(BIN)/python bench/step.py --variant plain,goldfish --shape gulliver $(ARGS)
+bench-lora: install
+	$(BIN)/python bench/step.py --variant plain,lora8,lora64 $(ARGS)
 
 # One measurement's cost by part: sampling, extraction, fluency, classifier, bootstrap, n-gram look-ups
 # (bench/measure.py; demo.yaml's SmolLM2 by default; ARGS=--threads 1 beside busy neighbours).
 bench-measure: install
 	$(BIN)/python bench/measure.py $(ARGS)
-
-# The goldfish mask's cost against a training step (bench/goldfish.py; ARGS=--demo adds SmolLM2 x 4 x 128).
-bench-goldfish: install
-	$(BIN)/python bench/goldfish.py $(ARGS)
-
-# A LoRA step (ranks 8 and 64) against a full fine-tuning step on the demo's shape: time, peak memory,
-# trainable parameters, checkpoint size (issue 36 item 5; docs/lora.md, ~4 min here).
-bench-lora: install
-	$(BIN)/python bench/lora.py $(ARGS)
 
 ui-check: install
 	$(BIN)/python scripts/ui_check.py $(ARGS)

@@ -94,7 +94,7 @@ def test_bare_loop_is_the_one_loop_of_both_benches():
     assert seen == [[0, 8], [6, 4], [2, 0]]  # batches in the given order
     assert len(clock.stamps) == 3 and not torch.equal(before, model.emb.weight)
     assert all(p.grad is None for p in model.parameters())  # zero_grad(set_to_none) after each step
-    for name in ("gpu", "run"):  # no bench module keeps a loop of its own
+    for name in ("gpu", "run", "step"):  # no bench module keeps a loop of its own
         assert "loss.backward()" not in (BENCH / f"{name}.py").read_text()
 
 
@@ -155,8 +155,27 @@ def test_gpu_study_writes_each_study_as_it_ends_within_one_budget(tmp_path, monk
     assert not list(tmp_path.glob(".gpu_study.json.*"))  # atomic: no temporary file left
 
 
+def test_step_bench_rounds_ratios_and_the_masks_share():
+    """bench/step.py: a variant's rounds give medians of the times and the largest peak, ratios to
+    the plain step, the goldfish mask's share of a step, and a compile variant its cost and saving."""
+    S = load("step")
+    base = {"batch": 16, "trainable": 10, "state_mib": 1.0, "checkpoint_mib": 4.0}
+    plain = S.combine([{**base, "variant": "plain", "first_s": 0.2, "second_s": 0.06, "step_s": s, "peak_mib": p}
+                       for s, p in ((0.03, 100.0), (0.05, 120.0), (0.04, 90.0))], None, 4)
+    assert plain["step_s"] == 0.04 and plain["peak_mib"] == 120.0 and plain["step_ratio"] == 1.0
+    fish = S.combine([{**base, "variant": "goldfish", "first_s": 0.2, "step_s": 0.02, "peak_mib": 60.0,
+                       "mask_batch_ms": 0.2, "mask_fit_ms": 29.0, "index_ms": 0.01}], plain, 4)
+    assert fish["step_ratio"] == pytest.approx(0.5) and fish["peak_ratio"] == pytest.approx(0.5)
+    assert fish["mask_batch_share"] == pytest.approx(0.01)  # 0.2 ms of a 20 ms step
+    assert fish["fit_share_per_step"] == pytest.approx((29.0 / 29 + 0.01) / 20)  # 454 windows: 29 steps an epoch
+    comp = S.combine([{**base, "variant": "compile-default", "first_s": 20.06, "second_s": 0.07, "step_s": 0.02,
+                       "peak_mib": 130.0}], plain, 4)
+    assert comp["compile_s"] == pytest.approx(20.0) and comp["break_even_steps"] == pytest.approx(1000)
+    assert "compile_s" in S.report([plain, fish, comp]).split("\n\n")[-1]
+
+
 def test_compile_bench_arithmetic():
-    c = load("compile")
+    c = load("step")
     # gulliver at batch 16: 29 steps an epoch, 5.5 epochs on average, 30 trials over 4 batch sizes.
     assert c.study_steps(16, 4) == (29 * 5.5, 29 * 5.5 * 30 / 4)
     eager = {"step_s": 0.030, "second_s": 0.06}
