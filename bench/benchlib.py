@@ -1,8 +1,8 @@
 """What every bench shares: the FLOP arithmetic, timing (``timed``, ``StepClock``, the bare loop),
 the results file (``out_path``, ``write_json``) and printing (``log``, ``fmt``, ``columns``, ``table``).
 
-Nothing here imports gpt2ft or transformers at module level, so the arithmetic is tested in
-milliseconds. FLOP convention (PaLM appendix B / nanoGPT ``estimate_mfu``)::
+Nothing here imports torch, transformers or more of gpt2ft than ``fsutil`` at module level, so the
+arithmetic is tested in milliseconds. FLOP convention (PaLM appendix B / nanoGPT ``estimate_mfu``)::
 
     flops_per_token = 6 * N + 12 * n_layer * n_embd * block
 
@@ -14,7 +14,6 @@ so a model FLOP utilisation below 1 also pays for those.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import statistics
 import sys
@@ -27,6 +26,9 @@ ROOT = HERE.parent
 for _p in (str(ROOT), str(HERE)):  # a bench runs as a script, with only bench/ on sys.path
     if _p not in sys.path:
         sys.path.insert(0, _p)
+# Written beside the path and renamed over it: a command killed at its time limit keeps what it wrote
+# last, never half a file. (gpt2ft.fsutil imports only the standard library.)
+from gpt2ft.fsutil import write_json_atomic as write_json  # noqa: E402,F401
 
 # bf16 dense (no sparsity) tensor-core peaks from NVIDIA's data sheets, in FLOP/s.
 GPU_BF16_PEAK = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
@@ -59,6 +61,16 @@ def mm_flops(n: int) -> float:
     return 2.0 * n ** 3
 
 
+def mm_flops_now(n: int = 2048) -> float:
+    """Dense fp32 ``torch.mm`` FLOP/s now, after one untimed product: how much of the CPU this process
+    gets (100-120 GFLOP/s on the project's idle 2-core machines, two threads)."""
+    import torch
+
+    a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+    torch.mm(a, b, out=c)
+    return mm_flops(n) / timed(lambda: torch.mm(a, b, out=c), 3)
+
+
 def gpu_peak(name: str) -> Optional[float]:
     """bf16 dense peak FLOP/s for a ``torch.cuda.get_device_name`` string, or None."""
     return next((peak for key, peak in GPU_BF16_PEAK if key.lower() in name.lower()), None)
@@ -72,14 +84,12 @@ def median(xs: Iterable[float]) -> float:
 def timed(fn: Callable[[], Any], repeats: int, sync: Optional[Callable[[], None]] = None) -> float:
     """Median seconds of ``repeats`` calls of ``fn``; ``sync`` (e.g. ``torch.cuda.synchronize``)
     around each, so an asynchronous device is timed to the end of its work."""
-    out = []
+    sync, out = sync or (lambda: None), []
     for _ in range(repeats):
-        if sync:
-            sync()
+        sync()
         t = time.perf_counter()
         fn()
-        if sync:
-            sync()
+        sync()
         out.append(time.perf_counter() - t)
     return median(out)
 
@@ -126,22 +136,17 @@ class StepClock:
         return self.stamps[to_step - 1] - self.stamps[after_step - 1]
 
 
-def bare_loop(model, windows, order, batch: int, steps: int, lr: float, device: Any = None,
-              autocast: Callable[[], Any] = contextlib.nullcontext) -> None:
+def bare_loop(model, windows, order, batch: int, steps: int, lr: float) -> None:
     """The floor any training loop pays, which ``fit`` is measured against: forward, backward,
     fused AdamW step, zero_grad, for ``steps`` batches of ``batch`` windows taken in ``order``;
-    no clipping, evaluation or logging. With ``device`` each batch is copied there as ``fit`` does."""
+    no clipping, evaluation or logging."""
     import torch
 
     order = order.to(windows.device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=True)
     for s in range(steps):
         x = windows[order[s * batch:(s + 1) * batch]]
-        if device is not None:
-            x = x.to(device, non_blocking=True)
-        with autocast():
-            loss = model(input_ids=x, labels=x).loss
-        loss.backward()
+        model(input_ids=x, labels=x).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -157,19 +162,11 @@ def corpus_path(explicit: Optional[str]) -> Path:
              "Gulliver's Travels (Gutenberg pg829.txt).")
 
 
-def out_path(explicit: Optional[str], name: str) -> Path:
-    """Where a bench's JSON goes: ``explicit``, else ``$OUT/name`` on a device call, else ``bench/name``."""
-    if explicit:
-        return Path(explicit)
-    return Path(os.environ["OUT"]) / name if os.environ.get("OUT") else HERE / name
-
-
-def write_json(results: Any, path: Path) -> None:
-    """Written beside ``path`` and renamed over it: a command killed at its time limit keeps what
-    it wrote last, never half a file."""
-    from gpt2ft.fsutil import write_json_atomic
-
-    write_json_atomic(results, path)
+def out_path(explicit: Optional[str], name: str, folder: Optional[str] = None) -> Path:
+    """Where a bench's JSON goes: ``explicit``, else ``folder/name``, else ``$OUT/name`` on a device
+    call, else ``bench/name``."""
+    folder = folder or os.environ.get("OUT")
+    return Path(explicit) if explicit else Path(folder) / name if folder else HERE / name
 
 
 def log(msg: str) -> None:
@@ -177,20 +174,14 @@ def log(msg: str) -> None:
 
 
 def fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "NO"
-    if isinstance(v, float):
-        a = abs(v)
-        if v != v or a == 0:
-            return "nan" if v != v else "0"
-        if a >= 1e5 or a < 1e-3:
-            return f"{v:.3g}"
-        if a >= 100:
-            return f"{v:,.0f}"
-        return f"{v:.3g}" if a < 1 else f"{v:.3f}".rstrip("0").rstrip(".")
-    return str(v)
+    if v is None or isinstance(v, bool):
+        return "-" if v is None else "yes" if v else "NO"
+    if not isinstance(v, float) or v != v:
+        return str(v)
+    a = abs(v)
+    if a == 0 or a >= 1e5 or a < 1e-3:
+        return "0" if a == 0 else f"{v:.3g}"
+    return f"{v:,.0f}" if a >= 100 else f"{v:.3g}" if a < 1 else f"{v:.3f}".rstrip("0").rstrip(".")
 
 
 def columns(head: Sequence[str], rows: Iterable[Sequence[Any]], right: bool = False) -> str:

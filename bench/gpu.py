@@ -1,22 +1,15 @@
-"""The one GPU script: ``make gpu-check`` (the checks, the default) and ``make bench-gpu`` (``--study``).
+"""The one GPU script: ``make gpu-check`` (the checks, its default mode) and ``make bench-gpu`` (``--study``).
 
-**Checks**: the CUDA paths no CPU test reaches, in one command of at most 5 minutes on one H100/H200
-(run there by ``bench/device_check.sh``, docs/gpu.md; the table of checks is in docs/performance.md):
-in-process checks on a 2-layer model, then a short gulliver study with ``--jobs auto`` on random-init
-GPT-2 124M (pretrained weights do not travel) and the checks of what it recorded, its export and,
-while the 200-s budget holds them, a retrain and the compiled paths. ``gpu_check.json`` holds each
-verdict, the study's figures and each part's seconds, printed as each ends so that a run cut off
-says where its time went; exit 1 on a failed check.
-
-**Study** (``--study``): the gulliver study's shape (30 trials) with ``--jobs N`` and then ``--jobs 1``,
-each in its own store, the setup computed once, untimed, into a cache both read: wall time, trials
-per minute, the GPU's busy share (``nvidia-smi``), MFU and the per-trial breakdown (from MLflow) over
-the trial numbers both ran (the sampler is seeded by trial number, so trial k draws the same
-parameters in both). ``--budget`` (one 10-minute device command) is shared out after the setup, and
-``gpu_study.json`` is rewritten after each study, so a command cut off keeps what finished.
-
-``--cpu-check`` runs either on experiments/tiny.yaml on the CPU (GPU figures null). JSON goes into
-``--out-dir`` ($OUT when set, else bench/)::
+**Checks**: the CUDA paths no CPU test reaches, in at most 5 minutes on one H100/H200 (through
+``bench/device_check.sh``; docs/gpu.md, the table in docs/performance.md): in-process checks on a 2-layer
+model, a short gulliver study with ``--jobs auto`` on random-init GPT-2 124M, the checks of what it recorded,
+its export and, while the 200-s budget holds them, a retrain and the compiled paths; each verdict and part's
+seconds printed as it ends (a run cut off says where its time went), all in ``gpu_check.json``; exit 1 on a
+failed check. **Study** (``--study``): the 30-trial gulliver study with ``--jobs N``, then ``--jobs 1``, in
+stores of their own over one warm setup cache: wall time, trials/min, the GPU's busy share, MFU and the
+per-trial breakdown (from MLflow) over the trial numbers both ran; ``gpu_study.json`` is rewritten after each
+study, so a command cut off at ``--budget`` keeps what finished. ``--cpu-check`` runs either on
+experiments/tiny.yaml on the CPU (GPU figures null). JSON goes into ``--out-dir`` ($OUT when set, else bench/)::
 
     PYTHONUNBUFFERED=1 python3 bench/gpu.py [--cpu-check] [--corpus PATH] [--out-dir DIR]
     PYTHONUNBUFFERED=1 python3 bench/gpu.py --study [--jobs N|auto] [--set train.compile=default]
@@ -34,10 +27,24 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator, Optional
 
+import torch
+
 sys.path[:0] = [str(Path(__file__).resolve().parent)]  # benchlib, which puts the repository root there too
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers reads it: the GPU machine has no network
 import benchlib as B  # noqa: E402
+from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+
+from gpt2ft import compiled, goldfish, train as T  # noqa: E402
+from gpt2ft.config import TrainConfig  # noqa: E402
+from gpt2ft.coordination import default_storage, load_study  # noqa: E402
+from gpt2ft.data import TokenData  # noqa: E402
+from gpt2ft.generate import sample  # noqa: E402
+from gpt2ft.model import Runtime, resolve_runtime  # noqa: E402
+from gpt2ft.sampler import Sampler, bf16_is_native, packs_on, sampling_dtype  # noqa: E402
+from gpt2ft.summary import is_derived, summarize as summarize_study, trained  # noqa: E402
 from gpt2ft.ui_names import plain  # noqa: E402
 
 ROOT = B.ROOT
@@ -72,18 +79,12 @@ def parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--budget", type=float, help="seconds for everything (checks 200 on CUDA, else 600; --study 560)")
     ap.add_argument("--jobs", default="auto", help="--study: workers of the parallel study, N or auto")
     ap.add_argument("--peak-tflops", type=float, help="the card's bf16 dense peak, if its name is unknown")
-    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                    help="another config override for the studies (repeatable)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="config override")
     ap.add_argument("--out-dir", help="folder for gpu_check.json / gpu_study.json (default $OUT, else bench/)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary stores (their path is printed)")
     args = ap.parse_args(argv)
-    if args.study and args.budget is None:
-        args.budget = 560.0
+    args.budget = args.budget or (560.0 if args.study else None)
     return args
-
-
-def out_file(args, name: str) -> Path:
-    return Path(args.out_dir) / name if args.out_dir else B.out_path(None, name)
 
 
 def study_config(args, corpus: Path, cpu_sets: list[str], gpu_sets: list[str]) -> tuple[str, list[str]]:
@@ -121,34 +122,28 @@ def gpu_utilisation() -> Iterator[list[float]]:
     query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
 
     def loop() -> None:
-        while not stop.wait(0.5):
-            try:
+        while shutil.which("nvidia-smi") and not stop.wait(0.5):
+            with contextlib.suppress(subprocess.SubprocessError, ValueError, IndexError, OSError):  # a missed sample
                 util.append(float(subprocess.run(query, capture_output=True, text=True, timeout=10).stdout.split()[0]))
-            except (subprocess.SubprocessError, ValueError, IndexError, OSError):
-                continue  # one missed sample changes nothing
 
     thread = threading.Thread(target=loop, daemon=True)
-    if shutil.which("nvidia-smi"):
-        thread.start()
+    thread.start()
     try:
         yield util
     finally:
         stop.set()
-        if thread.is_alive():
-            thread.join(timeout=5)
+        thread.join(timeout=5)
 
 
 def run_study(jobs: str, n_trials: int, config: str, sets: list[str], corpus: Path, store: Path,
-              cache: Path, timeout: Optional[float], limit: float) -> dict[str, Any]:
+              cache: Path, timeout: float, limit: float) -> dict[str, Any]:
     """One ``gpt2ft study`` in its own store (its cache linked to the warm one), timed; killed
     after ``limit`` seconds, when what it finished is read from its store all the same."""
     store.mkdir(parents=True, exist_ok=True)
     (store / "cache").symlink_to(cache, target_is_directory=True)
     cmd = [sys.executable, "-m", "gpt2ft.cli", "study", "--config", config, "--quiet", "--yes", "--jobs", jobs,
            "--n-trials", str(n_trials), "--corpus", str(corpus), "--tracking-uri", f"sqlite:///{store}/mlflow.db",
-           "--study-name", "bench", *(a for s in sets for a in ("--set", s))]
-    if timeout is not None:
-        cmd += ["--timeout", f"{max(timeout, 1):.0f}"]
+           "--study-name", "bench", "--timeout", f"{max(timeout, 1):.0f}", *(a for s in sets for a in ("--set", s))]
     print(f"gpu: --jobs {jobs} (killed after {limit:.0f} s): {' '.join(cmd[3:])}", file=sys.stderr, flush=True)
     with gpu_utilisation() as util:
         t = time.perf_counter()
@@ -182,8 +177,7 @@ def read_trials(store: Path) -> dict[str, Any]:
                            "tokens": m.get("tokens_per_second", 0.0) * m.get("step_seconds", 0.0),
                            "batch_size": int(float(r.data.params.get("trial.batch_size", "0")))})
     # no parent run when the study was killed before it made one
-    parent = next((r for r in runs if r.data.tags.get("gpt2ft.kind") == "study"), None)
-    tags = parent.data.tags if parent is not None else {}
+    tags = next((r.data.tags for r in runs if r.data.tags.get("gpt2ft.kind") == "study"), {})
     return {"n_params": int(tags.get("n_params", 0)), "gpu": tags.get("gpu"),
             "trials": sorted(trials, key=lambda row: row["number"])}
 
@@ -234,7 +228,7 @@ def add_studies(results: dict[str, Any], studies: dict[str, dict[str, Any]], pea
 def run_both(args, jobs: str, n_trials: int, config: str, sets: list[str], corpus: Path, root: Path,
              results: dict[str, Any], t0: float) -> dict[str, dict[str, Any]]:
     """``--jobs N`` then ``--jobs 1``, each within its share of ``--budget``; the JSON rewritten after each."""
-    cache, path = root / "shared" / "cache", out_file(args, "gpu_study.json")
+    cache, path = root / "shared" / "cache", B.out_path(None, "gpu_study.json", args.out_dir)
     left = lambda: args.budget - (time.perf_counter() - t0)  # noqa: E731
     studies: dict[str, dict[str, Any]] = {}
     for name, n_jobs, limit in (("parallel", jobs, left() * MANY_SHARE), ("serial", "1", None)):
@@ -256,7 +250,7 @@ def study_main(args) -> int:
     config, sets = study_config(args, corpus, CPU_STUDY_SETS, [])
     n_trials = args.n_trials or (3 if args.cpu_check else 30)
     jobs = "2" if args.cpu_check and args.jobs == "auto" else args.jobs
-    path = out_file(args, "gpu_study.json")
+    path = B.out_path(None, "gpu_study.json", args.out_dir)
     results: dict[str, Any] = {"cpu_check": args.cpu_check, "config": config, "sets": sets, "n_trials": n_trials,
                                "corpus": str(corpus), "budget_seconds": args.budget}
     root = Path(tempfile.mkdtemp(prefix="gpu_study."))
@@ -264,11 +258,11 @@ def study_main(args) -> int:
         results["setup"] = warm = warm_cache(config, sets, corpus, root / "shared", args.budget)
         B.write_json(results, path)
         print(f"gpu: setup computed once in {warm['seconds']:.1f} s (cache {warm['key']})", file=sys.stderr)
-        studies = run_both(args, jobs, n_trials, config, sets, corpus, root, results, t0)
+        run_both(args, jobs, n_trials, config, sets, corpus, root, results, t0)
     finally:
         print(f"gpu: stores kept in {root}", file=sys.stderr) if args.keep else shutil.rmtree(root, True)
-    one, many, n = results[results["studies"]["serial"]], results[results["studies"]["parallel"]], \
-        studies["parallel"]["workers"]
+    one, many = (results[results["studies"][k]] for k in ("serial", "parallel"))
+    n = many["workers"]
     rows = ("workers", "wall_seconds", "trials_complete", "trials_per_minute", "gpu_busy_share", "step_share",
             "tokens_per_second", "mfu", *(f"mean_{k}" for k in TIMES), "outside_steps_share")
     ratio = (lambda a, b: b / a if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a else None)
@@ -283,37 +277,23 @@ def study_main(args) -> int:
 
 def _small_model(device, vocab: int = 512):
     """A 2-layer GPT-2 for the in-process checks: the same code paths as 124M, in milliseconds."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=64, n_layer=2, n_embd=64, n_head=2,
                                       bos_token_id=0, eos_token_id=0)).to(device)
 
 
 def _fit(device, windows: int, cfg: Optional[dict[str, Any]] = None, **fit_kwargs) -> Any:
-    """``fit`` of the small model on the device over ``windows`` random windows of 16 tokens, one
-    epoch unless ``cfg`` (more ``TrainConfig`` fields) says otherwise."""
-    import torch
-
-    from gpt2ft.config import TrainConfig
-    from gpt2ft.data import TokenData
-    from gpt2ft.model import resolve_runtime
-    from gpt2ft.train import fit
-
+    """``fit`` of the small model on the device on ``windows`` random 16-token windows, 1 epoch unless ``cfg`` says."""
     tc = TrainConfig(batch_size=4, lr=1e-3, max_steps=None, log_every=2, device=device.type,
                      **{"epochs": 1, **(cfg or {})})
     g = torch.Generator().manual_seed(0)
     data = TokenData(torch.randint(0, 512, (windows, 16), generator=g), torch.randint(0, 512, (8, 16), generator=g),
                      [], [], 16)
-    return fit(tc, _small_model(device), data, None, resolve_runtime(tc), progress=False, **fit_kwargs)
+    return T.fit(tc, _small_model(device), data, None, resolve_runtime(tc), progress=False, **fit_kwargs)
 
 
 def sampler_refresh(device) -> str:
     """The bf16 sampling copy: made once, refreshed in place across two trials' models, holding each
     one's weights in bf16, the fp32 weights untouched, on the device and decoding there."""
-    import torch
-
-    from gpt2ft.sampler import Sampler, bf16_is_native, packs_on, sampling_dtype
-
     native = bf16_is_native(device)
     if device.type == "cuda":
         assert native, f"{torch.cuda.get_device_name()} does not multiply bf16 natively: sampling stays fp32"
@@ -339,22 +319,16 @@ def sampler_refresh(device) -> str:
 
 def step_timer(device) -> str:
     """The device's step timer (CUDA events on CUDA) around 5 of ``fit``'s steps: above 0, within the wall."""
-    import torch
-
-    from gpt2ft.config import TrainConfig
-    from gpt2ft.model import resolve_runtime
-    from gpt2ft.train import CudaStepTimer, _optimizer_and_schedule, _step, step_timer as make
-
     cfg = TrainConfig(lr=1e-3, batch_size=4, device=device.type)
     runtime, model = resolve_runtime(cfg), _small_model(device)
-    opt, sched = _optimizer_and_schedule(model, cfg, runtime)
+    opt, sched = T._optimizer_and_schedule(model, cfg, runtime)
     x = torch.randint(0, 512, (4, 32), device=device)
-    timer = make(device)
-    assert isinstance(timer, CudaStepTimer) == (device.type == "cuda"), f"{type(timer).__name__} on {device}"
+    timer = T.step_timer(device)
+    assert isinstance(timer, T.CudaStepTimer) == (device.type == "cuda"), f"{type(timer).__name__} on {device}"
     t = time.perf_counter()
     for _ in range(5):
         timer.start()
-        _step(model, opt, sched, x, cfg, runtime)
+        T._step(model, opt, sched, x, cfg, runtime)
         timer.stop()
     measured = timer.seconds  # waits for the last step's end event
     wall = time.perf_counter() - t
@@ -373,10 +347,6 @@ def copying_stop(device) -> str:
 
 def goldfish_fit(device) -> str:
     """The goldfish labels made on the device equal the CPU's (int64 hash arithmetic); ``fit`` trains on them."""
-    import torch
-
-    from gpt2ft import goldfish
-
     ids = torch.randint(0, 50257, (8, 64), generator=torch.Generator().manual_seed(0))
     here, there = goldfish.labels(ids, 4), goldfish.labels(ids.to(device), 4)
     assert there.device.type == device.type and torch.equal(here, there.cpu()), "the device's labels differ"
@@ -390,8 +360,6 @@ def goldfish_fit(device) -> str:
 
 def compiled_fit(device) -> str:
     """``train.compile=default``: ``fit`` on the device through the compiled step, no fallback to eager."""
-    from gpt2ft import compiled
-
     compiled.reset()
     t = time.perf_counter()
     res = _fit(device, 16, cfg={"compile": "default"})
@@ -402,13 +370,8 @@ def compiled_fit(device) -> str:
 
 def compiled_decode(device) -> str:
     """``sample.decode=static-compile``: sampling through transformers' compiled static-cache decode."""
-    from gpt2ft.generate import sample
-    from gpt2ft.model import Runtime
-
-    class Tok:  # sample() reads only the BOS/EOS ids
-        bos_token_id = eos_token_id = 0
-
-    ids = sample(_small_model(device), Tok(), Runtime(device, None), 2, 8, seed=0, decode="static-compile")
+    tok = SimpleNamespace(bos_token_id=0, eos_token_id=0)  # sample() reads only the BOS/EOS ids
+    ids = sample(_small_model(device), tok, Runtime(device, None), 2, 8, seed=0, decode="static-compile")
     assert len(ids) == 2 and all(len(row) == 8 for row in ids), f"sampled {ids}"
     return f"2 x 8 tokens sampled through the compiled decode: {ids[0]}"
 
@@ -423,24 +386,22 @@ def part(results: dict[str, Any], name: str, t: float) -> None:
           file=sys.stderr, flush=True)
 
 
-def check(results: dict[str, Any], name: str, fn: Callable[[], str]) -> None:
-    """Run one check into ``results['checks']``: ok and what it saw, or the failure; timed."""
-    t = time.perf_counter()
+def check(results: dict[str, Any], name: str, fn: Callable[[], str], skip: Optional[str] = None) -> None:
+    """Run one check into ``results['checks']``: ok and what it saw, or the failure, timed; or, with
+    ``skip`` (why), recorded as skipped (``ok`` null), not failed."""
+    t, got = time.perf_counter(), results["checks"]
     try:
-        results["checks"][name] = {"ok": True, "detail": fn()}
+        got[name] = {"ok": None, "detail": f"skipped: {skip}"} if skip else {"ok": True, "detail": fn()}
     except Exception as exc:  # every failure is reported, the other checks still run
-        results["checks"][name] = {"ok": False, "detail": f"{exc.__class__.__name__}: {exc}"}
-    print(f"gpu_check: {name}: {'ok' if results['checks'][name]['ok'] else 'FAILED'} -- "
-          f"{results['checks'][name]['detail']}", file=sys.stderr, flush=True)
-    part(results, name, t)
+        got[name] = {"ok": False, "detail": f"{exc.__class__.__name__}: {exc}"}
+    print(f"gpu_check: {name}: {({True: 'ok', False: 'FAILED'}).get(got[name]['ok'], 'skipped')} -- "
+          f"{got[name]['detail']}", file=sys.stderr, flush=True)
+    if not skip:
+        part(results, name, t)
 
 
 def study_figures(store: Path, res: dict[str, Any], peak: Optional[float]) -> dict[str, Any]:
-    """What the study's Optuna record says (trials, derived trials, stops, measure share, the pick)
-    beside the study benchmark's throughput figures (trials/min, busy share, MFU)."""
-    from gpt2ft.coordination import default_storage, load_study
-    from gpt2ft.summary import is_derived, summarize as summarize_study, trained
-
+    """The study's Optuna record (trials, derived trials, stops, measure share, the pick) and throughput figures."""
     study = load_study(default_storage(store), "bench")
     mine = trained(study.get_trials(deepcopy=False))
     done = [t for t in mine if t.state.name == "COMPLETE"]
@@ -465,8 +426,7 @@ def study_figures(store: Path, res: dict[str, Any], peak: Optional[float]) -> di
 def trial_workers(done) -> dict[str, dict[str, Any]]:
     """Each process that ran a COMPLETE trial, by pid: its device and its largest recorded peak memory."""
     out: dict[str, dict[str, Any]] = {}
-    for t in done:
-        w = t.user_attrs.get("worker") or {}
+    for w in (t.user_attrs.get("worker") or {} for t in done):
         if "pid" not in w:
             continue
         seen = out.setdefault(str(w["pid"]), {"device": w.get("device"), "device_name": w.get("device_name"),
@@ -478,8 +438,7 @@ def trial_workers(done) -> dict[str, dict[str, Any]]:
 
 
 def export_loads(store: Path, pick: dict[str, Any], device) -> str:
-    """``gpt2ft export`` of the pick (by name when nothing is eligible), loaded in ``pipeline()``
-    on the device, generating."""
+    """``gpt2ft export`` of the pick (by name when none is eligible) loaded in ``pipeline()`` on the device."""
     from transformers import pipeline
 
     out = store / "export"
@@ -498,8 +457,6 @@ def export_loads(store: Path, pick: dict[str, Any], device) -> str:
 
 def retrain_export(store: Path, pick: dict[str, Any], device) -> str:
     """The export again with the study's checkpoints gone: it retrains the pick on the device."""
-    from gpt2ft.coordination import default_storage, load_study
-
     root = load_study(default_storage(store), "bench").user_attrs.get("checkpoint_root")
     assert root, "the study recorded no checkpoint_root"
     shutil.rmtree(root, ignore_errors=True)
@@ -527,8 +484,7 @@ def run_study_checks(args, results: dict[str, Any], device, t0: float) -> None:
         part(results, f"study ({n} trials, --jobs auto)", t)
         peak = B.gpu_peak(res.get("gpu") or "") if device.type == "cuda" else None
         results["study"] = figures = study_figures(root / "study", res, peak)
-        results.update({k: figures[k] for k in ("trials_per_minute", "gpu_busy_share", "mfu", "measure_share",
-                                                "pick")})
+        results.update({k: figures[k] for k in ("trials_per_minute", "gpu_busy_share", "mfu", "measure_share", "pick")})
         _study_verdicts(results, figures, n, device, root / "study")
         extras(args, results, device, root / "study", t0)
     finally:
@@ -575,28 +531,21 @@ def extras(args, results: dict[str, Any], device, store: Path, t0: float) -> Non
     """The CUDA paths beyond the study, each only while the budget holds its estimated cost: one
     that does not fit is recorded as skipped (``ok`` null), not failed."""
     pick = results.get("pick")
-    todo = [("retrain", 60, (lambda: retrain_export(store, pick, device)) if pick else None)]
+    todo = [("retrain", 60, lambda: retrain_export(store, pick, device))]
     if device.type == "cuda":  # Inductor on this 2-core CPU takes minutes: not a CPU check
         todo += [("train_compile", 45, lambda: compiled_fit(device)),
                  ("decode_compiled", 45, lambda: compiled_decode(device))]
     for name, cost, fn in todo:
         left = args.budget - (time.perf_counter() - t0)
-        if fn is None or left < cost:
-            why = "no pick to retrain" if fn is None else f"{left:.0f} s of the budget left, it needs ~{cost} s"
-            results["checks"][name] = {"ok": None, "detail": f"skipped: {why}"}
-            print(f"gpu_check: {name}: skipped -- {why}", file=sys.stderr, flush=True)
-        else:
-            check(results, name, fn)
+        check(results, name, fn, "no pick to retrain" if pick is None and name == "retrain" else
+              f"{left:.0f} s of the budget left, it needs ~{cost} s" if left < cost else None)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.study:
         return study_main(args)
     t0 = time.perf_counter()
-    import torch
-
     device = torch.device("cpu" if args.cpu_check or not torch.cuda.is_available() else "cuda")
     args.budget = args.budget or (200.0 if device.type == "cuda" else 600.0)
     if device.type != "cuda" and not args.cpu_check:
@@ -615,7 +564,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     results["seconds"] = time.perf_counter() - t0
     failed = [k for k, v in results["checks"].items() if v["ok"] is False]
     skipped = [k for k, v in results["checks"].items() if v["ok"] is None]
-    out = out_file(args, "gpu_check.json")
+    out = B.out_path(None, "gpu_check.json", args.out_dir)
     B.write_json(results, out)
     print(json.dumps({k: results[k] for k in ("device", "trials_per_minute", "gpu_busy_share", "mfu",
                                               "measure_share", "pick", "seconds")}, indent=1, default=str))
