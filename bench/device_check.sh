@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
 # The one GPU command, run by the device tool on its bare, offline image (docs/gpu.md):
 #   bash bench/device_check.sh OUT_DIR [bench/gpu.py's options, e.g. --cpu-check]
-# 1. installs the carried wheels (.carry/wheels, from `make device-pack`) into a target folder:
-#    --no-index since the machine has no network, --no-deps since the image holds the rest;
-# 2. checks every import and version floor the study needs (bench/device_imports.py), in seconds,
-#    so a missing wheel stops it here and not minutes into the study;
-# 3. runs bench/gpu.py's checks on the carried book, writing OUT_DIR/gpu_check.json.
-# Each part prints its seconds as it ends. GPT2FT_CARRY and GPT2FT_SITE move the carried folder
-# and the install target (bench/rehearse.sh uses both).
+# It installs the carried wheels (.carry/wheels, from make device-pack) into a target folder (--no-index:
+# no network; --no-deps: the image holds the rest), checks every import and version floor in seconds
+# (bench/device_imports.py: a missing wheel stops it here, not minutes into the study), then runs
+# bench/gpu.py's checks on the carried book into OUT_DIR/gpu_check.json, each part printing its seconds.
+# GPT2FT_CARRY and GPT2FT_SITE move the carried folder and the install target (bench/rehearse.sh does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 1 ] || [ -z "$1" ]; then

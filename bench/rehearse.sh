@@ -1,12 +1,9 @@
 #!/usr/bin/env bash
-# The GPU machine's command rehearsed on this CPU (make device-rehearse; docs/gpu.md):
-# a fresh virtualenv holding only what the device image holds that the study touches (torch,
-# transformers 5.17 and the packages the carried wheels were pruned of) plus the carried wheels
-# installed as the device installs them, then bench/device_check.sh --cpu-check. Nothing of
-# `make install` or .venv is used, so a wheel make device-pack forgot fails here first.
-# This machine has Python 3.11 and only torch 2.13's CPU build (the device: 3.12, torch 2.11):
-# the wheels are fetched for 3.11 and the torch differs; bench/device_imports.py checks the
-# device's own torch against setup.cfg's floor there.
+# The GPU machine's command rehearsed on this CPU (make device-rehearse; docs/gpu.md): a fresh virtualenv
+# holding only what the device image holds that the study touches, plus the carried wheels installed as the
+# device installs them, then bench/device_check.sh --cpu-check; nothing of .venv is used, so a wheel that
+# make device-pack forgot fails here first. Here Python is 3.11 and torch 2.13's CPU build (the device:
+# 3.12, torch 2.11), so the wheels are fetched for 3.11; device_imports.py checks the device's torch there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
