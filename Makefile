@@ -113,4 +113,4 @@ multiworker: install
 	bash scripts/multiworker.sh $(ARGS)
 
 clean:
-	rm -rf mlruns exports bench/results.json bench/compile.json bench/measure.json .pytest_cache
+	rm -rf mlruns exports bench/results.json bench/step.json bench/measure.json .pytest_cache

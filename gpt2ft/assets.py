@@ -93,7 +93,7 @@ class Assets:
         return WordIndex(self.tokenizer.decode(self.data.train_ids))
 
     def __getstate__(self) -> dict:
-        # The decoding copies are per process (bench/measure.py pickles the assets).
+        # The decoding copies are per process (gpt2ft.cache pickles the assets).
         return {k: v for k, v in self.__dict__.items() if k not in ("sampler", "fluency_judge")}
 
     def fresh_model(self, train: Optional[TrainConfig] = None):
